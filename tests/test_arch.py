@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from jaxprune.arch import ArchSpec, BlockSpec, dense_spec
+from jaxprune.errors import UserError
+
+
+def test_json_round_trip():
+  spec = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=7, distilled=True)
+  spec = spec.replace(blocks=spec.blocks + (BlockSpec("conv3", mlp=12, conv_dim=8),
+                                            BlockSpec("none", mlp=5), BlockSpec("conv1", conv_dim=3)))
+  again = ArchSpec.from_json(spec.to_json())
+  assert again == spec
+  assert json.loads(again.to_json()) == json.loads(spec.to_json())
+  assert again.num_tokens == 16 + 2
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(image_size=30, patch_size=4), "image_size 30 is not divisible by patch_size 4"),
+    (dict(width=30, num_heads=4), "width 30 is not divisible by num_heads 4"),
+    (dict(num_classes=0), "ArchSpec.num_classes = 0: must be a positive integer"),
+    (dict(dist_head=True), "dist_head = True needs dist_token = True"),
+    (dict(blocks=(BlockSpec("attention", heads=2, mlp=4),)), "blocks[0].attn = 'attention'"),
+    (dict(blocks=(BlockSpec("msa", heads=0, mlp=4),)), "attn 'msa' needs heads >= 1"),
+    (dict(blocks=(BlockSpec("conv3", mlp=4),)), "attn 'conv3' needs conv_dim >= 1"),
+    (dict(blocks=(BlockSpec("none", heads=2),)), "heads = 2 is only allowed with attn 'msa'"),
+    (dict(blocks=(BlockSpec("msa", heads=2, mlp=-1),)), "blocks[0].mlp = -1"),
+])
+def test_validation_errors_name_the_field(changes, message):
+  spec = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=10)
+  with pytest.raises(UserError) as e:
+    spec.replace(**changes)
+  assert message in str(e.value)
+
+
+def test_from_dict_rejects_unknown_fields():
+  d = dense_spec("test_micro", image_size=16, patch_size=4).to_dict()
+  d["widht"] = 3
+  with pytest.raises(UserError, match="unknown fields \\['widht'\\]"):
+    ArchSpec.from_dict(d)
+
+
+def test_unknown_variant():
+  with pytest.raises(UserError, match="variant 'deit_huge' is unknown; allowed are deit_tiny"):
+    dense_spec("deit_huge")
