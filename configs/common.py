@@ -1,0 +1,51 @@
+"""Config pieces shared by every jaxprune config (a Python config file is `get_config(arg)`)."""
+
+import ml_collections
+
+
+def _with(defaults: dict, overrides: dict) -> ml_collections.ConfigDict:
+  unknown = sorted(set(overrides) - set(defaults))
+  if unknown:
+    raise KeyError(f"unknown config fields {unknown}")
+  return ml_collections.ConfigDict({**defaults, **overrides})
+
+
+def model_config(variant: str = "test_small", image_size: int = 28, patch_size: int = 4,
+                 **overrides) -> ml_collections.ConfigDict:
+  """The dense model. `num_classes` and `in_channels` come from the data set."""
+  return _with(dict(
+      variant=variant, image_size=image_size, patch_size=patch_size, depth=0, width=0,
+      num_heads=0, mlp_ratio=0.0, distilled=False,
+      init_from="",  # a saved jaxprune model dir (jaxprune.load); empty = train from scratch
+      ), overrides)
+
+
+def data_config(source: str = "mnist5k", **overrides) -> ml_collections.ConfigDict:
+  return _with(dict(
+      source=source,
+      tfds_dir="",            # data_dir for tfds:<name> sources ("" = TFDS default)
+      fewshot=0,              # > 0: train on this many images drawn from `fewshot_seed`
+      fewshot_seed=0,
+      fewshot_balanced=True,  # same count per class
+      mean=(0.1307,), std=(0.3081,),  # per channel, after scaling pixels to [0, 1]
+      augment=dict(crop_scale_min=1.0, shift=0, flip=False, mixup=0.0),
+      ), overrides)
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+  return _with(dict(
+      batch_size=64,          # global; must divide by the device count
+      epochs=1, steps=0,      # steps > 0 overrides epochs
+      label_smoothing=0.0,
+      log_every=50, eval_every_epochs=0, checkpoint_every=200,
+      ), overrides)
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+  return _with(dict(
+      lr=1e-3, warmup_steps=0, final_lr_ratio=0.0, weight_decay=0.05, b1=0.9, b2=0.999,
+      grad_clip=0.0,
+      frozen="",              # regex over paths like weights/blocks/3/mlp/fc1/kernel
+      lr_rules=(),            # ((regex, multiplier), ...)
+      gate_lr=0.0,            # 0 = 10 x lr
+      ), overrides)

@@ -1,0 +1,146 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs import common as cfgs
+from jaxprune import build_model, dense_spec
+from jaxprune.data.pipeline import to_global
+from jaxprune.errors import UserError
+from jaxprune.models import Gate
+from jaxprune.train.checkpoint import PhaseCheckpoints, prepare_workdir
+from jaxprune.train.logging import MetricWriter, read_metrics
+from jaxprune.train.loop import NonFiniteLoss, Schedule, fit
+from jaxprune.train.mesh import check_batch, data_sharding, make_mesh
+from jaxprune.train.optim import group_labels, make_optimizer
+from jaxprune.train.step import init_state, make_train_step, place, soft_cross_entropy
+
+SPEC = dense_spec("test_micro", image_size=8, patch_size=4, num_classes=4, in_channels=1)
+
+
+def _loss(model, batch, key):
+  del key
+  logits = model(batch["image"], train=True)
+  return soft_cross_entropy(logits, jax.nn.one_hot(batch["label"], 4)), {}
+
+
+def _batch(step, mesh, n=16):
+  rng = np.random.default_rng(step)
+  images = rng.normal(size=(n, 8, 8, 1)).astype(np.float32)
+  labels = rng.integers(0, 4, n).astype(np.int32)
+  sh = data_sharding(mesh)
+  return {"image": to_global(images, sh), "label": to_global(labels, sh)}
+
+
+def _setup(mesh, optim=None, steps=10):
+  optim = optim or cfgs.optim_config(lr=1e-2, warmup_steps=2)
+  graphdef, state, tx = init_state(build_model(SPEC, seed=0),
+                                   lambda p: make_optimizer(optim, p, steps))
+  return graphdef, place(state, mesh), make_train_step(graphdef, tx, _loss, mesh, seed=0)
+
+
+def test_sharded_step_equals_single_device():
+  """8-way data parallel == 1 device. SGD, because Adam turns the float noise in gradients that
+  are exactly zero in theory (attention's key bias) into full-size steps."""
+  assert jax.device_count() == 8
+  results, losses = [], []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = make_mesh(devices)
+    graphdef, state, tx = init_state(build_model(SPEC, seed=0), lambda p: optax.sgd(0.5))
+    state = place(state, mesh)
+    step = make_train_step(graphdef, tx, _loss, mesh, seed=0)
+    run_losses = []
+    for s in range(3):
+      state, metrics = step(state, _batch(s, mesh))
+      run_losses.append(float(metrics["loss"]))
+    results.append(jax.device_get(state["params"]))
+    losses.append(run_losses)
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_update_step_compiles_once():
+  mesh = make_mesh()
+  _, state, step = _setup(mesh)
+  for s in range(4):
+    state, _ = step(state, _batch(s, mesh))
+  assert step._cache_size() == 1
+
+
+def test_checkpoint_round_trip(tmp_path):
+  mesh = make_mesh()
+  _, state, step = _setup(mesh)
+  state, _ = step(state, _batch(0, mesh))
+  ckpts = PhaseCheckpoints(str(tmp_path), "phase")
+  ckpts.save(1, state, {"step": 1, "arch": SPEC.to_dict()})
+  ckpts.wait()
+  _, fresh, _ = _setup(mesh)
+  restored, meta = ckpts.restore(fresh)
+  ckpts.close()
+  assert meta["step"] == 1 and meta["arch"] == SPEC.to_dict()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
+  mesh = make_mesh()
+  _, state, step = _setup(mesh)
+
+  def batches(s):  # poisons the data from step 6 on
+    b = _batch(s, mesh)
+    return dict(b, image=b["image"] * (jnp.nan if s >= 5 else 1.0))
+
+  with pytest.raises(NonFiniteLoss, match="loss became nan at step 6; stopped. The last good "
+                                          r"checkpoint \(step 4\)"):
+    fit(workdir=str(tmp_path), phase="p", state=state, train_step=step, batches=batches,
+        schedule=Schedule(total_steps=10, log_every=3, checkpoint_every=2),
+        writer=MetricWriter(str(tmp_path)))
+  assert PhaseCheckpoints(str(tmp_path), "p").latest_step() == 4
+  rows = read_metrics(str(tmp_path))
+  assert [r["step"] for r in rows] == [3]
+
+
+def test_path_rules_freeze_scale_and_separate_gates():
+  class Gated(nnx.Module):
+    def __init__(self):
+      self.vit = build_model(SPEC)
+      self.theta = Gate(jnp.zeros(3))
+
+  model = Gated()
+  _, weights, gates, _ = nnx.split(model, nnx.Param, Gate, ...)
+  params = {"weights": weights, "gates": gates}
+  cfg = cfgs.optim_config(lr=0.1, frozen=r"/head/", lr_rules=((r"blocks/1/", 0.0),))
+  labels = group_labels(params, cfg).to_pure_dict() if hasattr(params, "to_pure_dict") else \
+      jax.tree.map(lambda x: x, group_labels(params, cfg))
+  flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(labels)}
+  assert {v for k, v in flat.items() if "head" in k} == {"frozen"}
+  assert {v for k, v in flat.items() if "theta" in k} == {"gates"}
+  assert {v for k, v in flat.items() if "'blocks'" in k and "1" in k.split("'blocks'")[1][:6]} \
+      == {"lr0"}
+  tx = make_optimizer(cfg, params, total_steps=5)
+  opt = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, opt, params)
+  upd = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(updates)}
+  head = [v for k, v in upd.items() if "head" in k]
+  assert all(float(jnp.abs(v).max()) == 0 for v in head)
+
+
+def test_batch_must_divide_devices():
+  with pytest.raises(UserError, match="train.batch_size = 12 is not divisible by the 8 devices"):
+    check_batch(12)
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  c1 = ml_collections.ConfigDict({"method": "pretrain", "optim": {"lr": 1.0}})
+  c2 = ml_collections.ConfigDict({"method": "pretrain", "optim": {"lr": 2.0}})
+  prepare_workdir(str(tmp_path / "w"), c1)
+  prepare_workdir(str(tmp_path / "w"), c1)  # same config: resume is fine
+  with pytest.raises(UserError, match=r"different config \(differs in: optim.lr\)"):
+    prepare_workdir(str(tmp_path / "w"), c2)
+  (tmp_path / "w" / "junk").write_text("x")
+  prepare_workdir(str(tmp_path / "w"), c2, overwrite=True)
+  assert not (tmp_path / "w" / "junk").exists()
