@@ -28,29 +28,26 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 
 
 def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr)
+  print("error: " + " ".join(str(message).split()), file=sys.stderr)
   sys.exit(2)
 
 
-def main(argv):
+def main(argv) -> None:
   del argv
   import jax
   from absl import logging
-
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
 
   from jaxprune import methods
   from jaxprune.errors import UserError
   from jaxprune.train.checkpoint import prepare_workdir
 
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
   config = _CONFIG.value
-  if config is None:
-    _fail("--config is required, e.g. --config=configs/pretrain.py")
   try:
     method = methods.get(config.method)
     workdir = _WORKDIR.value or os.path.join("runs", config.method)
@@ -60,12 +57,33 @@ def main(argv):
     _fail(str(e))
 
 
+def _clean(e: BaseException) -> str:
+  """An exception message as one readable line; an embedded traceback is cut to its last line."""
+  lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
+  if any(l.startswith("Traceback") for l in lines):
+    head = lines[0].split("Error whilst")[0].rstrip(": ")
+    lines = [head + ":", lines[-1]] if head else lines[-1:]
+  text = " ".join(lines).replace("\\'", "'")
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1]
+  return text
+
+
 def run() -> None:
+  """Parses flags and the config up front so that any mistake in them is one clean line."""
   try:
-    app.run(main)
-  except (FileNotFoundError, AttributeError, KeyError, ValueError, TypeError) as e:
-    # Raised by config_flags while parsing --config / --config.* before main() runs.
-    _fail(f"{type(e).__name__}: {e}")
+    argv = flags.FLAGS(sys.argv)
+  except (AttributeError, KeyError) as e:  # --config.a.b names a field the config lacks
+    _fail(f"unknown config field in the --config.* overrides: {_clean(e)}")
+  except (flags.Error, ValueError, TypeError) as e:
+    _fail(_clean(e).replace("flag --config", "--config"))
+  if _CONFIG.value is None:
+    _fail("--config is required, e.g. --config=configs/pretrain.py")
+  try:
+    _ = _CONFIG.value.method  # ml_collections defers config-file errors to the first access
+  except (OSError, AttributeError, KeyError, ValueError, TypeError) as e:
+    _fail(_clean(e))
+  app.run(main, argv=argv)
 
 
 if __name__ == "__main__":

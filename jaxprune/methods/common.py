@@ -59,6 +59,23 @@ def model_spec(config: ml_collections.ConfigDict, ds: Dataset) -> ArchSpec:
                     distilled=m.distilled)
 
 
+def initial_model(config: ml_collections.ConfigDict, ds: Dataset, spec: ArchSpec):
+  """`config.model.init_from` (a saved jaxprune model) when set, else a fresh `spec` model."""
+  from jaxprune.export import load
+  from jaxprune.models import build_model
+  if not config.model.init_from:
+    return build_model(spec, seed=config.seed)
+  model = load(config.model.init_from)
+  got = model.spec
+  if (got.num_classes, got.in_channels, got.image_size) != (ds.num_classes, ds.image_shape[2],
+                                                             ds.image_shape[0]):
+    raise UserError(f"model.init_from = {config.model.init_from!r}: the model takes "
+                    f"{got.image_size}px {got.in_channels}-channel images into {got.num_classes} "
+                    f"classes, but {ds.name} has {ds.image_shape[0]}px {ds.image_shape[2]}-channel "
+                    f"images in {ds.num_classes} classes")
+  return model
+
+
 def total_steps(config: ml_collections.ConfigDict, s: Setup) -> int:
   if config.train.steps:
     return int(config.train.steps)

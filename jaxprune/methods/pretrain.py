@@ -15,7 +15,6 @@ from flax import nnx
 from jaxprune import accounting
 from jaxprune.export import save_model
 from jaxprune.methods import common
-from jaxprune.models import build_model
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.loop import Schedule, fit
 from jaxprune.train.optim import make_optimizer
@@ -28,7 +27,8 @@ def train_dense(config: ml_collections.ConfigDict, workdir: str, writer: MetricW
   s = common.setup(config)
   spec = common.model_spec(config, s.data)
   steps = common.total_steps(config, s)
-  model = build_model(spec, seed=config.seed)
+  model = common.initial_model(config, s.data, spec)
+  spec = model.spec
   graphdef, state, tx = init_state(model, lambda p: make_optimizer(config.optim, p, steps))
   state = place(state, s.mesh)
   train_step = make_train_step(graphdef, tx, common.supervised_loss(config, spec.num_classes),

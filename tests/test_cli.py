@@ -1,0 +1,93 @@
+"""The command line as a user meets it: one-line errors, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "--config=configs/pretrain.py:runlocal"
+
+
+def _env(devices=8):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def _main(*args, devices=8, **kw):
+  return subprocess.run([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT, env=_env(devices),
+                        capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.data.source=cifar", "data.source = 'cifar' is unknown; allowed are mnist5k"),
+    ("--config.data.source=folder:/no/such/dir", "/no/such/dir/train is not a directory"),
+    ("--config.model.variant=vit_giant", "model variant 'vit_giant' is unknown; allowed are"),
+    ("--config.train.batch_size=12", "train.batch_size = 12 is not divisible by the 8 devices"),
+    ("--config.model.init_from=/no/such/model", "model directory '/no/such/model' has no arch.json"),
+    ("--config.method=spvitt", "config.method = 'spvitt' is unknown; allowed are pretrain"),
+    ("--config.optim.lrr=0.1", "unknown config field in the --config.* overrides: 'lrr' Did "
+                               'you mean "lr"'),
+    ("--config.optim.lr=abc", "--config.optim.lr=abc: could not convert string to float"),
+])
+def test_user_errors_are_one_line(tmp_path, override, expected):
+  r = _main(CONFIG, f"--workdir={tmp_path / 'w'}", override)
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
+  assert expected in lines[0]
+  assert "Traceback" not in r.stderr
+
+
+def test_missing_config_file_is_one_line():
+  r = _main("--config=configs/nope.py")
+  assert r.returncode == 2 and r.stderr.count("\n") == 1 and "configs/nope.py" in r.stderr
+
+
+def _run_to_first_checkpoint_and_kill(workdir, args):
+  proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = os.path.join(workdir, "checkpoints", "pretrain")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return proc.returncode
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+  extra = ["--config.train.steps=300", "--config.train.checkpoint_every=10",
+           "--config.train.eval_every_epochs=0"]
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  assert _main(CONFIG, f"--workdir={a}", *extra).returncode == 0
+  rc = _run_to_first_checkpoint_and_kill(b, [CONFIG, f"--workdir={b}", *extra])
+  assert rc == -signal.SIGKILL and not os.path.exists(os.path.join(b, "summary.json"))
+  r = _main(CONFIG, f"--workdir={b}", *extra)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "resumed from checkpoint at step" in r.stdout
+  sa, sb = (json.load(open(os.path.join(d, "summary.json"))) for d in (a, b))
+  assert sa["dense"]["accuracy"] == pytest.approx(sb["dense"]["accuracy"], abs=1e-6)
+  from jaxprune import load
+  import jax
+  ma, mb = load(os.path.join(a, "model")), load(os.path.join(b, "model"))
+  from flax import nnx
+  for x, y in zip(jax.tree.leaves(nnx.state(ma)), jax.tree.leaves(nnx.state(mb))):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_workdir_with_other_config_is_refused(tmp_path):
+  w = str(tmp_path / "w")
+  assert _main(CONFIG, f"--workdir={w}", "--config.train.steps=2").returncode == 0
+  r = _main(CONFIG, f"--workdir={w}", "--config.train.steps=3")
+  assert r.returncode == 2 and "holds a run of a different config (differs in: train.steps)" in \
+      r.stderr
