@@ -22,12 +22,17 @@ STATE_DIR = "state"
 
 
 def save_model(directory: str, model: ViT, extra: dict[str, Any] | None = None) -> str:
-  """Writes `directory/arch.json` (plus `extra` metadata) and the model state; returns the path."""
+  """Writes `directory/arch.json` (plus `extra` metadata) and the model state; returns the path.
+
+  In a multi-process job every process must call it (orbax synchronises them); only process 0
+  writes.
+  """
   directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  meta = {"arch": model.spec.to_dict(), **(extra or {})}
-  with open(os.path.join(directory, ARCH_FILE), "w") as f:
-    json.dump(meta, f, indent=2)
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    meta = {"arch": model.spec.to_dict(), **(extra or {})}
+    with open(os.path.join(directory, ARCH_FILE), "w") as f:
+      json.dump(meta, f, indent=2)
   state = jax.device_get(nnx.state(model).to_pure_dict())
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, STATE_DIR), state, force=True)

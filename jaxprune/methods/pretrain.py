@@ -48,8 +48,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
   model, metrics = train_dense(config, workdir, writer)
   out_dir = os.path.join(workdir, "model")
-  if jax.process_index() == 0:
-    save_model(out_dir, model, extra={"test_accuracy": metrics["accuracy"]})
+  save_model(out_dir, model, extra={"test_accuracy": metrics["accuracy"]})
   latency = accounting.measure_latency(model, batch=64)
   c = accounting.count(model.spec)
   summary = {"dense": {"params": c.params, "macs": c.macs, "accuracy": metrics["accuracy"],
