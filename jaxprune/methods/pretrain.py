@@ -39,7 +39,7 @@ def train_dense(config: ml_collections.ConfigDict, workdir: str, writer: MetricW
                       checkpoint_every=config.train.checkpoint_every)
   state, metrics = fit(workdir=workdir, phase=phase, state=state, train_step=train_step,
                        batches=s.batches, schedule=schedule, writer=writer,
-                       meta={"arch": spec.to_dict()},
+                       meta={"arch": spec.to_dict(), "config": config.to_dict()},
                        evaluate=common.evaluator(config, graphdef, s))
   return merge(graphdef, jax.device_get(state)), metrics
 
