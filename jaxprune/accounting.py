@@ -135,3 +135,24 @@ def xla_flops(fn, *args) -> float:
     analysis = analysis[0]
   return float(analysis["flops"])
 
+
+
+def search_macs(spec: ArchSpec, coefs, masks, conv_dims) -> jax.Array:
+  """Differentiable MACs of an SPViT search model (for the budget loss).
+
+  Args:
+    spec: the dense spec searched over.
+    coefs: per block, the op coefficients {"msa", "conv3", "conv1"} (0/1 forward).
+    masks: per block, the FFN hidden-unit mask.
+    conv_dims: per block, the bottleneck width of its conv candidates.
+  With hard gates this equals `macs(derive_arch(...))` exactly.
+  """
+  import jax.numpy as jnp
+  total = jnp.asarray(float(macs(spec.replace(blocks=()))))
+  n, c = spec.num_tokens, spec.width
+  for b, coef, mask, d in zip(spec.blocks, coefs, masks, conv_dims):
+    for op in ("msa", "conv3", "conv1"):
+      kind = BlockSpec(op, heads=b.heads if op == "msa" else 0, conv_dim=0 if op == "msa" else d)
+      total = total + coef[op] * _block_macs(spec, kind, True)
+    total = total + 2 * n * c * jnp.sum(mask) + n * c * jnp.max(mask)
+  return total

@@ -22,8 +22,10 @@ class ViT(nnx.Module):
   `return_dist=True` returns the pair `(class_logits, dist_logits)`.
   """
 
-  def __init__(self, spec: ArchSpec, *, rngs: nnx.Rngs):
+  def __init__(self, spec: ArchSpec, *, rngs: nnx.Rngs, make_block=None):
+    """`make_block(spec, block_spec, index, rngs)` builds each block (default: `Block`)."""
     self.spec = spec
+    make_block = make_block or (lambda spec, b, i, rngs: Block(spec, b, rngs=rngs))
     c, p = spec.width, spec.patch_size
     self.patch_embed = nnx.Conv(spec.in_channels, c, (p, p), strides=(p, p), padding="VALID",
                                 rngs=rngs)
@@ -32,7 +34,7 @@ class ViT(nnx.Module):
     self.dist_token = (nnx.Param(normal(rngs.params(), (1, 1, c), jnp.float32))
                        if spec.dist_token else None)
     self.pos_embed = nnx.Param(normal(rngs.params(), (1, spec.num_tokens, c), jnp.float32))
-    self.blocks = nnx.List([Block(spec, b, rngs=rngs) for b in spec.blocks])
+    self.blocks = nnx.List([make_block(spec, b, i, rngs) for i, b in enumerate(spec.blocks)])
     self.norm = layer_norm(c, spec.ln_eps, rngs)
     self.head = linear(c, spec.num_classes, rngs)
     self.head_dist = linear(c, spec.num_classes, rngs) if spec.dist_head else None
@@ -51,11 +53,14 @@ class ViT(nnx.Module):
       prefix.append(jnp.broadcast_to(self.dist_token[...], (b, 1, spec.width)))
     return jnp.concatenate(prefix + [x], axis=1) + self.pos_embed[...]
 
-  def features(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """All tokens after the final LayerNorm, [B, N, C] (what DC-ViT's feature mimicking matches)."""
+  def features(self, images: jax.Array, train: bool = False, **block_kwargs) -> jax.Array:
+    """All tokens after the final LayerNorm, [B, N, C] (what DC-ViT's feature mimicking matches).
+
+    `block_kwargs` go to every block (e.g. the SPViT search blocks' gate key).
+    """
     x = self.embed(images)
     for block in self.blocks:
-      x = block(x, train=train)
+      x = block(x, train=train, **block_kwargs)
     return self.norm(x)
 
   def logits(self, feats: jax.Array, return_dist: bool = False) -> Any:
@@ -68,8 +73,10 @@ class ViT(nnx.Module):
       return cls_logits, dist_logits
     return (cls_logits + dist_logits) / 2
 
-  def __call__(self, images: jax.Array, train: bool = False, return_dist: bool = False) -> Any:
-    return self.logits(self.features(images, train=train), return_dist=return_dist)
+  def __call__(self, images: jax.Array, train: bool = False, return_dist: bool = False,
+               **block_kwargs) -> Any:
+    return self.logits(self.features(images, train=train, **block_kwargs),
+                       return_dist=return_dist)
 
 
 def build_model(spec: ArchSpec, seed: int = 0) -> ViT:

@@ -1,0 +1,113 @@
+"""Few-shot subsets, step-indexed batches and placement of the global batch on the mesh.
+
+Batches are a pure function of (seed, step): the index stream is the concatenation of one seeded
+permutation per epoch, and batch `s` is its slice [s·B, (s+1)·B). The iterator position is thus
+just the step number, which is what checkpoints store; resuming needs nothing else, and a batch
+larger than the (few-shot) training set works too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from jaxprune.data.sources import Split
+from jaxprune.errors import UserError
+
+
+def fewshot_indices(labels: np.ndarray, n: int, seed: int, balanced: bool = True) -> np.ndarray:
+  """`n` training indices drawn reproducibly from `seed` (sorted).
+
+  With `balanced`, classes get n // classes each (the first n % classes classes, in a seeded
+  order, one more); a class with too few examples is an error naming it.
+  """
+  labels = np.asarray(labels)
+  if not 0 < n <= len(labels):
+    raise UserError(f"data.fewshot = {n}: must be between 1 and the {len(labels)} training images")
+  rng = np.random.default_rng(seed)
+  if not balanced:
+    return np.sort(rng.choice(len(labels), n, replace=False))
+  classes = np.unique(labels)
+  extra = set(rng.permutation(classes)[:n % len(classes)].tolist())
+  chosen = []
+  for c in classes:
+    k = n // len(classes) + (1 if c in extra else 0)
+    pool = np.flatnonzero(labels == c)
+    if k > len(pool):
+      raise UserError(f"data.fewshot = {n} (balanced) needs {k} images of class {c}, "
+                      f"which has {len(pool)}")
+    chosen.append(rng.choice(pool, k, replace=False))
+  return np.sort(np.concatenate(chosen))
+
+
+@dataclasses.dataclass
+class Subset:
+  """A view of some indices of a split."""
+
+  split: Split
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def get(self, idx: np.ndarray):
+    return self.split.get(self.indices[idx])
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self.split.labels[self.indices]
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """Global batch `step`: positions [step·B, (step+1)·B) of the per-epoch permutation stream."""
+  start, end = step * batch_size, (step + 1) * batch_size
+  out, pos = [], start
+  while pos < end:
+    epoch, offset = divmod(pos, num_examples)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    take = min(end - pos, num_examples - offset)
+    out.append(perm[offset:offset + take])
+    pos += take
+  return np.concatenate(out)
+
+
+def process_slice(global_batch: int) -> slice:
+  """This process's rows of the global batch."""
+  n, i = jax.process_count(), jax.process_index()
+  per = global_batch // n
+  return slice(i * per, (i + 1) * per)
+
+
+def to_global(local: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """Assembles per-process rows into one global array sharded on the mesh."""
+  return jax.make_array_from_process_local_data(sharding, local)
+
+
+class TrainBatches:
+  """Step-indexed training batches for this process, placed on the mesh as global arrays."""
+
+  def __init__(self, split: Split, batch_size: int, seed: int, sharding: jax.sharding.Sharding):
+    self.split, self.batch_size, self.seed, self.sharding = split, batch_size, seed, sharding
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return max(1, len(self.split) // self.batch_size)
+
+  def __call__(self, step: int) -> dict[str, jax.Array]:
+    idx = batch_indices(len(self.split), self.batch_size, step, self.seed)
+    images, labels = self.split.get(idx[process_slice(self.batch_size)])
+    return {"image": to_global(images, self.sharding), "label": to_global(labels, self.sharding)}
+
+
+def eval_batches(split: Split, batch_size: int, sharding: jax.sharding.Sharding):
+  """The whole split in order, last batch padded; yields dicts with a `mask` of real rows."""
+  n = len(split)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    mask = idx < n
+    idx = np.where(mask, idx, 0)
+    images, labels = split.get(idx[process_slice(batch_size)])
+    yield {"image": to_global(images, sharding), "label": to_global(labels, sharding),
+           "mask": to_global(mask[process_slice(batch_size)], sharding)}

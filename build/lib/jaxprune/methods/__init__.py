@@ -1,0 +1,14 @@
+"""One module per method, each a readable sequence of checkpointed phases with `run(config,
+workdir) -> summary`. Found by `config.method`."""
+
+import importlib
+
+from jaxprune.errors import UserError
+
+METHODS = {"pretrain": "jaxprune.methods.pretrain"}
+
+
+def get(name: str):
+  if name not in METHODS:
+    raise UserError(f"config.method = {name!r} is unknown; allowed are {', '.join(METHODS)}")
+  return importlib.import_module(METHODS[name])

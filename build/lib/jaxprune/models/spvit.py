@@ -1,0 +1,154 @@
+"""SPViT search space: every MSA layer a nested single-path choice skip ⊂ conv1 ⊂ conv3 ⊂ msa, every
+FFN a set of gated hidden-unit groups.
+
+Weight sharing (DESIGN §3). The fused qkv keeps the dense layout: q,k serve `msa` only; v and the
+output projection serve the bottleneck convolutions through a mixing matrix M [heads, 9] (init
+ones), P = softmax(M / alpha, axis=heads). For kernel position k:
+  W_k = Σ_h P[h,k] Wv_h   b_k = Σ_h P[h,k] bv_h   O_k = Σ_h P[h,k] Wo_h
+  conv1: O_c · relu(BN1(W_c y + b_c)) + b_proj                 (c = 4, the centre)
+  conv3: (Σ_k O_k) · relu(BN3(Σ_k W_k y[p+δ_k] + Σ_k b_k)) + b_proj   (zero padding, patch grid)
+Kernel positions are numbered column-major: k = 3·column + row of the 3×3 window (centre 4).
+Class/distillation tokens are not convolved: a conv op's output for them is the normalised token.
+
+Parameter paths match the dense ViT (`blocks/i/attn/qkv`, ...), so dense weights load by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxprune.arch import ArchSpec, BlockSpec
+from jaxprune.models.blocks import Attention, Mlp, gelu, layer_norm
+from jaxprune.models.gates import (Gate, nested, op_coefficients, sample_st,
+                                   threshold_surrogate)
+from jaxprune.models.vit import ViT
+
+GATE_INIT = 1.5
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+  alpha: float = 1e-2       # softmax temperature of the mixing matrix
+  ffn_group: int = 1        # hidden units per FFN gate
+  temperature: float = 1.0  # relaxed-Bernoulli temperature of the training path
+
+
+def conv_kernel_position(row: int, col: int) -> int:
+  """Index k of window position (row, col) ∈ {0,1,2}²: column-major, centre 4."""
+  return 3 * col + row
+
+
+def collapse_conv(qkv_kernel, qkv_bias, proj_kernel, mix, heads: int, head_dim: int, size: int,
+                  alpha: float):
+  """The bottleneck conv of kernel `size` (1 or 3) collapsed from (v, proj, M).
+
+  Returns (kernel [size, size, C, d], bias [d], out_kernel [d, C]) in flax layouts.
+  """
+  c, hd = qkv_kernel.shape[0], heads * head_dim
+  wv = qkv_kernel[:, 2 * hd:].reshape(c, heads, head_dim)   # Wv_h as [C, h, d]
+  bv = qkv_bias[2 * hd:].reshape(heads, head_dim)
+  wo = proj_kernel.reshape(heads, head_dim, -1)             # Wo_h as [h, d, C]
+  p = jax.nn.softmax(mix / alpha, axis=0)                   # [h, 9]
+  if size == 1:
+    centre = p[:, conv_kernel_position(1, 1)]
+    kernel = jnp.einsum("h,chd->cd", centre, wv)[None, None]
+    return kernel, centre @ bv, jnp.einsum("h,hdc->dc", centre, wo)
+  w = jnp.einsum("hk,chd->kcd", p, wv)                      # [9 (k = 3·col + row), C, d]
+  kernel = w.reshape(3, 3, c, head_dim).transpose(1, 0, 2, 3)  # [row, col, C, d]
+  total = p.sum(axis=1)
+  return kernel, total @ bv, jnp.einsum("h,hdc->dc", total, wo)
+
+
+def conv_on_grid(y: jax.Array, kernel, bias, num_prefix: int) -> jax.Array:
+  """SAME-padded conv of the patch tokens of y [B, N, C] → [B, g, g, d]."""
+  b, n, c = y.shape
+  g = int(round((n - num_prefix)**0.5))
+  grid = y[:, num_prefix:].reshape(b, g, g, c)
+  z = jax.lax.conv_general_dilated(grid, kernel, (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return z + bias
+
+
+class SearchBlock(nnx.Module):
+  """A dense block turned into SPViT's search space (gates: `theta_attn` [3], `theta_mlp`)."""
+
+  def __init__(self, spec: ArchSpec, block: BlockSpec, index: int, opts: SearchOptions, *,
+               rngs: nnx.Rngs):
+    if block.attn != "msa" or not block.mlp:
+      raise ValueError(f"SPViT searches dense blocks (msa + MLP); block {index} is {block}")
+    if block.mlp % opts.ffn_group:
+      raise ValueError(f"spvit.ffn_group = {opts.ffn_group} does not divide the MLP width "
+                       f"{block.mlp} of block {index}")
+    c, d = spec.width, spec.head_dim
+    self.index, self.opts, self.num_prefix = index, opts, spec.num_prefix
+    self.heads, self.head_dim = block.heads, d
+    self.norm1 = layer_norm(c, spec.ln_eps, rngs)
+    self.attn = Attention(c, block.heads, d, rngs=rngs)
+    self.mix = nnx.Param(jnp.ones((block.heads, 9), jnp.float32))
+    self.bn1 = nnx.BatchNorm(d, momentum=0.9, epsilon=1e-5, rngs=rngs)
+    self.bn3 = nnx.BatchNorm(d, momentum=0.9, epsilon=1e-5, rngs=rngs)
+    self.norm2 = layer_norm(c, spec.ln_eps, rngs)
+    self.mlp = Mlp(c, block.mlp, rngs=rngs)
+    self.theta_attn = Gate(jnp.full((3,), GATE_INIT, jnp.float32))
+    self.theta_mlp = Gate(jnp.full((block.mlp // opts.ffn_group,), GATE_INIT, jnp.float32))
+
+  def conv_parts(self, size: int):
+    return collapse_conv(self.attn.qkv.kernel[...], self.attn.qkv.bias[...],
+                         self.attn.proj.kernel[...], self.mix[...], self.heads, self.head_dim,
+                         size, self.opts.alpha)
+
+  def conv_op(self, y: jax.Array, size: int, train: bool) -> jax.Array:
+    kernel, bias, out = self.conv_parts(size)
+    bn = self.bn1 if size == 1 else self.bn3
+    z = jax.nn.relu(bn(conv_on_grid(y, kernel, bias, self.num_prefix),
+                       use_running_average=not train))
+    b = y.shape[0]
+    patches = (z @ out + self.attn.proj.bias[...]).reshape(b, -1, y.shape[-1])
+    return jnp.concatenate([y[:, :self.num_prefix], patches], axis=1)
+
+  def gates(self, key: jax.Array | None):
+    """(nested attention gates c [3], FFN unit mask [hidden]); sampled when `key` is given."""
+    if key is None:
+      g_attn = threshold_surrogate(self.theta_attn[...])
+      g_mlp = threshold_surrogate(self.theta_mlp[...])
+    else:
+      k1, k2 = jax.random.split(jax.random.fold_in(key, self.index))
+      g_attn = sample_st(self.theta_attn[...], k1, self.opts.temperature)
+      g_mlp = sample_st(self.theta_mlp[...], k2, self.opts.temperature)
+    return nested(g_attn), jnp.repeat(g_mlp, self.opts.ffn_group)
+
+  def __call__(self, x: jax.Array, train: bool = False, gate_key: jax.Array | None = None):
+    c, mask = self.gates(gate_key)
+    coef = op_coefficients(c)
+    y = self.norm1(x)
+    attn = (coef["msa"] * self.attn(y) + coef["conv3"] * self.conv_op(y, 3, train)
+            + coef["conv1"] * self.conv_op(y, 1, train))
+    x = x + attn
+    h = gelu(self.mlp.fc1(self.norm2(x))) * mask
+    return x + self.mlp.fc2(h)
+
+
+def build_search_model(dense: ViT, opts: SearchOptions) -> ViT:
+  """A search model over `dense`'s spec, holding `dense`'s weights (mix, BN and gates fresh)."""
+  spec = dense.spec
+  model = ViT(spec, rngs=nnx.Rngs(0),
+              make_block=lambda s, b, i, rngs: SearchBlock(s, b, i, opts, rngs=rngs))
+  dense_params = nnx.state(dense, nnx.Param).to_pure_dict()
+  search_params = nnx.state(model, nnx.Param)
+  flat = search_params.to_pure_dict()
+
+  def copy(dst, src):
+    for k, v in src.items():
+      if isinstance(v, dict):
+        copy(dst[k], v)
+      else:
+        dst[k] = v
+
+  copy(flat, dense_params)
+  search_params.replace_by_pure_dict(flat)
+  nnx.update(model, search_params)
+  return model

@@ -1,0 +1,1 @@
+"""Runtime: mesh, optimizers by path rules, jitted steps, the training loop, checkpoints, logs."""

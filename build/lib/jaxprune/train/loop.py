@@ -1,0 +1,96 @@
+"""`fit`: the one training loop every method phase runs.
+
+Restores the phase's latest checkpoint if any, steps the jitted update, logs and shows progress,
+evaluates and checkpoints every so often, stops on a non-finite loss with the last good
+checkpoint intact, and saves at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxprune.errors import UserError
+from jaxprune.train.checkpoint import PhaseCheckpoints
+from jaxprune.train.logging import MetricWriter, Progress
+
+
+@dataclasses.dataclass
+class Schedule:
+  """When a phase logs, evaluates and checkpoints (in steps; 0 = only at the end)."""
+
+  total_steps: int
+  log_every: int = 50
+  eval_every: int = 0
+  checkpoint_every: int = 200
+
+
+class NonFiniteLoss(UserError):
+  pass
+
+
+def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: Callable[[int], Any],
+        schedule: Schedule, writer: MetricWriter, meta: dict[str, Any] | None = None,
+        evaluate: Callable[[Any], dict[str, float]] | None = None) -> tuple[Any, dict[str, Any]]:
+  """Runs (or resumes) a phase to `schedule.total_steps`; returns (state, last eval metrics).
+
+  Args:
+    state: the freshly initialised train state (also the restore target).
+    train_step: `(state, batch) -> (state, metrics)`.
+    batches: `step -> batch` (a pure function of the step, so the data position is the step).
+    evaluate: `state -> metrics`, run every `eval_every` steps and at the end.
+  """
+  ckpts = PhaseCheckpoints(workdir, phase)
+  meta = dict(meta or {}, phase=phase)
+  start = 0
+  if ckpts.latest_step() is not None:
+    state, saved = ckpts.restore(state)
+    start = int(saved["step"])
+    logging.info("%s: resumed from step %d", phase, start)
+    if jax.process_index() == 0:
+      print(f"[{phase}] resumed from checkpoint at step {start}", flush=True)
+  progress = Progress(phase, schedule.total_steps, start)
+  pending: list[tuple[int, Any]] = []  # device metrics not yet checked on the host
+  last_good = start
+  eval_metrics: dict[str, Any] = {}
+
+  def check_pending() -> None:
+    nonlocal last_good
+    for s, m in pending:
+      loss = float(np.asarray(m["loss"]))
+      if not np.isfinite(loss):
+        ckpts.close()
+        raise NonFiniteLoss(f"{phase}: loss became {loss} at step {s}; stopped. The last good "
+                            f"checkpoint (step {ckpts.latest_step()}) in {ckpts.directory} is "
+                            "intact; lower optim.lr or set optim.grad_clip")
+      last_good = s
+    pending.clear()
+
+  step = start
+  while step < schedule.total_steps:
+    state, metrics = train_step(state, batches(step))
+    step += 1
+    pending.append((step, metrics))
+    log_now = schedule.log_every and step % schedule.log_every == 0
+    ckpt_now = schedule.checkpoint_every and step % schedule.checkpoint_every == 0
+    eval_now = schedule.eval_every and step % schedule.eval_every == 0
+    if log_now or ckpt_now or eval_now or step == schedule.total_steps:
+      last = jax.device_get(pending[-1][1])
+      check_pending()
+      if log_now:
+        writer.write(phase, step, last)
+        progress.update(step, {k: v for k, v in last.items() if k in ("loss", "accuracy")})
+      if (eval_now or step == schedule.total_steps) and evaluate is not None:
+        eval_metrics = evaluate(state)
+        writer.write(phase + "/eval", step, eval_metrics)
+        progress.update(step, eval_metrics, label="test ")
+      if ckpt_now or step == schedule.total_steps:
+        ckpts.save(step, state, dict(meta, step=step, data_position=step))
+  if evaluate is not None and not eval_metrics:
+    eval_metrics = evaluate(state)
+  ckpts.close()
+  return state, eval_metrics

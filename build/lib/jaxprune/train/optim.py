@@ -1,0 +1,94 @@
+"""Optimizers with per-parameter-path rules: freezing, learning-rate multipliers, a gate group.
+
+The trainable tree is `{"weights": ..., "gates": ...}`. Paths are strings like
+`weights/blocks/3/mlp/fc1/kernel`; rules are regular expressions searched in them:
+  optim.frozen    one regex; matching leaves get no update (gradients still flow through them)
+  optim.lr_rules  ((regex, multiplier), ...); the first match scales the learning rate
+Gates get their own AdamW (no weight decay, `optim.gate_lr`). Weight decay skips biases, norms,
+and the token/position embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+from jaxprune.errors import UserError
+
+NO_DECAY = re.compile(r"(^|/)(pos_embed|cls_token|dist_token)(/|$)")
+
+
+def path_str(path) -> str:
+  parts = []
+  for k in path:
+    parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
+  return "/".join(parts)
+
+
+def leaf_paths(tree) -> Any:
+  """A tree like `tree` whose leaves are their path strings."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p), tree)
+
+
+def _compile(pattern: str, field: str) -> re.Pattern:
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise UserError(f"{field} = {pattern!r} is not a valid regular expression: {e}") from None
+
+
+def group_labels(params, cfg: ml_collections.ConfigDict) -> Any:
+  """Per-leaf optimizer group: `gates`, `frozen`, or `lr<i>` (i = first matching lr rule, else
+  the default group `lr-1`)."""
+  frozen = _compile(cfg.frozen, "optim.frozen") if cfg.frozen else None
+  rules = [(_compile(r, f"optim.lr_rules[{i}]"), float(m)) for i, (r, m) in
+           enumerate(cfg.lr_rules)]
+
+  def label(path: str) -> str:
+    if path.startswith("gates/"):
+      return "gates"
+    if frozen is not None and frozen.search(path):
+      return "frozen"
+    for i, (rx, _) in enumerate(rules):
+      if rx.search(path):
+        return f"lr{i}"
+    return "lr-1"
+
+  return jax.tree.map(label, leaf_paths(params))
+
+
+def schedule(base_lr: float, warmup_steps: int, total_steps: int,
+             final_ratio: float = 0.0) -> optax.Schedule:
+  """Linear warm-up from 0 then cosine decay to `final_ratio`·base_lr at `total_steps`."""
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      0.0, base_lr, warmup_steps, max(total_steps, warmup_steps + 1), base_lr * final_ratio)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, params, total_steps: int
+                   ) -> optax.GradientTransformation:
+  """AdamW groups by path rules over `{"weights", "gates"}`, with warm-up + cosine schedules."""
+  if cfg.lr <= 0:
+    raise UserError(f"optim.lr = {cfg.lr}: must be > 0")
+  warmup = int(cfg.warmup_steps)
+  paths = leaf_paths(params)
+  decay_mask = jax.tree.map(lambda p, x: x.ndim >= 2 and not NO_DECAY.search(p), paths, params)
+
+  def adamw(lr, wd):
+    return optax.adamw(schedule(lr, warmup, total_steps, cfg.final_lr_ratio), b1=cfg.b1,
+                       b2=cfg.b2, weight_decay=wd, mask=decay_mask)
+
+  transforms = {"frozen": optax.set_to_zero(), "lr-1": adamw(cfg.lr, cfg.weight_decay),
+                "gates": optax.adamw(schedule(cfg.gate_lr or 10 * cfg.lr, warmup, total_steps,
+                                              cfg.final_lr_ratio), b1=cfg.b1, b2=cfg.b2,
+                                     weight_decay=0.0)}
+  for i, (_, mult) in enumerate(cfg.lr_rules):
+    transforms[f"lr{i}"] = adamw(cfg.lr * float(mult), cfg.weight_decay)
+  tx = optax.multi_transform(transforms, group_labels(params, cfg))
+  if cfg.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+  return tx

@@ -1,0 +1,143 @@
+"""SPViT search space: gate maths, weight sharing, derive and materialise."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprune import build_model, dense_spec, load, macs, save_model
+from jaxprune.accounting import search_macs
+from jaxprune.models.gates import nested, op_coefficients, sample_st, threshold_surrogate
+from jaxprune.models.spvit import (SearchOptions, build_search_model, collapse_conv,
+                                   conv_kernel_position, conv_on_grid)
+from jaxprune.surgery import derive_arch, materialise
+
+
+def _sig(z):
+  return 1 / (1 + np.exp(-z))
+
+
+def test_sample_st_forward_is_hard_and_gradient_is_relaxed():
+  theta = jnp.array([-2.0, -0.3, 0.0, 0.4, 3.0])
+  key = jax.random.key(7)
+  g = sample_st(theta, key, temperature=0.5)
+  u = np.asarray(jax.random.uniform(key, theta.shape, minval=1e-6, maxval=1 - 1e-6))
+  soft = _sig((np.asarray(theta) + np.log(u) - np.log1p(-u)) / 0.5)
+  np.testing.assert_array_equal(g, (soft > 0.5).astype(np.float32))
+  grad = jax.grad(lambda t: jnp.sum(sample_st(t, key, 0.5) * jnp.arange(5.0)))(theta)
+  np.testing.assert_allclose(grad, np.arange(5.0) * soft * (1 - soft) / 0.5, rtol=1e-4)
+
+
+def test_sample_st_frequency_follows_sigmoid():
+  theta = jnp.full((20000,), 0.8)
+  g = sample_st(theta, jax.random.key(0))
+  assert float(g.mean()) == pytest.approx(_sig(0.8), abs=0.01)
+
+
+def test_threshold_surrogate_value_and_gradient():
+  theta = jnp.array([-1.0, -1e-3, 0.5, 2.0])
+  np.testing.assert_array_equal(threshold_surrogate(theta), [0, 0, 1, 1])
+  grad = jax.grad(lambda t: jnp.sum(threshold_surrogate(t)))(theta)
+  s = _sig(np.asarray(theta))
+  expected = _sig(s - 0.5) * (1 - _sig(s - 0.5)) * s * (1 - s)
+  np.testing.assert_allclose(grad, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("g, stopped", [
+    ((1, 1, 1), (True, True, False)),     # msa chosen: levels below it get no gradient
+    ((1, 1, 0), (True, False, False)),    # conv3 chosen
+    ((1, 0, 0), (False, False, False)),   # conv1 chosen
+    ((0, 1, 1), (False, False, False)),   # skip chosen
+])
+def test_nested_gates_forward_and_gradient_stopping(g, stopped):
+  g = jnp.asarray(g, jnp.float32)
+  np.testing.assert_array_equal(nested(g), np.cumprod(np.asarray(g)))
+  w = jnp.array([1.0, 10.0, 100.0])
+  grad = jax.grad(lambda x: jnp.sum(nested(x) * w))(g)
+  unstopped = jax.grad(lambda x: jnp.sum(jnp.cumprod(x) * w))(g)
+  for i, s in enumerate(stopped):
+    assert float(grad[i]) == (0.0 if s else float(unstopped[i]))
+
+
+def test_op_coefficients_pick_one_op():
+  for k, op in enumerate(("skip", "conv1", "conv3", "msa")):
+    c = jnp.asarray([1.0] * k + [0.0] * (3 - k))
+    coef = {o: float(v) for o, v in op_coefficients(c).items()}
+    assert coef == {o: float(o == op) for o in ("msa", "conv3", "conv1")}
+
+
+def test_conv3_kernel_order_matches_explicit_convolution():
+  """k = 3·column + row, centre 4: check against Σ_k W_k y[p + δ_k] written out by hand."""
+  rng = np.random.default_rng(0)
+  c, h, d, g = 6, 2, 3, 4
+  qkv_k = jnp.asarray(rng.normal(size=(c, 3 * h * d)), jnp.float32)
+  qkv_b = jnp.asarray(rng.normal(size=(3 * h * d,)), jnp.float32)
+  proj_k = jnp.asarray(rng.normal(size=(h * d, c)), jnp.float32)
+  mix = jnp.asarray(rng.normal(size=(h, 9)), jnp.float32)
+  kernel, bias, _ = collapse_conv(qkv_k, qkv_b, proj_k, mix, h, d, 3, alpha=1.0)
+  y = rng.normal(size=(1, 1 + g * g, c)).astype(np.float32)
+  got = np.asarray(conv_on_grid(jnp.asarray(y), kernel, bias, num_prefix=1))[0]
+  p = np.asarray(jax.nn.softmax(mix, axis=0))
+  wv = np.asarray(qkv_k)[:, 2 * h * d:].reshape(c, h, d)
+  bv = np.asarray(qkv_b)[2 * h * d:].reshape(h, d)
+  grid = y[0, 1:].reshape(g, g, c)
+  want = np.zeros((g, g, d), np.float32)
+  for i in range(g):
+    for j in range(g):
+      for row in range(3):
+        for col in range(3):
+          k = conv_kernel_position(row, col)
+          ii, jj = i + row - 1, j + col - 1
+          w_k = np.einsum("h,chd->cd", p[:, k], wv)
+          if 0 <= ii < g and 0 <= jj < g:
+            want[i, j] += grid[ii, jj] @ w_k
+      want[i, j] += np.einsum("hk,hd->d", p, bv)
+  assert conv_kernel_position(1, 1) == 4
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+SPEC = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=5, depth=4,
+                  distilled=True)
+X = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+
+
+def _search_model(ffn_group=2, seed=0):
+  sm = build_search_model(build_model(SPEC, seed=1), SearchOptions(ffn_group=ffn_group))
+  rng = np.random.default_rng(seed)
+  for i, b in enumerate(sm.blocks):
+    b.theta_attn[...] = jnp.asarray([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]][i],
+                                    jnp.float32)
+    b.theta_mlp[...] = jnp.asarray(rng.normal(size=b.theta_mlp.shape), jnp.float32)
+    b.mix[...] = jnp.asarray(rng.normal(size=b.mix.shape), jnp.float32)
+  sm(X, train=True)  # BatchNorm statistics away from their initial values
+  return sm
+
+
+def test_search_model_with_all_gates_on_is_the_dense_model():
+  dense = build_model(SPEC, seed=1)
+  np.testing.assert_array_equal(build_search_model(dense, SearchOptions())(X), dense(X))
+
+
+def test_materialised_model_equals_gated_model(tmp_path):
+  sm = _search_model()
+  arch = derive_arch(sm)
+  assert [b.attn for b in arch.blocks] == ["msa", "conv3", "conv1", "none"]
+  compact = materialise(sm, arch)
+  np.testing.assert_allclose(compact(X), sm(X), atol=1e-5)
+  save_model(str(tmp_path / "pruned"), compact)
+  np.testing.assert_allclose(load(str(tmp_path / "pruned"))(X), sm(X), atol=1e-5)
+
+
+def test_fully_pruned_mlp_and_group_size():
+  sm = _search_model(ffn_group=4)
+  sm.blocks[0].theta_mlp[...] = -jnp.ones_like(sm.blocks[0].theta_mlp[...])
+  arch = derive_arch(sm)
+  assert arch.blocks[0].mlp == 0 and all(b.mlp % 4 == 0 for b in arch.blocks)
+  np.testing.assert_allclose(materialise(sm, arch)(X), sm(X), atol=1e-5)
+
+
+def test_search_macs_equal_derived_arch_macs():
+  sm = _search_model()
+  coefs, masks = zip(*[(op_coefficients(c), m) for c, m in (b.gates(None) for b in sm.blocks)])
+  f = search_macs(SPEC, coefs, masks, [b.head_dim for b in sm.blocks])
+  assert float(f) == macs(derive_arch(sm))
