@@ -68,7 +68,7 @@ def test_update_step_compiles_once():
   _, state, step = _setup(mesh)
   for s in range(4):
     state, _ = step(state, _batch(s, mesh))
-  assert step._cache_size() == 1
+  assert step.jitted._cache_size() == 1
 
 
 def test_checkpoint_round_trip(tmp_path):

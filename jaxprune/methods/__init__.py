@@ -5,7 +5,7 @@ import importlib
 
 from jaxprune.errors import UserError
 
-METHODS = {"pretrain": "jaxprune.methods.pretrain"}
+METHODS = {"pretrain": "jaxprune.methods.pretrain", "spvit": "jaxprune.methods.spvit"}
 
 
 def get(name: str):

@@ -131,3 +131,84 @@ def write_summary(workdir: str, summary: dict[str, Any]) -> str:
     with open(path, "w") as f:
       json.dump(summary, f, indent=2, default=lambda o: np.asarray(o).tolist())
   return path
+
+
+def phase_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The config one phase trains with: the whole run config, its `train` and `optim` sections
+  taken from `config[name]`."""
+  out = config.to_dict()
+  out["train"], out["optim"] = config[name].train.to_dict(), config[name].optim.to_dict()
+  return ml_collections.ConfigDict(out)
+
+
+def state_of(model) -> dict[str, Any]:
+  """The `{"params", "rest"}` view of a model that eval steps take."""
+  from jaxprune.models import split_model
+  graphdef, weights, gates, rest = split_model(model)
+  return graphdef, {"params": {"weights": weights, "gates": gates}, "rest": rest}
+
+
+def evaluate_model(config: ml_collections.ConfigDict, model, s: Setup) -> dict[str, float]:
+  """Test accuracy and loss of `model` in eval mode."""
+  from jaxprune.train.step import place
+  graphdef, state = state_of(model)
+  return evaluator(config, graphdef, s)(place(state, s.mesh))
+
+
+def dense_model(config: ml_collections.ConfigDict, workdir: str, writer) -> Any:
+  """The dense model a compression method starts from: `config.model.init_from` when set, else
+  the model pre-trained (once; reused on reruns) into `workdir/dense` with `config.pretrain`."""
+  from jaxprune.export import load, save_model
+  from jaxprune.methods import pretrain
+  if config.model.init_from:
+    s = setup(phase_config(config, "pretrain"))
+    return initial_model(config, s.data, model_spec(config, s.data))
+  out = os.path.join(workdir, "dense")
+  if os.path.exists(os.path.join(out, "arch.json")):
+    return load(out)
+  model, _ = pretrain.train_dense(phase_config(config, "pretrain"), workdir, writer,
+                                  phase="pretrain")
+  save_model(out, model)
+  return model
+
+
+def distillation_loss(student_logits, teacher_logits, targets, kind: str, weight: float,
+                      temperature: float, label_smoothing: float):
+  """Cross-entropy on `targets`, mixed with distillation from the teacher's logits.
+
+  kind: `none` (plain CE), `hard` (CE on the teacher's argmax, DeiT-style: (1−w)·CE + w·CE_teacher),
+  or `soft` ((1−w)·CE + w·T²·KL(teacher_T ‖ student_T)). `student_logits` may be a pair
+  (class head, distillation head): the second one then learns from the teacher.
+  """
+  import optax
+  cls_logits, dist_logits = (student_logits if isinstance(student_logits, tuple)
+                             else (student_logits, student_logits))
+  ce = soft_cross_entropy(cls_logits, targets, label_smoothing)
+  if kind == "none":
+    return ce
+  teacher_logits = jax.lax.stop_gradient(teacher_logits)
+  if kind == "hard":
+    kd = soft_cross_entropy(dist_logits, jax.nn.one_hot(jnp.argmax(teacher_logits, -1),
+                                                        teacher_logits.shape[-1]))
+  elif kind == "soft":
+    t = temperature
+    kd = t * t * jnp.mean(optax.kl_divergence(jax.nn.log_softmax(dist_logits / t),
+                                              jax.nn.softmax(teacher_logits / t)))
+  else:
+    raise UserError(f"distill.kind = {kind!r} is unknown; allowed are none, hard, soft")
+  return (1 - weight) * ce + weight * kd
+
+
+def print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
+  """`| model | params | MACs | accuracy | latency | speed-up |` on process 0."""
+  if jax.process_index() != 0:
+    return
+  base = rows[0][1]["latency_ms"]
+  print(f"\n{title}")
+  print(f"| {'model':<22} | {'params':>9} | {'MACs':>9} | {'accuracy':>8} | {'latency ms':>10} "
+        f"| {'speed-up':>8} |")
+  print(f"|{'-' * 24}|{'-' * 10}:|{'-' * 10}:|{'-' * 9}:|{'-' * 11}:|{'-' * 9}:|")
+  for name, r in rows:
+    print(f"| {name:<22} | {r['params'] / 1e3:8.1f}k | {r['macs'] / 1e6:8.2f}M | "
+          f"{100 * r['accuracy']:7.2f}% | {r['latency_ms']:10.2f} | "
+          f"{base / r['latency_ms']:7.2f}x |")

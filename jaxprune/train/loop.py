@@ -35,7 +35,9 @@ class NonFiniteLoss(UserError):
 
 def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: Callable[[int], Any],
         schedule: Schedule, writer: MetricWriter, meta: dict[str, Any] | None = None,
-        evaluate: Callable[[Any], dict[str, float]] | None = None) -> tuple[Any, dict[str, Any]]:
+        evaluate: Callable[[Any], dict[str, float]] | None = None,
+        stop_when: Callable[[int, dict[str, Any]], bool] | None = None,
+        show: tuple[str, ...] = ("loss", "accuracy")) -> tuple[Any, dict[str, Any]]:
   """Runs (or resumes) a phase to `schedule.total_steps`; returns (state, last eval metrics).
 
   Args:
@@ -43,16 +45,20 @@ def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: 
     train_step: `(state, batch) -> (state, metrics)`.
     batches: `step -> batch` (a pure function of the step, so the data position is the step).
     evaluate: `state -> metrics`, run every `eval_every` steps and at the end.
+    stop_when: `(step, eval metrics) -> bool`, asked after each evaluation; True ends the phase
+      early. The final checkpoint is marked done, so a rerun does not train further.
+    show: the train metrics on the progress line (all go to metrics.jsonl).
   """
   ckpts = PhaseCheckpoints(workdir, phase)
   meta = dict(meta or {}, phase=phase)
-  start = 0
+  start, done = 0, False
   if ckpts.latest_step() is not None:
     state, saved = ckpts.restore(state)
-    start = int(saved["step"])
+    start, done = int(saved["step"]), bool(saved.get("done", False))
     logging.info("%s: resumed from step %d", phase, start)
     if jax.process_index() == 0:
-      print(f"[{phase}] resumed from checkpoint at step {start}", flush=True)
+      print(f"[{phase}] resumed from checkpoint at step {start}"
+            f"{' (phase already done)' if done else ''}", flush=True)
   progress = Progress(phase, schedule.total_steps, start)
   pending: list[tuple[int, Any]] = []  # device metrics not yet checked on the host
   last_good = start
@@ -71,7 +77,7 @@ def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: 
     pending.clear()
 
   step = start
-  while step < schedule.total_steps:
+  while step < schedule.total_steps and not done:
     state, metrics = train_step(state, batches(step))
     step += 1
     pending.append((step, metrics))
@@ -83,13 +89,15 @@ def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: 
       check_pending()
       if log_now:
         writer.write(phase, step, last)
-        progress.update(step, {k: v for k, v in last.items() if k in ("loss", "accuracy")})
+        progress.update(step, {k: last[k] for k in show if k in last})
       if (eval_now or step == schedule.total_steps) and evaluate is not None:
         eval_metrics = evaluate(state)
         writer.write(phase + "/eval", step, eval_metrics)
-        progress.update(step, eval_metrics, label="test ")
-      if ckpt_now or step == schedule.total_steps:
-        ckpts.save(step, state, dict(meta, step=step, data_position=step))
+        progress.update(step, eval_metrics, label="eval ")
+        done = bool(stop_when and stop_when(step, eval_metrics))
+      done = done or step == schedule.total_steps
+      if ckpt_now or done:
+        ckpts.save(step, state, dict(meta, step=step, data_position=step, done=done))
   if evaluate is not None and not eval_metrics:
     eval_metrics = evaluate(state)
   ckpts.close()

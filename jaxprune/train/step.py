@@ -21,8 +21,7 @@ from flax import nnx
 from jaxprune.models import Gate
 from jaxprune.train.mesh import data_sharding, replicated
 
-LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array],
-                  tuple[jax.Array, dict[str, jax.Array]]]
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def init_state(model: nnx.Module,
@@ -51,28 +50,43 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array,
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh,
-                    seed: int) -> Callable:
+                    seed: int, aux: Any = None) -> Callable:
   """`step(state, batch) -> (state, metrics)`: jitted, state replicated and donated, batch
-  sharded on the `data` axis. The step's key is `fold_in(key(seed), state.step)`."""
+  sharded on the `data` axis. The step's key is `fold_in(key(seed), state.step)`.
+
+  `loss_fn(model, batch, key)`, or `loss_fn(model, batch, key, aux)` when `aux` is given: a
+  constant pytree (e.g. a teacher's weights) passed to the jitted step as an argument, replicated,
+  never differentiated nor baked into the program as constants.
+  """
   base_key = jax.random.key(seed)
 
-  def step(state, batch):
+  def step(state, batch, aux):
     key = jax.random.fold_in(base_key, state["step"])
 
-    def compute(params):
-      model = nnx.merge(graphdef, params["weights"], params["gates"], state["rest"])
-      loss, metrics = loss_fn(model, batch, key)
+    def compute(params, rest):
+      # Fresh Variables at this trace level: BatchNorm updates its statistics in place.
+      rest = jax.tree.map(lambda x: x, rest)
+      model = nnx.merge(graphdef, params["weights"], params["gates"], rest)
+      args = (model, batch, key) if aux is None else (model, batch, key, aux)
+      loss, metrics = loss_fn(*args)
       _, _, _, rest = nnx.split(model, nnx.Param, Gate, ...)
       return loss, (metrics, rest)
 
-    (loss, (metrics, rest)), grads = jax.value_and_grad(compute, has_aux=True)(state["params"])
+    (loss, (metrics, rest)), grads = jax.value_and_grad(compute, has_aux=True)(
+        state["params"], state["rest"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
     return {"step": state["step"] + 1, "params": params, "rest": rest, "opt": opt}, metrics
 
   rep, data = replicated(mesh), data_sharding(mesh)
-  return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+  jitted = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                   donate_argnums=0)
+  if aux is not None:
+    aux = place(aux, mesh)
+  bound = lambda state, batch: jitted(state, batch, aux)  # noqa: E731
+  bound.jitted = jitted
+  return bound
 
 
 def make_eval_step(graphdef, mesh) -> Callable:

@@ -1,0 +1,56 @@
+"""SPViT on the embedded default: pretrain (if no model given) → search → materialise → fine-tune.
+
+  python -m jaxprune.main --config=configs/spvit.py --workdir=runs/spvit
+  python -m jaxprune.main --config=configs/spvit.py --config.model.init_from=DIR   # your model
+  python -m jaxprune.main --config=configs/spvit.py:runlocal ...                   # for tests
+
+The reference runs ≤21 search epochs and 130 fine-tune epochs (200 with distillation) on
+ImageNet; these defaults are scaled for the 2-core CPU and MNIST.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import pretrain as pretrain_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  base = pretrain_config.get_config(arg)
+  config = ml_collections.ConfigDict()
+  config.method = "spvit"
+  config.seed = 0
+  config.model = base.model
+  config.data = base.data
+  config.pretrain = ml_collections.ConfigDict({"train": base.train, "optim": base.optim})
+  config.latency_batch = 64
+  config.spvit = ml_collections.ConfigDict(dict(
+      target_ratio=0.6,       # target MACs as a fraction of the dense model's
+      tolerance=0.05,         # selected arch within ±5 % of the target
+      budget_weight=0.0,      # λ; 0 = derive from the task loss at step 0
+      alpha=1e-2,             # mixing-matrix softmax temperature
+      ffn_group=1,            # FFN hidden units per gate
+      temperature=1.0,        # relaxed-Bernoulli temperature
+      eval_every=62,          # steps between derive/select evaluations
+      finetune_from="search",  # "search": search-end weights; "original": the dense weights
+  ))
+  config.search = ml_collections.ConfigDict({
+      "train": common.train_config(batch_size=64, epochs=15, label_smoothing=0.1, log_every=31,
+                                   checkpoint_every=124),
+      "optim": common.optim_config(lr=5e-4, warmup_steps=31, weight_decay=0.05, gate_lr=2e-2,
+                                   final_lr_ratio=0.1),
+  })
+  config.finetune = ml_collections.ConfigDict({
+      "train": common.train_config(batch_size=64, epochs=20, label_smoothing=0.1, log_every=62,
+                                   eval_every_epochs=5, checkpoint_every=248),
+      "optim": common.optim_config(lr=5e-4, warmup_steps=62, weight_decay=0.05),
+      "distill": dict(kind="hard", weight=0.5, temperature=1.0),
+  })
+  if arg == "runlocal":
+    config.latency_batch = 8
+    config.spvit.eval_every = 4
+    config.search.train.update(batch_size=32, epochs=2, log_every=4, checkpoint_every=8)
+    config.search.optim.update(warmup_steps=2, gate_lr=0.2)
+    config.finetune.train.update(batch_size=32, epochs=1, log_every=4, eval_every_epochs=1,
+                                 checkpoint_every=8)
+    config.finetune.optim.warmup_steps = 2
+  return config
