@@ -5,7 +5,8 @@ import importlib
 
 from jaxprune.errors import UserError
 
-METHODS = {"pretrain": "jaxprune.methods.pretrain", "spvit": "jaxprune.methods.spvit"}
+METHODS = {"pretrain": "jaxprune.methods.pretrain", "spvit": "jaxprune.methods.spvit",
+           "spvit_random": "jaxprune.methods.random_search"}
 
 
 def get(name: str):

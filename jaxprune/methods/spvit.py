@@ -84,14 +84,18 @@ def search_loss(config, num_classes: int, target_macs: float, budget_weight: flo
   return loss_fn
 
 
-def auto_budget_weight(config, model, s: common.Setup, dense_macs: float) -> float:
-  """λ so that the budget term is 2× the task loss at step 0 (the authors' rule of thumb, made
-  automatic): λ = 2·L0 / ((1 − r)·F_dense)², F in GMACs."""
-  batch = s.batches(0)
-  x, targets = common.preprocess(config, s.data.num_classes, batch, None, train=False)
-  l0 = float(common.soft_cross_entropy(model(x), targets))
+def auto_budget_weight(config, search_model, s: common.Setup, target_macs: float,
+                       dense_macs: float) -> float:
+  """λ so that the budget term is `spvit.budget_scale` × the task loss at step 0 (the authors'
+  rule of thumb, made automatic): λ = scale·L0 / ((1 − r)·F_dense)², F in GMACs, where L0 is
+  the training-path task loss (sampled gates, augmentation, label smoothing) on the first batch.
+  """
+  loss_fn = search_loss(config, s.data.num_classes, target_macs, 0.0)
+  key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  _, metrics = loss_fn(search_model, s.batches(0), key)
+  l0 = float(metrics["task_loss"])
   gap = (1 - config.spvit.target_ratio) * dense_macs / 1e9
-  return 2.0 * max(l0, 1e-3) / gap**2
+  return config.spvit.budget_scale * max(l0, 1e-3) / gap**2
 
 
 def arch_summary(arch: ArchSpec) -> str:
@@ -104,8 +108,8 @@ def run_search(config, workdir: str, dense, writer: MetricWriter) -> tuple[ArchS
   s = common.setup(scfg)
   dense_macs = accounting.macs(dense.spec)
   target = config.spvit.target_ratio * dense_macs
-  weight = config.spvit.budget_weight or auto_budget_weight(scfg, dense, s, dense_macs)
   model = build_search_model(dense, search_options(config))
+  weight = config.spvit.budget_weight or auto_budget_weight(scfg, model, s, target, dense_macs)
   steps = common.total_steps(scfg, s)
   graphdef, state, tx = init_state(model, lambda p: make_optimizer(scfg.optim, p, steps))
   state = place(state, s.mesh)

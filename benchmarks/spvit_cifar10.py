@@ -1,0 +1,78 @@
+"""CIFAR-10 benchmark: dense vs SPViT at two MACs targets vs random search at the same targets.
+
+Unpack the data outside the repository first:
+  mkdir -p /tmp/cifar10 && tar xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar10
+  python benchmarks/spvit_cifar10.py --data /tmp/cifar10/<folder with train/ and test/>
+
+Scale (chosen to run in well under an hour on the 2-core CPU): a 10,000-image class-balanced
+training subset (all 10,000 test images), 32x32, DeiT width 96, depth 6, 4 heads, MLP x4, patch 4
+(65 tokens); dense pre-training 30 epochs; SPViT search ≤ 6 epochs, fine-tune 10 epochs with hard
+distillation from the dense model; random search: 2 architectures per target, same fine-tune.
+Every run goes through `python -m jaxprune.main`; the dense model is trained once and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+COMMON = [
+    "--config.model.image_size=32", "--config.model.patch_size=4", "--config.model.width=96",
+    "--config.model.depth=6", "--config.model.num_heads=4", "--config.model.mlp_ratio=4.0",
+    "--config.data.fewshot=10000", "--config.data.fewshot_balanced=True",
+    "--config.data.mean=(0.4914, 0.4822, 0.4465)", "--config.data.std=(0.247, 0.243, 0.261)",
+    "--config.data.augment.shift=4", "--config.data.augment.flip=True",
+]
+PRETRAIN = ["--config.train.epochs=30", "--config.train.eval_every_epochs=10",
+            "--config.train.log_every=156", "--config.optim.warmup_steps=468"]
+SEARCH = ["--config.search.train.epochs=6", "--config.spvit.eval_every=78",
+          "--config.search.train.log_every=78", "--config.finetune.train.epochs=10",
+          "--config.finetune.train.eval_every_epochs=5", "--config.finetune.train.log_every=156"]
+
+
+def main_job(config: str, workdir: str, *overrides: str) -> dict:
+  cmd = [sys.executable, "-m", "jaxprune.main", f"--config=configs/{config}.py",
+         f"--workdir={workdir}", *COMMON, *overrides]
+  print("$", " ".join(cmd[1:]), flush=True)
+  t0 = time.time()
+  subprocess.run(cmd, cwd=ROOT, check=True)
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  summary["wall_s"] = time.time() - t0
+  return summary
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--data", required=True, help="folder holding train/ and test/")
+  parser.add_argument("--out", default="/tmp/jaxprune_bench/spvit_cifar10")
+  parser.add_argument("--targets", default="0.7,0.5")
+  args = parser.parse_args()
+  data = [f"--config.data.source=folder:{args.data}"]
+  dense = main_job("pretrain", os.path.join(args.out, "dense"), *data, *PRETRAIN)
+  init = [f"--config.model.init_from={os.path.join(args.out, 'dense', 'model')}"]
+  rows = [("dense", None, dense["dense"], dense["wall_s"])]
+  for target in (float(t) for t in args.targets.split(",")):
+    t = [f"--config.spvit.target_ratio={target}"]
+    sp = main_job("spvit", os.path.join(args.out, f"spvit_{target}"), *data, *init, *SEARCH, *t)
+    rows.append((f"SPViT {target}", sp["selected"]["macs_ratio"], sp["pruned"], sp["wall_s"]))
+    rs = main_job("spvit_random", os.path.join(args.out, f"random_{target}"), *data, *init,
+                  *SEARCH, *t, "--config.random.num_archs=2")
+    rows.append((f"random search {target}", None, rs["pruned"], rs["wall_s"]))
+  base = rows[0][2]
+  print("\n| model | MACs | MACs ratio | params | test acc. | latency ms (b64) | speed-up | wall |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|")
+  for name, _, r, wall in rows:
+    print(f"| {name} | {r['macs'] / 1e6:.1f}M | {r['macs'] / base['macs']:.3f} | "
+          f"{r['params'] / 1e3:.0f}k | {100 * r['accuracy']:.2f}% | {r['latency_ms']:.2f} | "
+          f"{base['latency_ms'] / r['latency_ms']:.2f}x | {wall / 60:.1f} min |")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,30 @@
+"""Every config runs end to end in its `runlocal` form, through the real command line."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if os.path.basename(p) not in ("__init__.py", "common.py"))
+
+
+def run_config(name, workdir, *overrides):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  return subprocess.run([sys.executable, "-m", "jaxprune.main",
+                         f"--config=configs/{name}.py:runlocal", f"--workdir={workdir}",
+                         *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_runs_in_runlocal_form(name, tmp_path):
+  r = run_config(name, tmp_path / "w")
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(tmp_path / "w" / "summary.json"))
+  assert "dense" in summary

@@ -1,0 +1,48 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprune import ArchSpec, load, macs
+from jaxprune.methods.common import distillation_loss
+from tests.test_configs import run_config
+
+
+def test_spvit_main_job_writes_summary_and_a_loadable_pruned_model(tmp_path):
+  w = tmp_path / "w"
+  r = run_config("spvit", w, "--config.spvit.target_ratio=0.8", "--config.spvit.tolerance=0.1")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "| dense" in r.stdout and "| pruned (SPViT)" in r.stdout
+  s = json.load(open(w / "summary.json"))
+  for key in ("dense", "pruned"):
+    assert set(s[key]) >= {"params", "macs", "accuracy", "latency_ms"}
+  assert s["target_ratio"] == 0.8
+  arch = ArchSpec.from_dict(s["arch"])
+  assert macs(arch) == s["pruned"]["macs"] < s["dense"]["macs"]  # the budget pruned something
+  pruned = load(str(w / "pruned"))  # rebuilt from the ArchSpec alone
+  assert pruned.spec == arch
+  assert os.path.exists(w / "search" / "archs.jsonl")
+  rows = [json.loads(l) for l in open(w / "metrics.jsonl")]
+  search_rows = [r for r in rows if r["phase"] == "search"]
+  assert search_rows and {"task_loss", "budget_loss", "macs_ratio", "ops", "ffn_width"} <= \
+      set(search_rows[0])
+  assert len(search_rows[0]["ops"]) == arch.depth
+
+
+def test_distillation_losses():
+  rng = np.random.default_rng(0)
+  s = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+  y = jax.nn.one_hot(jnp.array([0, 1, 2, 3]), 5)
+  ce = lambda logits, tg: float(jnp.mean(-jnp.sum(tg * jax.nn.log_softmax(logits), -1)))
+  assert float(distillation_loss(s, t, y, "none", 0.5, 1.0, 0.0)) == pytest.approx(ce(s, y))
+  hard = jax.nn.one_hot(jnp.argmax(t, -1), 5)
+  assert float(distillation_loss(s, t, y, "hard", 0.5, 1.0, 0.0)) == pytest.approx(
+      0.5 * ce(s, y) + 0.5 * ce(s, hard), rel=1e-5)
+  soft_same = distillation_loss(s, s, y, "soft", 1.0, 2.0, 0.0)
+  assert float(soft_same) == pytest.approx(0.0, abs=1e-6)
+  with pytest.raises(ValueError, match="distill.kind = 'kl' is unknown"):
+    distillation_loss(s, t, y, "kl", 0.5, 1.0, 0.0)
