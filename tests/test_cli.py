@@ -66,7 +66,7 @@ def _run_to_first_checkpoint_and_kill(workdir, args):
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
-  extra = ["--config.train.steps=300", "--config.train.checkpoint_every=10",
+  extra = ["--config.train.steps=150", "--config.train.checkpoint_every=10",
            "--config.train.eval_every_epochs=0"]
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   assert _main(CONFIG, f"--workdir={a}", *extra).returncode == 0

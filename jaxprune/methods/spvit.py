@@ -201,7 +201,7 @@ def run_finetune(config, workdir: str, compact, dense, writer: MetricWriter):
 
 def report(name: str, model, accuracy: float, latency_batch: int) -> dict[str, Any]:
   c = accounting.count(model.spec)
-  lat = accounting.measure_latency(model, batch=latency_batch)
+  lat = accounting.measure_latency(model, batch=latency_batch, warmup=5, iters=30)
   return {"params": c.params, "macs": c.macs, "accuracy": accuracy,
           "latency_ms": lat["median_ms"], "latency": lat}
 
