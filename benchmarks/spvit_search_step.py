@@ -1,0 +1,83 @@
+"""SPViT search step vs dense train step: same model shape, batch and optimizer.
+
+  python benchmarks/spvit_search_step.py [--variant deit_tiny --image 32 --patch 4 --batch 64]
+
+The search step runs all three attention candidates (msa, conv3, conv1) and the gate paths of
+every layer; the dense step runs msa only. Prints median step times and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.train_step import time_steps  # noqa: E402
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--variant", default="deit_tiny")
+  parser.add_argument("--image", type=int, default=32)
+  parser.add_argument("--patch", type=int, default=4)
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--steps", type=int, default=10)
+  args = parser.parse_args()
+
+  import jax
+  import ml_collections
+  import numpy as np
+
+  from configs import common as cfgs
+  from configs import spvit as spvit_config
+  from jaxprune import build_model, dense_spec
+  from jaxprune.data.pipeline import to_global
+  from jaxprune.methods.common import supervised_loss
+  from jaxprune.methods.spvit import search_loss, search_options
+  from jaxprune.models.spvit import build_search_model
+  from jaxprune.accounting import macs
+  from jaxprune.train.mesh import data_sharding, make_mesh
+  from jaxprune.train.optim import make_optimizer
+  from jaxprune.train.step import init_state, make_train_step, place
+
+  spec = dense_spec(args.variant, image_size=args.image, patch_size=args.patch, num_classes=10)
+  config = spvit_config.get_config()
+  config.data = cfgs.data_config(mean=(0.5,), std=(0.25,))
+  search_cfg = ml_collections.ConfigDict(config.to_dict())
+  search_cfg.train, search_cfg.optim = config.search.train, config.search.optim
+  mesh = make_mesh()
+  rng = np.random.default_rng(0)
+  sh = data_sharding(mesh)
+  batch = {"image": to_global(rng.integers(0, 255, (args.batch, args.image, args.image, 3),
+                                           dtype=np.uint8), sh),
+           "label": to_global(rng.integers(0, 10, args.batch).astype(np.int32), sh)}
+  dense = build_model(spec)
+  models = {
+      "dense": (dense, supervised_loss(search_cfg, 10)),
+      "SPViT search": (build_search_model(dense, search_options(config)),
+                       search_loss(search_cfg, 10, 0.6 * macs(spec), 1.0)),
+  }
+  results = {}
+  for name, (model, loss_fn) in models.items():
+    graphdef, state, tx = init_state(model, lambda p: make_optimizer(search_cfg.optim, p, 1000))
+    step_fn = make_train_step(graphdef, tx, loss_fn, mesh, seed=0)
+    holder = {"state": place(state, mesh)}
+
+    def step():
+      holder["state"], metrics = step_fn(holder["state"], batch)
+      jax.block_until_ready(metrics["loss"])
+
+    results[name] = statistics.median(time_steps(step, 3, args.steps))
+  print(f"\n{args.variant}, {args.image}px, patch {args.patch}, batch {args.batch}, "
+        f"{jax.devices()[0].platform}: median step over {args.steps}")
+  for name, t in results.items():
+    print(f"| {name:<14} | {t:8.1f} ms |")
+  print(f"search / dense: {results['SPViT search'] / results['dense']:.2f}x")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,6 +1,0 @@
-"""Flax NNX models built from an ArchSpec. They know nothing of training, flags or checkpoints."""
-
-from jaxprune.models.gates import Gate
-from jaxprune.models.vit import ViT, build_model, split_model
-
-__all__ = ["Gate", "ViT", "build_model", "split_model"]

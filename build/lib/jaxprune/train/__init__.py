@@ -1,1 +1,0 @@
-"""Runtime: mesh, optimizers by path rules, jitted steps, the training loop, checkpoints, logs."""
