@@ -72,3 +72,48 @@ def materialise(search_model: ViT, arch: ArchSpec | None = None) -> ViT:
     out["blocks"][i] = dst
   state.replace_by_pure_dict(jax.tree.map(jnp.asarray, out))
   return nnx.merge(graphdef, state)
+
+
+# DC-ViT and PRACTISE -------------------------------------------------------------------------------
+def _rebuild(model: ViT, arch: ArchSpec, blocks_state: dict) -> ViT:
+  """A model of `arch` holding `model`'s non-block weights and the given block states."""
+  target = nnx.eval_shape(lambda: build_model(arch))
+  graphdef, state = nnx.split(target)
+  src = nnx.state(model).to_pure_dict()
+  out = {k: v for k, v in src.items() if k != "blocks"}
+  out["blocks"] = blocks_state
+  state.replace_by_pure_dict(out)
+  return nnx.merge(graphdef, state)
+
+
+def compress_block(model: ViT, index: int, hidden: int, seed: int) -> ViT:
+  """DC-ViT's compressed block at `index`: attention and its LayerNorm removed, MLP cut to a
+  seeded uniformly random subset of `hidden` units (fc1 rows and bias, fc2 columns; fc2 bias
+  kept): `y = x + fc2(gelu(fc1(LN2(x))))`."""
+  spec = model.spec
+  b = spec.blocks[index]
+  if not 0 <= hidden <= b.mlp:
+    raise ValueError(f"hidden {hidden} is outside 0..{b.mlp} for block {index}")
+  arch = spec.replace_block(index, attn="none", heads=0, conv_dim=0, mlp=hidden)
+  src = nnx.state(model).to_pure_dict()["blocks"]
+  blocks = dict(src)
+  s = src[index]
+  keep = np.sort(np.random.default_rng([seed, index]).choice(b.mlp, hidden, replace=False))
+  new = {}
+  if hidden:
+    new["norm2"] = s["norm2"]
+    new["mlp"] = {"fc1": {"kernel": s["mlp"]["fc1"]["kernel"][:, keep],
+                          "bias": s["mlp"]["fc1"]["bias"][keep]},
+                  "fc2": {"kernel": s["mlp"]["fc2"]["kernel"][keep],
+                          "bias": s["mlp"]["fc2"]["bias"]}}
+  blocks[index] = new
+  return _rebuild(model, arch, blocks)
+
+
+def drop_blocks(model: ViT, indices) -> ViT:
+  """PRACTISE: the model without the blocks at `indices` (they vanish from the ArchSpec)."""
+  drop = set(indices)
+  keep = [i for i in range(model.spec.depth) if i not in drop]
+  arch = model.spec.replace(blocks=tuple(model.spec.blocks[i] for i in keep))
+  src = nnx.state(model).to_pure_dict()["blocks"]
+  return _rebuild(model, arch, {j: src[i] for j, i in enumerate(keep)})

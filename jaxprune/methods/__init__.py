@@ -6,7 +6,8 @@ import importlib
 from jaxprune.errors import UserError
 
 METHODS = {"pretrain": "jaxprune.methods.pretrain", "spvit": "jaxprune.methods.spvit",
-           "spvit_random": "jaxprune.methods.random_search"}
+           "spvit_random": "jaxprune.methods.random_search", "dcvit": "jaxprune.methods.dcvit",
+           "practise": "jaxprune.methods.practise"}
 
 
 def get(name: str):

@@ -126,3 +126,14 @@ class Block(nnx.Module):
     if self.mlp is not None:
       x = x + self.mlp(self.norm2(x))
     return x
+
+
+class LinearAdaptor(nnx.Module):
+  """PRACTISE's stand-in for a dropped block: `x·W + b`, initialised to the identity."""
+
+  def __init__(self, width: int, *, rngs: nnx.Rngs):
+    self.adaptor = nnx.Linear(width, width, kernel_init=lambda *_: jnp.eye(width),
+                              bias_init=_zeros, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return self.adaptor(x)

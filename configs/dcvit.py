@@ -1,0 +1,53 @@
+"""DC-ViT on the embedded default: a family of compressed models from 100 unlabeled images, with
+PRACTISE at matched MACs.
+
+  python -m jaxprune.main --config=configs/dcvit.py --workdir=runs/dcvit
+  python -m jaxprune.main --config=configs/dcvit.py:runlocal ...            # for tests
+
+The reference fine-tunes 2000 epochs of batch 64 on 50 images with AdamW lr 3e-5, wd 1e-4
+(`--config.mimic.train.steps`, `--config.dcvit.trial_steps/finetune_steps` keep that available);
+these defaults are scaled for the 2-core CPU.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import pretrain as pretrain_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  base = pretrain_config.get_config(arg)
+  config = ml_collections.ConfigDict()
+  config.method = "dcvit"
+  config.seed = 0
+  config.model = base.model
+  config.model.update(depth=6, num_heads=4)  # candidates = blocks 1..4: k = 3 at 2 dropped
+  config.data = base.data
+  config.data.fewshot = 100
+  config.pretrain = ml_collections.ConfigDict({"train": base.train, "optim": base.optim})
+  config.latency_batch = 64
+  config.synthetic = ml_collections.ConfigDict(dict(
+      num_images=100, steps=500, lr=0.25, warmup_steps=50, tv_weight=1e-4, tv_exponent=1.0,
+      l2_weight=1e-5, jitter=-1))
+  config.mimic = ml_collections.ConfigDict({
+      "train": common.train_config(batch_size=64, log_every=50, checkpoint_every=100),
+      "optim": common.optim_config(lr=3e-4, warmup_steps=10, weight_decay=1e-4),
+  })
+  config.dcvit = ml_collections.ConfigDict(dict(
+      targets=(),             # MACs ratios; empty = num_targets from 0.95 to 0.5 (reachable part)
+      num_targets=8,
+      trial_steps=60,         # feature-mimicking steps of one block trial
+      finetune_steps=100,     # per progressive compression step
+      width_multiple=8,
+      trial_accuracy=False,   # also record each trial's real test accuracy (rank studies)
+  ))
+  config.practise = ml_collections.ConfigDict(dict(num_drop=(2,), adaptor_steps=30))
+  if arg == "runlocal":
+    config.model.update(depth=4, image_size=16)
+    config.data.fewshot = 32
+    config.latency_batch = 8
+    config.synthetic.update(num_images=20, steps=20, warmup_steps=5)
+    config.mimic.train.update(batch_size=16, log_every=5, checkpoint_every=10)
+    config.dcvit.update(num_targets=2, trial_steps=4, finetune_steps=4)
+    config.practise.update(num_drop=(1,), adaptor_steps=4)
+  return config

@@ -1,0 +1,80 @@
+"""Feature mimicking: recover a compressed student from the original model on unlabeled images.
+
+Loss: MSE between the student's and the original model's final-norm tokens, all tokens (labels
+are never used). What trains is chosen by path rules (optax masking), so frozen later blocks
+still pass gradients to the trainable earlier ones. Shared by DC-ViT (block trials, progressive
+steps) and PRACTISE (adaptors, end-to-end fine-tune).
+
+The reference also scales the loss by min(epoch/20, 1); under AdamW a constant loss scale does
+not change the updates, so jaxprune relies on the learning-rate warm-up for the same effect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ml_collections
+from flax import nnx
+
+from jaxprune.methods import common
+from jaxprune.train.logging import MetricWriter
+from jaxprune.train.loop import Schedule, fit
+from jaxprune.train.optim import make_optimizer
+from jaxprune.train.step import init_state, make_train_step, merge, place
+
+
+def freeze_after(last: int, depth: int) -> str:
+  """Regex freezing the blocks after `last + 1` and the head(s): DC-ViT's trainable set is the
+  embeddings, blocks 0..last+1 and the final norm."""
+  later = [str(j) for j in range(last + 2, depth)]
+  rules = [r"^weights/head"]
+  if later:
+    rules.append(rf"^weights/blocks/({'|'.join(later)})/")
+  return "|".join(rules)
+
+
+def mimic_loss(config: ml_collections.ConfigDict, num_classes: int, teacher_graphdef):
+  def loss_fn(model, batch, key, teacher_state):
+    x, _ = common.preprocess(config, num_classes, batch, key, train=True)
+    target = nnx.merge(teacher_graphdef, teacher_state).features(x)
+    feats = model.features(x, train=True)
+    return jnp.mean((feats - jax.lax.stop_gradient(target))**2), {}
+
+  return loss_fn
+
+
+def feature_mse(config, model, teacher, s: common.Setup) -> float:
+  """Mean squared feature error of `model` vs `teacher` over the (few-shot) training images."""
+  n = len(s.train)
+  images, _ = s.train.get(np.arange(n))
+  x = common.normalise(jnp.asarray(images).astype(jnp.float32) / 255.0, config.data.mean,
+                       config.data.std)
+  return float(jnp.mean((model.features(x) - teacher.features(x))**2))
+
+
+def mimic(config: ml_collections.ConfigDict, workdir: str, phase: str, student, teacher,
+          frozen: str, steps: int, writer: MetricWriter, setup: common.Setup | None = None
+          ) -> tuple[Any, dict[str, Any]]:
+  """Fine-tunes `student` to mimic `teacher`'s features for `steps` steps (resumable phase).
+
+  `config.mimic.{train, optim}` give the recipe; `frozen` overrides `optim.frozen`.
+  Returns (student, {"feature_mse": ...} on the training images).
+  """
+  cfg = common.phase_config(config, "mimic")
+  cfg.optim.frozen = frozen
+  s = setup or common.setup(cfg)
+  graphdef, state, tx = init_state(student, lambda p: make_optimizer(cfg.optim, p, steps))
+  state = place(state, s.mesh)
+  teacher_graphdef, teacher_state = nnx.split(teacher)
+  step_fn = make_train_step(graphdef, tx, mimic_loss(cfg, s.data.num_classes, teacher_graphdef),
+                            s.mesh, config.seed, aux=teacher_state)
+  schedule = Schedule(total_steps=steps, log_every=cfg.train.log_every, eval_every=0,
+                      checkpoint_every=cfg.train.checkpoint_every)
+  state, _ = fit(workdir=workdir, phase=phase, state=state, train_step=step_fn,
+                 batches=s.batches, schedule=schedule, writer=writer,
+                 meta={"arch": student.spec.to_dict()}, show=("loss",))
+  model = merge(graphdef, jax.device_get(state))
+  return model, {"feature_mse": feature_mse(cfg, model, teacher, s)}

@@ -1,0 +1,112 @@
+"""PRACTISE (block dropping), DC-ViT's baseline.
+
+Score every block: replace it by an identity-initialised linear adaptor, train the adaptor alone
+by feature mimicking, and divide the recovered feature error by the measured latency saved by
+dropping the block; drop the n best-scoring blocks; fine-tune the pruned model end to end with
+the same feature-mimicking recipe, for as many steps as DC-ViT spends at the matched MACs
+((n + 1) progressive steps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from jaxprune import accounting
+from jaxprune.export import load, save_model
+from jaxprune.methods import common
+from jaxprune.methods.mimicking import mimic
+from jaxprune.models import ViT
+from jaxprune.models.blocks import Block, LinearAdaptor
+from jaxprune.surgery import drop_blocks
+from jaxprune.train.logging import MetricWriter
+
+
+def with_adaptor(dense: ViT, index: int) -> ViT:
+  """`dense` with block `index` replaced by an identity linear adaptor."""
+  spec = dense.spec
+  model = ViT(spec, rngs=nnx.Rngs(0), make_block=lambda s, b, i, rngs: (
+      LinearAdaptor(s.width, rngs=rngs) if i == index else Block(s, b, rngs=rngs)))
+  src = nnx.state(dense).to_pure_dict()
+  state = nnx.state(model)
+  pure = state.to_pure_dict()
+  for k, v in src.items():
+    if k != "blocks":
+      pure[k] = v
+  for i, b in src["blocks"].items():
+    if i != index:
+      pure["blocks"][i] = b
+  state.replace_by_pure_dict(pure)
+  nnx.update(model, state)
+  return model
+
+
+def block_scores(config, workdir: str, dense, writer: MetricWriter) -> list[dict[str, Any]]:
+  """Per block: recovered feature error, measured latency saved, score (lower = drop first)."""
+  path = os.path.join(workdir, "practise", "scores.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  batch = config.latency_batch
+  base = accounting.measure_latency(dense, batch=batch, warmup=3, iters=20)["median_ms"]
+  rows = []
+  for i in range(dense.spec.depth):
+    _, info = mimic(config, workdir, f"practise_adaptor{i}", with_adaptor(dense, i), dense,
+                    rf"^weights/(?!blocks/{i}/)", config.practise.adaptor_steps, writer)
+    dropped = accounting.measure_latency(drop_blocks(dense, [i]), batch=batch, warmup=3,
+                                         iters=20)["median_ms"]
+    saved = max(base - dropped, 1e-3)
+    rows.append({"block": i, "recovered_error": info["feature_mse"], "latency_saved_ms": saved,
+                 "score": info["feature_mse"] / saved})
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(rows, f, indent=2)
+  return rows
+
+
+def prune(config, workdir: str, dense, n: int, scores, writer) -> tuple[Any, list[int]]:
+  out = os.path.join(workdir, "practise", f"drop{n}")
+  if os.path.exists(os.path.join(out, "arch.json")):
+    with open(os.path.join(out, "arch.json")) as f:
+      return load(out), json.load(f)["dropped"]
+  dropped = sorted(r["block"] for r in sorted(scores, key=lambda r: (r["score"], r["block"]))[:n])
+  model = drop_blocks(dense, dropped)
+  model, _ = mimic(config, workdir, f"practise_drop{n}", model, dense, r"^weights/head",
+                   (n + 1) * config.dcvit.finetune_steps, writer)
+  save_model(out, model, extra={"dropped": dropped})
+  return model, dropped
+
+
+def run_family(config, workdir, dense, writer, describe, evaluate, batch) -> list[dict]:
+  """PRACTISE models for each `practise.num_drop`: rows with `dropped` and the scores."""
+  scores = block_scores(config, workdir, dense, writer)
+  rows = []
+  for n in config.practise.num_drop:
+    model, dropped = prune(config, workdir, dense, n, scores, writer)
+    rows.append({**describe(model, evaluate(model), batch), "dropped": dropped})
+  return rows
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """PRACTISE alone (`configs/practise.py`)."""
+  from jaxprune.methods.dcvit import describe
+  writer = MetricWriter(workdir)
+  dense = common.dense_model(config, workdir, writer)
+  mcfg = common.phase_config(config, "mimic")
+  s = common.setup(mcfg)
+  evaluate = lambda m: common.evaluate_model(mcfg, m, s)["accuracy"]  # noqa: E731
+  rows = run_family(config, workdir, dense, writer, describe, evaluate, config.latency_batch)
+  dense_row = describe(dense, evaluate(dense), config.latency_batch)
+  summary = {"dense": dense_row, "practise": rows,
+             "scores": block_scores(config, workdir, dense, writer)}
+  common.write_summary(workdir, summary)
+  common.print_table(f"PRACTISE, {config.data.fewshot} training images",
+                     [("dense", dense_row)] + [(f"drop {r['dropped']}", r) for r in rows])
+  writer.close()
+  return summary

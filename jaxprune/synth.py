@@ -1,0 +1,134 @@
+"""Model inversion: DC-ViT's synthetic metric set, made from the dense model alone.
+
+From Gaussian noise, minimise over the images x̃ (in the model's normalised input space)
+
+    CE(f(jitter(x̃)), y) + α_tv·Σ_dirs ‖Δ_dir x̃‖₂^β + α_l2·‖x̃‖₂          (means over the batch)
+
+with four TV directions (down, right, and both diagonals), a random roll of up to ±`jitter`
+pixels (±30 at 224, scaled to the image size) and a random horizontal flip each step; Adam
+(β 0.5, 0.9) with linear warm-up then cosine; pixels clipped to the valid range after every step;
+the lowest-loss batch is kept. The whole loop is one jitted `lax.scan`, the batch sharded on the
+mesh, deterministic per seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxprune.train.mesh import data_sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class InversionConfig:
+  steps: int = 2000
+  lr: float = 0.25
+  warmup_steps: int = 100
+  tv_weight: float = 1e-4
+  tv_exponent: float = 1.0   # β: 1.0 for DeiT/Swin, 0.6 for ViT
+  l2_weight: float = 1e-5
+  jitter: int = -1           # ± pixels; -1 = 30 at 224, scaled to the image size
+  flip: bool = True
+
+
+def labels_for(n: int, num_classes: int) -> np.ndarray:
+  """Class-balanced target labels 0, 1, …, classes−1, 0, 1, …"""
+  return (np.arange(n) % num_classes).astype(np.int32)
+
+
+def total_variation(x: jax.Array, exponent: float) -> jax.Array:
+  """Σ over 4 directions of ‖Δx‖₂^β per image, averaged over the batch. x: [B,H,W,C]."""
+  diffs = (x[:, 1:, :] - x[:, :-1, :], x[:, :, 1:] - x[:, :, :-1],
+           x[:, 1:, 1:] - x[:, :-1, :-1], x[:, 1:, :-1] - x[:, :-1, 1:])
+  norms = [jnp.sqrt(jnp.sum(d**2, axis=(1, 2, 3)) + 1e-12) for d in diffs]
+  return jnp.mean(sum(n**exponent for n in norms))
+
+
+def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *, seed: int,
+           mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+  """Synthesises one image per label. Returns `images` (normalised, [B,H,W,C]), `pixels`
+  (uint8), `loss_curve` (per step), `best_loss`, `seconds`, `images_per_s`."""
+  spec = model.spec
+  size, ch = spec.image_size, spec.in_channels
+  mean = jnp.broadcast_to(jnp.asarray(mean, jnp.float32), (ch,))
+  std = jnp.broadcast_to(jnp.asarray(std, jnp.float32), (ch,))
+  lo, hi = (0 - mean) / std, (1 - mean) / std
+  jitter = cfg.jitter if cfg.jitter >= 0 else max(1, round(30 * size / 224))
+  graphdef, state = nnx.split(model)
+  tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup_steps,
+                                                                      cfg.steps - 1), cfg.steps),
+                  b1=0.5, b2=0.9)
+  data = data_sharding(mesh)
+  y = jax.device_put(jnp.asarray(labels), data)
+
+  def loss_fn(x, key):
+    k_roll, k_flip = jax.random.split(key)
+    dy, dx = jax.random.randint(k_roll, (2,), -jitter, jitter + 1)
+    xa = jnp.roll(x, (dy, dx), axis=(1, 2))
+    if cfg.flip:
+      xa = jnp.where(jax.random.bernoulli(k_flip), xa[:, :, ::-1], xa)
+    logits = nnx.merge(graphdef, state)(xa, train=False)
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+    prior = (cfg.tv_weight * total_variation(x, cfg.tv_exponent)
+             + cfg.l2_weight * jnp.mean(jnp.sqrt(jnp.sum(x**2, axis=(1, 2, 3)))))
+    return ce + prior, ce
+
+  @jax.jit
+  def run(x0, key):
+    def step(carry, i):
+      x, opt, best_x, best = carry
+      (loss, ce), g = jax.value_and_grad(loss_fn, has_aux=True)(x, jax.random.fold_in(key, i))
+      better = loss < best
+      best_x = jnp.where(better, x, best_x)
+      best = jnp.where(better, loss, best)
+      updates, opt = tx.update(g, opt, x)
+      x = jnp.clip(optax.apply_updates(x, updates), lo, hi)
+      return (x, opt, best_x, best), (loss, ce)
+
+    init = (x0, tx.init(x0), x0, jnp.asarray(jnp.inf, jnp.float32))
+    (_, _, best_x, best), (losses, ces) = jax.lax.scan(step, init, jnp.arange(cfg.steps))
+    return best_x, best, losses, ces
+
+  key = jax.random.key(seed)
+  x0 = jax.random.normal(jax.random.fold_in(key, cfg.steps), (len(labels), size, size, ch))
+  x0 = jax.device_put(jnp.clip(x0, lo, hi), data)
+  compiled = run.lower(x0, key).compile()
+  t0 = time.perf_counter()
+  best_x, best, losses, ces = jax.block_until_ready(compiled(x0, key))
+  seconds = time.perf_counter() - t0
+  images = np.asarray(best_x)
+  pixels = np.clip(np.round((images * np.asarray(std) + np.asarray(mean)) * 255), 0, 255)
+  return {"images": images, "pixels": pixels.astype(np.uint8), "labels": np.asarray(labels),
+          "loss_curve": np.asarray(losses), "ce_curve": np.asarray(ces),
+          "best_loss": float(best), "seconds": seconds,
+          "images_per_s": len(labels) * cfg.steps / seconds}
+
+
+def save(directory: str, result: dict[str, Any], columns: int = 10) -> tuple[str, str]:
+  """Writes `synthetic.npz` (images, pixels, labels, loss curve) and `synthetic.png` (a grid)."""
+  from PIL import Image
+  os.makedirs(directory, exist_ok=True)
+  npz = os.path.join(directory, "synthetic.npz")
+  np.savez_compressed(npz, images=result["images"], pixels=result["pixels"],
+                      labels=result["labels"], loss_curve=result["loss_curve"])
+  pixels = result["pixels"]
+  n, h, w, c = pixels.shape
+  rows = -(-n // columns)
+  grid = np.zeros((rows * (h + 2), columns * (w + 2), c), np.uint8)
+  for i in range(n):
+    r, q = divmod(i, columns)
+    grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = pixels[i]
+  scale = max(1, 256 // max(h, 1))
+  img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+  img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  png = os.path.join(directory, "synthetic.png")
+  img.save(png)
+  return npz, png
