@@ -24,7 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # as in DeiT-Ti (0.55x / 0.12x); with 2 heads conv3 would save almost nothing.
   config.model.num_heads = 4
   config.data = base.data
-  config.pretrain = ml_collections.ConfigDict({"train": base.train, "optim": base.optim})
+  config.pretrain = ml_collections.ConfigDict({"train": base.train, "optim": base.optim,
+                                               "fewshot": base.data.fewshot})
   config.latency_batch = 64
   config.spvit = ml_collections.ConfigDict(dict(
       target_ratio=0.6,       # target MACs as a fraction of the dense model's

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Configs with an end-to-end test of their own (checking more than this smoke test does).
-OWN_TEST = {"spvit"}
+OWN_TEST = {"spvit", "dcvit"}
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                  if os.path.basename(p) not in ("__init__.py", "common.py"))
 SMOKE = [c for c in CONFIGS if c not in OWN_TEST]

@@ -1,0 +1,122 @@
+"""DC-ViT and PRACTISE: synthetic set, structure, surgery, mimicking, end to end."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxprune import build_model, dense_spec, load, macs
+from jaxprune.errors import UserError
+from jaxprune.methods.dcvit import kl_metric
+from jaxprune.methods.mimicking import freeze_after
+from jaxprune.methods.practise import with_adaptor
+from jaxprune.methods.structure import compressed_spec, structure_for
+from jaxprune.models.blocks import gelu
+from jaxprune.surgery import compress_block, drop_blocks
+from jaxprune.synth import InversionConfig, invert, labels_for, save
+from jaxprune.train.mesh import make_mesh
+from jaxprune.train.optim import group_labels
+from configs import common as cfgs
+from tests.test_configs import run_config
+
+SPEC = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=4, in_channels=1,
+                  depth=6, num_heads=2)
+X = jax.random.normal(jax.random.key(0), (3, 16, 16, 1))
+
+
+def test_inversion_lowers_its_loss_is_deterministic_and_stays_in_range(tmp_path):
+  model = build_model(SPEC, seed=0)
+  labels = labels_for(8, 4)
+  cfg = InversionConfig(steps=40, warmup_steps=5, lr=0.1)
+  a = invert(model, labels, cfg, make_mesh(), seed=1, mean=(0.5,), std=(0.25,))
+  b = invert(model, labels, cfg, make_mesh(), seed=1, mean=(0.5,), std=(0.25,))
+  np.testing.assert_array_equal(a["images"], b["images"])
+  assert a["best_loss"] < a["loss_curve"][0]
+  assert a["images"].min() >= -2 - 1e-6 and a["images"].max() <= 2 + 1e-6  # (0-.5)/.25 .. (1-.5)/.25
+  assert a["images"].shape == (8, 16, 16, 1) and a["images_per_s"] > 0
+  npz, png = save(str(tmp_path), a)
+  assert os.path.exists(npz) and os.path.getsize(png) > 0
+
+
+def test_structure_matches_two_dropped_blocks_with_three_compressed():
+  spec = dense_spec("test_small", image_size=28, patch_size=4, num_classes=10, in_channels=1,
+                    depth=6, num_heads=4)
+  two_dropped = macs(spec.replace(blocks=spec.blocks[:4])) / macs(spec)
+  st = structure_for(spec, two_dropped, num_candidates=4)
+  assert st.k == 3 and st.hidden % 8 == 0 and 0 < st.hidden < 128
+  got = macs(compressed_spec(spec, [1, 2, 3], st.hidden)) / macs(spec)
+  assert got <= two_dropped and got == pytest.approx(two_dropped, abs=0.02)
+  with pytest.raises(UserError, match=r"unreachable .* reachable are 0\.\d+ to 0\.\d+ x dense"):
+    structure_for(spec, 0.99, num_candidates=4)
+
+
+def test_compressed_block_keeps_a_seeded_subset_of_mlp_units():
+  model = build_model(SPEC, seed=2)
+  small = compress_block(model, 2, hidden=5, seed=7)
+  b = small.spec.blocks[2]
+  assert (b.attn, b.mlp) == ("none", 5) and small.spec.blocks[1] == SPEC.blocks[1]
+  keep = np.sort(np.random.default_rng([7, 2]).choice(SPEC.blocks[2].mlp, 5, replace=False))
+  block = model.blocks[2]
+  x = jax.random.normal(jax.random.key(1), (2, 17, 32))
+  h = gelu(block.mlp.fc1(block.norm2(x)))
+  mask = np.zeros(h.shape[-1], np.float32)
+  mask[keep] = 1
+  want = x + block.mlp.fc2(h * mask)
+  np.testing.assert_allclose(small.blocks[2](x), want, atol=1e-5)
+  np.testing.assert_array_equal(compress_block(model, 2, 5, 7).blocks[2].mlp.fc1.kernel[...],
+                                small.blocks[2].mlp.fc1.kernel[...])
+
+
+def test_drop_blocks_removes_them_from_the_spec():
+  model = build_model(SPEC, seed=3)
+  dropped = drop_blocks(model, [1, 4])
+  assert dropped.spec.depth == 4
+  x = model.embed(X)
+  for i in (0, 2, 3, 5):
+    x = model.blocks[i](x)
+  np.testing.assert_allclose(dropped(X), model.logits(model.norm(x)), atol=1e-5)
+
+
+def test_identity_adaptor_starts_as_dropping_the_block():
+  model = build_model(SPEC, seed=4)
+  np.testing.assert_allclose(with_adaptor(model, 3)(X), drop_blocks(model, [3])(X), atol=1e-5)
+
+
+def test_freeze_after_leaves_embeddings_and_early_blocks_trainable():
+  model = build_model(SPEC)
+  params = {"weights": nnx.state(model, nnx.Param), "gates": {}}
+  labels = group_labels(params, cfgs.optim_config(frozen=freeze_after(2, SPEC.depth)))
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
+          for path, v in jax.tree_util.tree_leaves_with_path(labels)}
+  frozen = {k for k, v in flat.items() if v == "frozen"}
+  assert all(k.startswith(("weights/blocks/4/", "weights/blocks/5/", "weights/head/"))
+             for k in frozen)
+  assert any(k.startswith("weights/blocks/5/") for k in frozen)
+  assert not any(k.startswith(("weights/blocks/3/", "weights/pos_embed", "weights/norm/"))
+                 for k in frozen)
+
+
+def test_kl_metric():
+  a, b = build_model(SPEC, seed=0), build_model(SPEC, seed=1)
+  images = np.asarray(X)
+  assert kl_metric(a, a, images) == pytest.approx(0.0, abs=1e-6)
+  assert kl_metric(a, b, images) > 0
+
+
+def test_dcvit_main_job(tmp_path):
+  w = tmp_path / "w"
+  r = run_config("dcvit", w)
+  assert r.returncode == 0, r.stderr[-3000:]
+  s = json.load(open(w / "summary.json"))
+  assert set(s["dense"]) >= {"params", "macs", "accuracy", "latency_ms"}
+  assert len(s["family"]) >= 2 and s["practise"] and s["block_ranking"]
+  for m in s["family"]:
+    assert {"blocks", "mlp_width", "target_ratio", "macs", "accuracy", "latency_ms"} <= set(m)
+    assert load(m["model_dir"]).spec.blocks[m["blocks"][0]].attn == "none"
+  assert set(s["block_ranking"]) == {"1", "2"}  # candidates: not the first or last block
+  assert s["practise"][0]["dropped"] and os.path.getsize(w / "family.png") > 0
+  assert os.path.exists(w / "synthetic" / "synthetic.png")
