@@ -67,7 +67,10 @@ def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *,
                                                                       cfg.steps - 1), cfg.steps),
                   b1=0.5, b2=0.9)
   data = data_sharding(mesh)
-  y = jax.device_put(jnp.asarray(labels), data)
+  n = len(labels)
+  pad = -n % mesh.size  # the batch must split evenly over the mesh: pad, then drop the extras
+  padded = np.concatenate([np.asarray(labels), np.asarray(labels)[:pad]]) if pad else labels
+  y = jax.device_put(jnp.asarray(padded), data)
 
   def loss_fn(x, key):
     k_roll, k_flip = jax.random.split(key)
@@ -98,18 +101,18 @@ def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *,
     return best_x, best, losses, ces
 
   key = jax.random.key(seed)
-  x0 = jax.random.normal(jax.random.fold_in(key, cfg.steps), (len(labels), size, size, ch))
+  x0 = jax.random.normal(jax.random.fold_in(key, cfg.steps), (len(padded), size, size, ch))
   x0 = jax.device_put(jnp.clip(x0, lo, hi), data)
   compiled = run.lower(x0, key).compile()
   t0 = time.perf_counter()
   best_x, best, losses, ces = jax.block_until_ready(compiled(x0, key))
   seconds = time.perf_counter() - t0
-  images = np.asarray(best_x)
+  images = np.asarray(best_x)[:n]
   pixels = np.clip(np.round((images * np.asarray(std) + np.asarray(mean)) * 255), 0, 255)
   return {"images": images, "pixels": pixels.astype(np.uint8), "labels": np.asarray(labels),
           "loss_curve": np.asarray(losses), "ce_curve": np.asarray(ces),
           "best_loss": float(best), "seconds": seconds,
-          "images_per_s": len(labels) * cfg.steps / seconds}
+          "images_per_s": len(padded) * cfg.steps / seconds}
 
 
 def save(directory: str, result: dict[str, Any], columns: int = 10) -> tuple[str, str]:

@@ -1,0 +1,59 @@
+"""CIFAR-10 benchmark: DC-ViT vs PRACTISE at two matched MACs levels, 500-image few-shot set.
+
+Needs the dense CIFAR-10 model of benchmarks/spvit_cifar10.py (DeiT width 96, depth 6, 4 heads,
+MLP x4, patch 4, 32x32, pre-trained on a 10,000-image subset) and the unpacked data:
+  python benchmarks/spvit_cifar10.py --data /tmp/cifar10          # makes .../dense/model
+  python benchmarks/dcvit_cifar10.py --data /tmp/cifar10
+
+Settings: 500 class-balanced training images (unlabeled use only), 100 synthetic images (1000
+inversion steps), block trials of 100 feature-mimicking steps, 200 steps per progressive step;
+PRACTISE drops 1 and 2 blocks, DC-ViT is matched to each of those MACs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--data", required=True, help="folder holding train/ and test/")
+  parser.add_argument("--dense", default="/tmp/jaxprune_bench/spvit_cifar10/dense/model")
+  parser.add_argument("--out", default="/tmp/jaxprune_bench/dcvit_cifar10")
+  args = parser.parse_args()
+  cmd = [sys.executable, "-m", "jaxprune.main", "--config=configs/dcvit.py",
+         f"--workdir={args.out}", f"--config.model.init_from={args.dense}",
+         f"--config.data.source=folder:{args.data}", "--config.model.image_size=32",
+         "--config.data.fewshot=500", "--config.data.mean=(0.4914, 0.4822, 0.4465)",
+         "--config.data.std=(0.247, 0.243, 0.261)", "--config.data.augment.shift=4",
+         "--config.data.augment.flip=True", "--config.synthetic.steps=1000",
+         "--config.synthetic.warmup_steps=100", "--config.dcvit.num_targets=0",
+         "--config.dcvit.trial_steps=100", "--config.dcvit.finetune_steps=200",
+         "--config.practise.num_drop=(1, 2)", "--config.practise.adaptor_steps=50"]
+  print("$", " ".join(cmd[1:]), flush=True)
+  t0 = time.time()
+  subprocess.run(cmd, cwd=ROOT, check=True)
+  s = json.load(open(os.path.join(args.out, "summary.json")))
+  base = s["dense"]
+  print(f"\nwall {(time.time() - t0) / 60:.1f} min")
+  print("| model | MACs ratio | params | test acc. | latency ms (b64) | speed-up |")
+  print("|---|---:|---:|---:|---:|---:|")
+  rows = [("dense", base)] + [(f"PRACTISE −{len(p['dropped'])} blocks {p['dropped']}", p)
+                              for p in s["practise"]]
+  rows += [(f"DC-ViT blocks {f['blocks']}, MLP {f['mlp_width']}", f) for f in s["family"]]
+  for name, r in rows:
+    print(f"| {name} | {r['macs'] / base['macs']:.3f} | {r['params'] / 1e3:.0f}k | "
+          f"{100 * r['accuracy']:.2f}% | {r['latency_ms']:.2f} | "
+          f"{base['latency_ms'] / r['latency_ms']:.2f}x |")
+
+
+if __name__ == "__main__":
+  main()
