@@ -49,6 +49,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.latency_batch = 8
     config.synthetic.update(num_images=20, steps=20, warmup_steps=5)
     config.mimic.train.update(batch_size=16, log_every=5, checkpoint_every=10)
-    config.dcvit.update(num_targets=2, trial_steps=4, finetune_steps=4)
+    config.dcvit.update(num_targets=1, trial_steps=4, finetune_steps=4)
     config.practise.update(num_drop=(1,), adaptor_steps=4)
   return config

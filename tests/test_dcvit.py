@@ -113,7 +113,7 @@ def test_dcvit_main_job(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   s = json.load(open(w / "summary.json"))
   assert set(s["dense"]) >= {"params", "macs", "accuracy", "latency_ms"}
-  assert len(s["family"]) >= 2 and s["practise"] and s["block_ranking"]
+  assert len(s["family"]) >= 2 and s["practise"] and s["block_ranking"]  # sweep + matched
   for m in s["family"]:
     assert {"blocks", "mlp_width", "target_ratio", "macs", "accuracy", "latency_ms"} <= set(m)
     assert load(m["model_dir"]).spec.blocks[m["blocks"][0]].attn == "none"
