@@ -201,6 +201,15 @@ def distillation_loss(student_logits, teacher_logits, targets, kind: str, weight
   return (1 - weight) * ce + weight * kd
 
 
+def describe(model, accuracy: float, latency_batch: int) -> dict[str, Any]:
+  """A summary row: params, MACs, accuracy and measured latency (median ms, batch given)."""
+  from jaxprune import accounting
+  c = accounting.count(model.spec)
+  lat = accounting.measure_latency(model, batch=latency_batch, warmup=5, iters=30)
+  return {"params": c.params, "macs": c.macs, "accuracy": accuracy,
+          "latency_ms": lat["median_ms"], "latency": lat}
+
+
 def print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
   """`| model | params | MACs | accuracy | latency | speed-up |` on process 0."""
   if jax.process_index() != 0:

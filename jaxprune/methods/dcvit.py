@@ -134,12 +134,6 @@ def compress_to(config, workdir: str, dense, target: float, trials: Trials, cand
   return model, info
 
 
-def describe(model, accuracy: float, batch: int) -> dict[str, Any]:
-  c = accounting.count(model.spec)
-  lat = accounting.measure_latency(model, batch=batch, warmup=3, iters=20)
-  return {"params": c.params, "macs": c.macs, "accuracy": accuracy, "latency_ms": lat["median_ms"]}
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
   dense = common.dense_model(config, workdir, writer)
@@ -173,13 +167,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     else:
       model, info = compress_to(config, workdir, dense, target, trials, candidates, writer)
       save_model(out, model, extra={"dcvit": info})
-    row = {**describe(model, evaluate(model), batch), **info, "model_dir": out}
+    row = {**common.describe(model, evaluate(model), batch), **info, "model_dir": out}
     family.append(row)
     if jax.process_index() == 0:
       print(f"[dcvit] target {target:.3f}: blocks {info['blocks']} MLP {info['mlp_width']} → "
             f"{row['macs'] / dense_macs:.3f} MACs, accuracy {row['accuracy']:.4f}", flush=True)
 
-  dense_row = describe(dense, evaluate(dense), batch)
+  dense_row = common.describe(dense, evaluate(dense), batch)
   ranking = next((f["ranking"] for f in family if f["target_ratio"] in matched), family[0]["ranking"])
   summary = {"dense": dense_row, "family": family, "practise": practise_rows,
              "block_ranking": ranking,

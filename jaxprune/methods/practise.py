@@ -83,26 +83,25 @@ def prune(config, workdir: str, dense, n: int, scores, writer) -> tuple[Any, lis
   return model, dropped
 
 
-def run_family(config, workdir, dense, writer, describe, evaluate, batch) -> list[dict]:
+def run_family(config, workdir, dense, writer, evaluate, batch) -> list[dict]:
   """PRACTISE models for each `practise.num_drop`: rows with `dropped` and the scores."""
   scores = block_scores(config, workdir, dense, writer)
   rows = []
   for n in config.practise.num_drop:
     model, dropped = prune(config, workdir, dense, n, scores, writer)
-    rows.append({**describe(model, evaluate(model), batch), "dropped": dropped})
+    rows.append({**common.describe(model, evaluate(model), batch), "dropped": dropped})
   return rows
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """PRACTISE alone (`configs/practise.py`)."""
-  from jaxprune.methods.dcvit import describe
   writer = MetricWriter(workdir)
   dense = common.dense_model(config, workdir, writer)
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
   evaluate = lambda m: common.evaluate_model(mcfg, m, s)["accuracy"]  # noqa: E731
-  rows = run_family(config, workdir, dense, writer, describe, evaluate, config.latency_batch)
-  dense_row = describe(dense, evaluate(dense), config.latency_batch)
+  rows = run_family(config, workdir, dense, writer, evaluate, config.latency_batch)
+  dense_row = common.describe(dense, evaluate(dense), config.latency_batch)
   summary = {"dense": dense_row, "practise": rows,
              "scores": block_scores(config, workdir, dense, writer)}
   common.write_summary(workdir, summary)

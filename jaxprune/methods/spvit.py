@@ -199,13 +199,6 @@ def run_finetune(config, workdir: str, compact, dense, writer: MetricWriter):
   return merge(graphdef, jax.device_get(state)), metrics
 
 
-def report(name: str, model, accuracy: float, latency_batch: int) -> dict[str, Any]:
-  c = accounting.count(model.spec)
-  lat = accounting.measure_latency(model, batch=latency_batch, warmup=5, iters=30)
-  return {"params": c.params, "macs": c.macs, "accuracy": accuracy,
-          "latency_ms": lat["median_ms"], "latency": lat}
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   _check(config)
   writer = MetricWriter(workdir)
@@ -234,8 +227,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   save_model(os.path.join(workdir, "pruned"), pruned, extra={"test_accuracy": metrics["accuracy"]})
 
   batch = config.latency_batch
-  rows = [("dense", report("dense", dense, dense_acc, batch)),
-          ("pruned (SPViT)", report("pruned", pruned, metrics["accuracy"], batch))]
+  rows = [("dense", common.describe(dense, dense_acc, batch)),
+          ("pruned (SPViT)", common.describe(pruned, metrics["accuracy"], batch))]
   summary = {"dense": rows[0][1], "pruned": rows[1][1], "arch": pruned.spec.to_dict(),
              "target_ratio": config.spvit.target_ratio, "selected": record,
              "macs_ratio": rows[1][1]["macs"] / rows[0][1]["macs"],
