@@ -6,7 +6,7 @@ Unpack the data outside the repository first:
 
 Scale (chosen to run in well under an hour on the 2-core CPU): a 10,000-image class-balanced
 training subset (all 10,000 test images), 32x32, DeiT width 96, depth 6, 4 heads, MLP x4, patch 4
-(65 tokens); dense pre-training 30 epochs; SPViT search ≤ 6 epochs, fine-tune 10 epochs with hard
+(65 tokens); dense pre-training 30 epochs; SPViT search ≤ 4 epochs, fine-tune 6 epochs with hard
 distillation from the dense model; random search: 2 architectures per target, same fine-tune.
 Every run goes through `python -m jaxprune.main`; the dense model is trained once and reused.
 """
@@ -31,9 +31,9 @@ COMMON = [
 ]
 PRETRAIN = ["--config.train.epochs=30", "--config.train.eval_every_epochs=10",
             "--config.train.log_every=156", "--config.optim.warmup_steps=468"]
-SEARCH = ["--config.search.train.epochs=6", "--config.spvit.eval_every=78",
-          "--config.search.train.log_every=78", "--config.finetune.train.epochs=10",
-          "--config.finetune.train.eval_every_epochs=5", "--config.finetune.train.log_every=156"]
+SEARCH = ["--config.search.train.epochs=4", "--config.spvit.eval_every=78",
+          "--config.search.train.log_every=78", "--config.finetune.train.epochs=6",
+          "--config.finetune.train.eval_every_epochs=3", "--config.finetune.train.log_every=156"]
 
 
 def main_job(config: str, workdir: str, *overrides: str) -> dict:
