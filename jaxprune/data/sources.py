@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import importlib.util
 import os
@@ -232,9 +233,13 @@ def load_tfds(name: str, image_size: int | None = None, data_dir: str | None = N
                  image_shape=(size, size, c), name=f"tfds:{name}")
 
 
+@functools.lru_cache(maxsize=4)
 def load_source(source: str, image_size: int | None = None,
                 tfds_dir: str | None = None) -> Dataset:
-  """Opens `source` (see the module docstring), resized to `image_size` when given."""
+  """Opens `source` (see the module docstring), resized to `image_size` when given.
+
+  Cached per process: a method's phases share one decoded copy (callers never modify it).
+  """
   if source == "mnist5k":
     ds = load_mnist5k()
   elif source.startswith("folder:"):
