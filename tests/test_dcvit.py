@@ -19,7 +19,7 @@ from jaxprune.models.blocks import gelu
 from jaxprune.surgery import compress_block, drop_blocks
 from jaxprune.synth import InversionConfig, invert, labels_for, save
 from jaxprune.train.mesh import make_mesh
-from jaxprune.train.optim import group_labels
+from jaxprune.train.optim import group_labels, path_str
 from configs import common as cfgs
 from tests.test_configs import run_config
 
@@ -90,8 +90,7 @@ def test_freeze_after_leaves_embeddings_and_early_blocks_trainable():
   model = build_model(SPEC)
   params = {"weights": nnx.state(model, nnx.Param), "gates": {}}
   labels = group_labels(params, cfgs.optim_config(frozen=freeze_after(2, SPEC.depth)))
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
-          for path, v in jax.tree_util.tree_leaves_with_path(labels)}
+  flat = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(labels)}
   frozen = {k for k, v in flat.items() if v == "frozen"}
   assert all(k.startswith(("weights/blocks/4/", "weights/blocks/5/", "weights/head/"))
              for k in frozen)

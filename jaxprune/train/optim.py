@@ -23,9 +23,10 @@ NO_DECAY = re.compile(r"(^|/)(pos_embed|cls_token|dist_token)(/|$)")
 
 
 def path_str(path) -> str:
-  parts = []
-  for k in path:
-    parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
+  """`weights/blocks/3/mlp/fc1/kernel` for a key path (NNX's trailing `.value` left out)."""
+  parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+  if parts and parts[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
+    parts.pop()
   return "/".join(parts)
 
 
