@@ -144,3 +144,12 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   (tmp_path / "w" / "junk").write_text("x")
   prepare_workdir(str(tmp_path / "w"), c2, overwrite=True)
   assert not (tmp_path / "w" / "junk").exists()
+
+
+def test_training_never_deletes_the_callers_model():
+  mesh = make_mesh(jax.devices()[:1])  # same device: device_put could alias without a copy
+  model = build_model(SPEC, seed=0)
+  graphdef, state, tx = init_state(model, lambda p: optax.sgd(0.1))
+  step = make_train_step(graphdef, tx, _loss, mesh, seed=0)
+  step(place(state, mesh), _batch(0, mesh))  # donates its input state
+  assert np.isfinite(np.asarray(model(jnp.zeros((1, 8, 8, 1))))).all()

@@ -105,5 +105,6 @@ def make_eval_step(graphdef, mesh) -> Callable:
 
 
 def place(state: Any, mesh) -> Any:
-  """Puts a host/default-device state replicated on the mesh."""
-  return jax.device_put(state, replicated(mesh))
+  """A copy of `state` replicated on the mesh. Always a copy: train steps donate their state,
+  which must never delete the arrays of a model the caller still holds."""
+  return jax.device_put(state, replicated(mesh), may_alias=False)
