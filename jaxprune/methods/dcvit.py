@@ -152,7 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   trials = Trials(config, workdir, dense, synthetic, writer)
 
   # PRACTISE first: its MACs define the matched targets.
-  practise_rows = practise.run_family(config, workdir, dense, writer, describe, evaluate, batch)
+  practise_rows = practise.run_family(config, workdir, dense, writer, evaluate, batch)
   dense_macs = accounting.macs(dense.spec)
   matched = [r["macs"] / dense_macs for r in practise_rows]
   targets = sorted(set(sweep_targets(config, dense.spec, len(candidates)) + matched),
