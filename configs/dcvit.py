@@ -16,17 +16,9 @@ from configs import pretrain as pretrain_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  base = pretrain_config.get_config(arg)
-  config = ml_collections.ConfigDict()
-  config.method = "dcvit"
-  config.seed = 0
-  config.model = base.model
+  config = pretrain_config.compression_base("dcvit", arg)
   config.model.update(depth=6, num_heads=4)  # candidates = blocks 1..4: k = 3 at 2 dropped
-  config.pretrain = ml_collections.ConfigDict({"train": base.train, "optim": base.optim,
-                                               "fewshot": base.data.fewshot})
-  config.data = base.data
   config.data.fewshot = 100  # the compression methods' few-shot set (pretraining uses all)
-  config.latency_batch = 64
   config.synthetic = ml_collections.ConfigDict(dict(
       num_images=100, steps=500, lr=0.25, warmup_steps=50, tv_weight=1e-4, tv_exponent=1.0,
       l2_weight=1e-5, jitter=-1))

@@ -32,3 +32,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif arg:
     raise ValueError(f"config argument {arg!r} is unknown; allowed: runlocal")
   return config
+
+
+def compression_base(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """What every compression config starts from: the dense model, the data, and how to pre-train
+  the dense model when no `model.init_from` is given (its own `pretrain.fewshot`, so a method's
+  few-shot `data.fewshot` never shrinks pre-training)."""
+  base = get_config(arg)
+  config = ml_collections.ConfigDict()
+  config.method = method
+  config.seed = base.seed
+  config.model = base.model
+  config.data = ml_collections.ConfigDict(base.data.to_dict())  # a copy, not an alias
+  config.pretrain = ml_collections.ConfigDict({"train": base.train, "optim": base.optim,
+                                               "fewshot": base.data.fewshot})
+  config.latency_batch = 64
+  return config

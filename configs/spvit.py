@@ -15,18 +15,10 @@ from configs import pretrain as pretrain_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  base = pretrain_config.get_config(arg)
-  config = ml_collections.ConfigDict()
-  config.method = "spvit"
-  config.seed = 0
-  config.model = base.model
+  config = pretrain_config.compression_base("spvit", arg)
   # 4 heads of 16: the conv candidates then cost 0.44x (conv3) / 0.09x (conv1) of msa's MACs,
   # as in DeiT-Ti (0.55x / 0.12x); with 2 heads conv3 would save almost nothing.
   config.model.num_heads = 4
-  config.data = base.data
-  config.pretrain = ml_collections.ConfigDict({"train": base.train, "optim": base.optim,
-                                               "fewshot": base.data.fewshot})
-  config.latency_batch = 64
   config.spvit = ml_collections.ConfigDict(dict(
       target_ratio=0.6,       # target MACs as a fraction of the dense model's
       tolerance=0.05,         # selected arch within ±5 % of the target
