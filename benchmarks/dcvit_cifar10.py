@@ -6,7 +6,8 @@ MLP x4, patch 4, 32x32, pre-trained on a 10,000-image subset) and the unpacked d
   python benchmarks/dcvit_cifar10.py --data /tmp/cifar10
 
 Settings: 500 class-balanced training images (unlabeled use only), 100 synthetic images (1000
-inversion steps), block trials of 100 feature-mimicking steps, 200 steps per progressive step;
+inversion steps), block trials of --trial-steps feature-mimicking steps (default 100),
+--finetune-steps per progressive step (default 200; PRACTISE fine-tunes (n+1) x that);
 PRACTISE drops 1 and 2 blocks, DC-ViT is matched to each of those MACs.
 """
 
@@ -28,6 +29,9 @@ def main() -> None:
   parser.add_argument("--data", required=True, help="folder holding train/ and test/")
   parser.add_argument("--dense", default="/tmp/jaxprune_bench/spvit_cifar10/dense/model")
   parser.add_argument("--out", default="/tmp/jaxprune_bench/dcvit_cifar10")
+  parser.add_argument("--trial-steps", type=int, default=100)
+  parser.add_argument("--finetune-steps", type=int, default=200)
+  parser.add_argument("--adaptor-steps", type=int, default=50)
   args = parser.parse_args()
   cmd = [sys.executable, "-m", "jaxprune.main", "--config=configs/dcvit.py",
          f"--workdir={args.out}", f"--config.model.init_from={args.dense}",
@@ -36,8 +40,9 @@ def main() -> None:
          "--config.data.std=(0.247, 0.243, 0.261)", "--config.data.augment.shift=4",
          "--config.data.augment.flip=True", "--config.synthetic.steps=1000",
          "--config.synthetic.warmup_steps=100", "--config.dcvit.num_targets=0",
-         "--config.dcvit.trial_steps=100", "--config.dcvit.finetune_steps=200",
-         "--config.practise.num_drop=(1, 2)", "--config.practise.adaptor_steps=50"]
+         f"--config.dcvit.trial_steps={args.trial_steps}",
+         f"--config.dcvit.finetune_steps={args.finetune_steps}",
+         "--config.practise.num_drop=(1, 2)", f"--config.practise.adaptor_steps={args.adaptor_steps}"]
   print("$", " ".join(cmd[1:]), flush=True)
   t0 = time.time()
   subprocess.run(cmd, cwd=ROOT, check=True)

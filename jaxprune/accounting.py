@@ -95,6 +95,25 @@ def block_mlp_macs(spec: ArchSpec, hidden: int) -> int:
   return 2 * spec.num_tokens * spec.width * hidden + spec.num_tokens * spec.width
 
 
+def _jitted_forward(model: nnx.Module, batch: int, seed: int):
+  """A zero-argument callable running `model`'s jitted eval forward on fixed random images."""
+  spec = model.spec
+  graphdef, state = nnx.split(model)
+  images = jax.random.normal(jax.random.key(seed),
+                             (batch, spec.image_size, spec.image_size, spec.in_channels))
+  forward = jax.jit(lambda state, images: nnx.merge(graphdef, state)(images, train=False))
+  return lambda: forward(state, images).block_until_ready()
+
+
+def _time_ms(run, iters: int) -> list[float]:
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    run()
+    times.append((time.perf_counter() - t0) * 1e3)
+  return times
+
+
 def measure_latency(model: nnx.Module, batch: int = 64, *, warmup: int = 3, iters: int = 10,
                     seed: int = 0) -> dict[str, Any]:
   """Measured forward latency of `model` in eval mode on random images.
@@ -103,28 +122,34 @@ def measure_latency(model: nnx.Module, batch: int = 64, *, warmup: int = 3, iter
   `block_until_ready`. Returns milliseconds per batch: median, mean, std, min, max, plus
   images/s at the median and the settings used.
   """
-  spec = model.spec
-  graphdef, state = nnx.split(model)
-  images = jax.random.normal(jax.random.key(seed),
-                             (batch, spec.image_size, spec.image_size, spec.in_channels))
-
-  @jax.jit
-  def forward(state, images):
-    return nnx.merge(graphdef, state)(images, train=False)
-
+  run = _jitted_forward(model, batch, seed)
   for _ in range(max(warmup, 1)):
-    forward(state, images).block_until_ready()
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    forward(state, images).block_until_ready()
-    times.append((time.perf_counter() - t0) * 1e3)
-  t = np.asarray(times)
+    run()
+  t = np.asarray(_time_ms(run, iters))
   median = float(np.median(t))
   return {"median_ms": median, "mean_ms": float(t.mean()), "std_ms": float(t.std()),
           "min_ms": float(t.min()), "max_ms": float(t.max()),
           "images_per_s": batch / median * 1e3, "batch": batch, "iters": iters,
           "device": str(jax.devices()[0].platform)}
+
+
+def compare_latency(models: dict[Any, nnx.Module], batch: int = 64, *, rounds: int = 5,
+                    iters: int = 4, warmup: int = 2, seed: int = 0) -> dict[Any, float]:
+  """Median forward latency (ms) of several models, measured interleaved.
+
+  Each round times every model `iters` times in turn, so slow drifts of a shared machine (other
+  processes, clock changes) hit all models alike; differences between the results are far less
+  noisy than between separate `measure_latency` calls.
+  """
+  runs = {k: _jitted_forward(m, batch, seed) for k, m in models.items()}
+  for run in runs.values():
+    for _ in range(max(warmup, 1)):
+      run()
+  times: dict[Any, list[float]] = {k: [] for k in runs}
+  for _ in range(rounds):
+    for k, run in runs.items():
+      times[k] += _time_ms(run, iters)
+  return {k: float(np.median(t)) for k, t in times.items()}
 
 
 def xla_flops(fn, *args) -> float:

@@ -4,7 +4,7 @@ import pytest
 from flax import nnx
 
 from jaxprune import BlockSpec, build_model, count, dense_spec, macs, measure_latency, params
-from jaxprune.accounting import xla_flops
+from jaxprune.accounting import compare_latency, xla_flops
 
 
 @pytest.mark.parametrize("variant, expected", [
@@ -61,3 +61,10 @@ def test_measure_latency_reports_median_and_spread():
   assert r["batch"] == 4 and r["iters"] == 3
   assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
   assert r["images_per_s"] == pytest.approx(4 / r["median_ms"] * 1e3)
+
+
+def test_compare_latency_times_every_model():
+  a = build_model(dense_spec("test_micro", image_size=16, patch_size=4, num_classes=3))
+  b = build_model(dense_spec("test_micro", image_size=16, patch_size=4, num_classes=3, depth=1))
+  r = compare_latency({"a": a, 1: b}, batch=2, rounds=2, iters=2, warmup=1)
+  assert set(r) == {"a", 1} and all(v > 0 for v in r.values())

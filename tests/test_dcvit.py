@@ -119,3 +119,17 @@ def test_dcvit_main_job(tmp_path):
   assert set(s["block_ranking"]) == {"1", "2"}  # candidates: not the first or last block
   assert s["practise"][0]["dropped"] and os.path.getsize(w / "family.png") > 0
   assert os.path.exists(w / "synthetic" / "synthetic.png")
+
+
+def test_practise_latency_saved_replaces_non_positive_measurements(monkeypatch, capsys):
+  from jaxprune import accounting
+  from jaxprune.methods import practise
+  dense = build_model(SPEC, seed=0)
+  fake = {"dense": 10.0, **{i: 8.0 for i in range(6)}}
+  fake[3] = 10.2  # timer noise: dropping block 3 "costs" time
+  monkeypatch.setattr(accounting, "compare_latency", lambda models, batch: fake)
+  saved = practise.latency_saved(dense, batch=4)
+  assert [saved[i] for i in (0, 1, 2, 4, 5)] == [2.0] * 5
+  share = 1 - macs(drop_blocks(dense, [3]).spec) / macs(SPEC)
+  assert saved[3] == pytest.approx(10.0 * share) and saved[3] > 0
+  assert "dropping block 3 measured -0.200 ms" in capsys.readouterr().out

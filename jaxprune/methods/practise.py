@@ -46,23 +46,42 @@ def with_adaptor(dense: ViT, index: int) -> ViT:
   return model
 
 
+def latency_saved(dense: ViT, batch: int) -> dict[int, float]:
+  """Measured latency saved by dropping each block alone (ms, batch `batch`).
+
+  All models are timed interleaved (`accounting.compare_latency`), so machine drift cancels in
+  the differences. A saving that still measures <= 0 (timer noise on a tiny model) is replaced
+  by the dense latency scaled by the block's share of the MACs, with a warning: a score divided
+  by ~0 would otherwise rank that block as never droppable.
+  """
+  models = {"dense": dense, **{i: drop_blocks(dense, [i]) for i in range(dense.spec.depth)}}
+  ms = accounting.compare_latency(models, batch=batch)
+  dense_macs = accounting.macs(dense.spec)
+  saved = {}
+  for i in range(dense.spec.depth):
+    saved[i] = ms["dense"] - ms[i]
+    if saved[i] <= 0:
+      estimate = ms["dense"] * (1 - accounting.macs(models[i].spec) / dense_macs)
+      print(f"[practise] warning: dropping block {i} measured {saved[i]:+.3f} ms of "
+            f"{ms['dense']:.3f} ms saved (timer noise); using the MACs estimate "
+            f"{estimate:.3f} ms", flush=True)
+      saved[i] = estimate
+  return saved
+
+
 def block_scores(config, workdir: str, dense, writer: MetricWriter) -> list[dict[str, Any]]:
   """Per block: recovered feature error, measured latency saved, score (lower = drop first)."""
   path = os.path.join(workdir, "practise", "scores.json")
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
-  batch = config.latency_batch
-  base = accounting.measure_latency(dense, batch=batch, warmup=3, iters=20)["median_ms"]
+  saved = latency_saved(dense, config.latency_batch)
   rows = []
   for i in range(dense.spec.depth):
     _, info = mimic(config, workdir, f"practise_adaptor{i}", with_adaptor(dense, i), dense,
                     rf"^weights/(?!blocks/{i}/)", config.practise.adaptor_steps, writer)
-    dropped = accounting.measure_latency(drop_blocks(dense, [i]), batch=batch, warmup=3,
-                                         iters=20)["median_ms"]
-    saved = max(base - dropped, 1e-3)
-    rows.append({"block": i, "recovered_error": info["feature_mse"], "latency_saved_ms": saved,
-                 "score": info["feature_mse"] / saved})
+    rows.append({"block": i, "recovered_error": info["feature_mse"],
+                 "latency_saved_ms": saved[i], "score": info["feature_mse"] / saved[i]})
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
