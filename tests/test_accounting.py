@@ -68,3 +68,19 @@ def test_compare_latency_times_every_model():
   b = build_model(dense_spec("test_micro", image_size=16, patch_size=4, num_classes=3, depth=1))
   r = compare_latency({"a": a, 1: b}, batch=2, rounds=2, iters=2, warmup=1)
   assert set(r) == {"a", 1} and all(v > 0 for v in r.values())
+
+
+def test_describe_rows_share_one_interleaved_timing(monkeypatch):
+  from jaxprune import accounting
+  from jaxprune.methods import common
+  a = build_model(dense_spec("test_micro", image_size=16, patch_size=4, num_classes=3))
+  b = build_model(dense_spec("test_micro", image_size=16, patch_size=4, num_classes=3, depth=1))
+  calls = []
+  real = accounting.compare_latency
+  monkeypatch.setattr(accounting, "compare_latency",
+                      lambda models, **kw: calls.append(len(models)) or real(models, **kw))
+  rows = common.describe([(a, 0.5), (b, 0.25)], latency_batch=2)
+  assert calls == [2]  # both models timed in one interleaved measurement
+  assert [r["accuracy"] for r in rows] == [0.5, 0.25]
+  assert [r["macs"] for r in rows] == [macs(a.spec), macs(b.spec)] and rows[0]["macs"] > rows[1]["macs"]
+  assert all(r["latency_ms"] > 0 and r["latency"]["timed_with"] == 2 for r in rows)

@@ -201,13 +201,23 @@ def distillation_loss(student_logits, teacher_logits, targets, kind: str, weight
   return (1 - weight) * ce + weight * kd
 
 
-def describe(model, accuracy: float, latency_batch: int) -> dict[str, Any]:
-  """A summary row: params, MACs, accuracy and measured latency (median ms, batch given)."""
+def describe(entries: list[tuple[Any, float]], latency_batch: int) -> list[dict[str, Any]]:
+  """Summary rows (params, MACs, accuracy, measured latency) of models shown in one table.
+
+  `entries` are (model, accuracy) pairs. Latencies (median ms, batch `latency_batch`) are timed
+  interleaved across all the models (`accounting.compare_latency`), so the speed-ups between rows
+  do not depend on when each model happened to be timed on a shared machine.
+  """
   from jaxprune import accounting
-  c = accounting.count(model.spec)
-  lat = accounting.measure_latency(model, batch=latency_batch, warmup=5, iters=30)
-  return {"params": c.params, "macs": c.macs, "accuracy": accuracy,
-          "latency_ms": lat["median_ms"], "latency": lat}
+  ms = accounting.compare_latency({i: m for i, (m, _) in enumerate(entries)},
+                                  batch=latency_batch, rounds=6, iters=5, warmup=3)
+  rows = []
+  for i, (model, accuracy) in enumerate(entries):
+    c = accounting.count(model.spec)
+    rows.append({"params": c.params, "macs": c.macs, "accuracy": accuracy, "latency_ms": ms[i],
+                 "latency": {"median_ms": ms[i], "batch": latency_batch, "samples": 30,
+                             "timed_with": len(entries)}})
+  return rows
 
 
 def print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:

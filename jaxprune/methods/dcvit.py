@@ -152,12 +152,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   trials = Trials(config, workdir, dense, synthetic, writer)
 
   # PRACTISE first: its MACs define the matched targets.
-  practise_rows = practise.run_family(config, workdir, dense, writer, evaluate, batch)
+  pruned = practise.run_family(config, workdir, dense, writer)
   dense_macs = accounting.macs(dense.spec)
-  matched = [r["macs"] / dense_macs for r in practise_rows]
+  matched = [accounting.macs(m.spec) / dense_macs for m, _ in pruned]
   targets = sorted(set(sweep_targets(config, dense.spec, len(candidates)) + matched),
                    reverse=True)
-  family = []
+  family, entries = [], []
   for target in targets:
     out = os.path.join(workdir, "family", f"{target:.3f}")
     if os.path.exists(os.path.join(out, "arch.json")):
@@ -167,13 +167,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     else:
       model, info = compress_to(config, workdir, dense, target, trials, candidates, writer)
       save_model(out, model, extra={"dcvit": info})
-    row = {**common.describe(model, evaluate(model), batch), **info, "model_dir": out}
-    family.append(row)
+    accuracy = evaluate(model)
+    family.append({**info, "model_dir": out})
+    entries.append((model, accuracy))
     if jax.process_index() == 0:
       print(f"[dcvit] target {target:.3f}: blocks {info['blocks']} MLP {info['mlp_width']} → "
-            f"{row['macs'] / dense_macs:.3f} MACs, accuracy {row['accuracy']:.4f}", flush=True)
+            f"{accounting.macs(model.spec) / dense_macs:.3f} MACs, accuracy {accuracy:.4f}",
+            flush=True)
 
-  dense_row = common.describe(dense, evaluate(dense), batch)
+  # One table, timed together: dense, the family, PRACTISE.
+  rows = common.describe([(dense, evaluate(dense))] + entries +
+                         [(m, evaluate(m)) for m, _ in pruned], batch)
+  dense_row = rows[0]
+  family = [{**r, **f} for r, f in zip(rows[1:1 + len(family)], family)]
+  practise_rows = [{**r, "dropped": d} for r, (_, d) in zip(rows[1 + len(family):], pruned)]
   ranking = next((f["ranking"] for f in family if f["target_ratio"] in matched), family[0]["ranking"])
   summary = {"dense": dense_row, "family": family, "practise": practise_rows,
              "block_ranking": ranking,

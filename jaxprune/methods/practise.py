@@ -102,14 +102,10 @@ def prune(config, workdir: str, dense, n: int, scores, writer) -> tuple[Any, lis
   return model, dropped
 
 
-def run_family(config, workdir, dense, writer, evaluate, batch) -> list[dict]:
-  """PRACTISE models for each `practise.num_drop`: rows with `dropped` and the scores."""
+def run_family(config, workdir, dense, writer) -> list[tuple[Any, list[int]]]:
+  """PRACTISE models for each `practise.num_drop`: (model, dropped blocks) pairs."""
   scores = block_scores(config, workdir, dense, writer)
-  rows = []
-  for n in config.practise.num_drop:
-    model, dropped = prune(config, workdir, dense, n, scores, writer)
-    rows.append({**common.describe(model, evaluate(model), batch), "dropped": dropped})
-  return rows
+  return [prune(config, workdir, dense, n, scores, writer) for n in config.practise.num_drop]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -119,8 +115,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
   evaluate = lambda m: common.evaluate_model(mcfg, m, s)["accuracy"]  # noqa: E731
-  rows = run_family(config, workdir, dense, writer, evaluate, config.latency_batch)
-  dense_row = common.describe(dense, evaluate(dense), config.latency_batch)
+  pruned = run_family(config, workdir, dense, writer)
+  dense_row, *rows = common.describe([(dense, evaluate(dense))] +
+                                     [(m, evaluate(m)) for m, _ in pruned], config.latency_batch)
+  rows = [{**r, "dropped": dropped} for r, (_, dropped) in zip(rows, pruned)]
   summary = {"dense": dense_row, "practise": rows,
              "scores": block_scores(config, workdir, dense, writer)}
   common.write_summary(workdir, summary)

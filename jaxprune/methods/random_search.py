@@ -80,8 +80,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     candidates.append((metrics["accuracy"], i, model))
   best_acc, best_i, best = max(candidates, key=lambda c: (c[0], -c[1]))
   batch = config.latency_batch
-  rows = [("dense", common.describe(dense, dense_acc, batch)),
-          ("random search (best)", common.describe(best, best_acc, batch))]
+  rows = list(zip(("dense", "random search (best)"),
+                  common.describe([(dense, dense_acc), (best, best_acc)], batch)))
   summary = {"dense": rows[0][1], "pruned": rows[1][1], "arch": best.spec.to_dict(),
              "target_ratio": config.spvit.target_ratio, "best_candidate": best_i,
              "candidates": [{"accuracy": a, "arch": m.spec.to_dict(),

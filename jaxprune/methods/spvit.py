@@ -227,8 +227,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   save_model(os.path.join(workdir, "pruned"), pruned, extra={"test_accuracy": metrics["accuracy"]})
 
   batch = config.latency_batch
-  rows = [("dense", common.describe(dense, dense_acc, batch)),
-          ("pruned (SPViT)", common.describe(pruned, metrics["accuracy"], batch))]
+  rows = list(zip(("dense", "pruned (SPViT)"),
+                  common.describe([(dense, dense_acc), (pruned, metrics["accuracy"])], batch)))
   summary = {"dense": rows[0][1], "pruned": rows[1][1], "arch": pruned.spec.to_dict(),
              "target_ratio": config.spvit.target_ratio, "selected": record,
              "macs_ratio": rows[1][1]["macs"] / rows[0][1]["macs"],
