@@ -14,13 +14,8 @@ PRACTISE drops 1 and 2 blocks, DC-ViT is matched to each of those MACs.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from spvit_cifar10 import CIFAR_DATA, main_job  # the same data flags and runner
 
 
 def main() -> None:
@@ -33,22 +28,15 @@ def main() -> None:
   parser.add_argument("--finetune-steps", type=int, default=200)
   parser.add_argument("--adaptor-steps", type=int, default=50)
   args = parser.parse_args()
-  cmd = [sys.executable, "-m", "jaxprune.main", "--config=configs/dcvit.py",
-         f"--workdir={args.out}", f"--config.model.init_from={args.dense}",
-         f"--config.data.source=folder:{args.data}", "--config.model.image_size=32",
-         "--config.data.fewshot=500", "--config.data.mean=(0.4914, 0.4822, 0.4465)",
-         "--config.data.std=(0.247, 0.243, 0.261)", "--config.data.augment.shift=4",
-         "--config.data.augment.flip=True", "--config.synthetic.steps=1000",
-         "--config.synthetic.warmup_steps=100", "--config.dcvit.num_targets=0",
-         f"--config.dcvit.trial_steps={args.trial_steps}",
-         f"--config.dcvit.finetune_steps={args.finetune_steps}",
-         "--config.practise.num_drop=(1, 2)", f"--config.practise.adaptor_steps={args.adaptor_steps}"]
-  print("$", " ".join(cmd[1:]), flush=True)
-  t0 = time.time()
-  subprocess.run(cmd, cwd=ROOT, check=True)
-  s = json.load(open(os.path.join(args.out, "summary.json")))
+  s = main_job("dcvit", args.out, f"--config.model.init_from={args.dense}",
+               f"--config.data.source=folder:{args.data}", "--config.data.fewshot=500",
+               "--config.synthetic.steps=1000", "--config.synthetic.warmup_steps=100",
+               "--config.dcvit.num_targets=0", f"--config.dcvit.trial_steps={args.trial_steps}",
+               f"--config.dcvit.finetune_steps={args.finetune_steps}",
+               "--config.practise.num_drop=(1, 2)",
+               f"--config.practise.adaptor_steps={args.adaptor_steps}", common=CIFAR_DATA)
   base = s["dense"]
-  print(f"\nwall {(time.time() - t0) / 60:.1f} min")
+  print(f"\nwall {s['wall_s'] / 60:.1f} min")
   print("| model | MACs ratio | params | test acc. | latency ms (b64) | speed-up |")
   print("|---|---:|---:|---:|---:|---:|")
   rows = [("dense", base)] + [(f"PRACTISE −{len(p['dropped'])} blocks {p['dropped']}", p)

@@ -22,12 +22,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-COMMON = [
-    "--config.model.image_size=32", "--config.model.patch_size=4", "--config.model.width=96",
-    "--config.model.depth=6", "--config.model.num_heads=4", "--config.model.mlp_ratio=4.0",
+CIFAR_DATA = [  # image size, normalisation and augmentation (shared with dcvit_cifar10.py)
+    "--config.model.image_size=32", "--config.data.mean=(0.4914, 0.4822, 0.4465)",
+    "--config.data.std=(0.247, 0.243, 0.261)", "--config.data.augment.shift=4",
+    "--config.data.augment.flip=True",
+]
+COMMON = CIFAR_DATA + [
+    "--config.model.patch_size=4", "--config.model.width=96", "--config.model.depth=6",
+    "--config.model.num_heads=4", "--config.model.mlp_ratio=4.0",
     "--config.data.fewshot=10000", "--config.data.fewshot_balanced=True",
-    "--config.data.mean=(0.4914, 0.4822, 0.4465)", "--config.data.std=(0.247, 0.243, 0.261)",
-    "--config.data.augment.shift=4", "--config.data.augment.flip=True",
 ]
 PRETRAIN = ["--config.train.epochs=30", "--config.train.eval_every_epochs=10",
             "--config.train.log_every=156", "--config.optim.warmup_steps=468"]
@@ -36,9 +39,10 @@ SEARCH = ["--config.search.train.epochs=4", "--config.spvit.eval_every=78",
           "--config.finetune.train.eval_every_epochs=3", "--config.finetune.train.log_every=156"]
 
 
-def main_job(config: str, workdir: str, *overrides: str) -> dict:
+def main_job(config: str, workdir: str, *overrides: str, common=COMMON) -> dict:
+  """Runs `python -m jaxprune.main` with `common` + `overrides`; its summary.json + wall_s."""
   cmd = [sys.executable, "-m", "jaxprune.main", f"--config=configs/{config}.py",
-         f"--workdir={workdir}", *COMMON, *overrides]
+         f"--workdir={workdir}", *common, *overrides]
   print("$", " ".join(cmd[1:]), flush=True)
   t0 = time.time()
   subprocess.run(cmd, cwd=ROOT, check=True)

@@ -209,13 +209,14 @@ def describe(entries: list[tuple[Any, float]], latency_batch: int) -> list[dict[
   do not depend on when each model happened to be timed on a shared machine.
   """
   from jaxprune import accounting
+  rounds, iters = 6, 5
   ms = accounting.compare_latency({i: m for i, (m, _) in enumerate(entries)},
-                                  batch=latency_batch, rounds=6, iters=5, warmup=3)
+                                  batch=latency_batch, rounds=rounds, iters=iters, warmup=3)
   rows = []
   for i, (model, accuracy) in enumerate(entries):
     c = accounting.count(model.spec)
     rows.append({"params": c.params, "macs": c.macs, "accuracy": accuracy, "latency_ms": ms[i],
-                 "latency": {"median_ms": ms[i], "batch": latency_batch, "samples": 30,
+                 "latency": {"median_ms": ms[i], "batch": latency_batch, "samples": rounds * iters,
                              "timed_with": len(entries)}})
   return rows
 
