@@ -29,6 +29,7 @@ def data_config(source: str = "mnist5k", **overrides) -> ml_collections.ConfigDi
       fewshot_balanced=True,  # same count per class
       mean=(0.1307,), std=(0.3081,),  # per channel, after scaling pixels to [0, 1]
       augment=dict(crop_scale_min=1.0, shift=0, flip=False, mixup=0.0),
+      skip_corrupt=False,     # folder:<path>: skip unreadable images (warned, counted) vs error
       ), overrides)
 
 

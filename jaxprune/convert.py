@@ -43,26 +43,42 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   if not os.path.exists(path):
     raise UserError(f"checkpoint {path!r} does not exist")
   ext = os.path.splitext(path)[1].lower()
+  if ext not in (".safetensors", ".npz", ".pth", ".pt", ".bin"):
+    raise UserError(f"checkpoint {path!r}: unknown file type {ext!r}; allowed are .safetensors, "
+                    ".npz, .pth/.pt/.bin")
+  try:
+    return _read_file(path, ext)
+  except UserError:
+    raise
+  except Exception as e:  # every reader raises its own types for a damaged or hostile file
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    why = ("torch refused it with weights_only=True: it holds code or objects other than "
+           "tensors, which jaxprune never executes" if type(e).__name__ == "UnpicklingError"
+           else f"{type(e).__name__}: {first}")
+    raise UserError(f"checkpoint {path!r} cannot be read ({why}); the file is truncated, "
+                    "corrupt or not a weights file") from None
+
+
+def _read_file(path: str, ext: str) -> dict[str, np.ndarray]:
   if ext == ".safetensors":
     from safetensors.numpy import load_file
     return dict(load_file(path))
   if ext == ".npz":
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(path, allow_pickle=False) as z:  # object arrays raise: they would need pickle
       return {k: z[k] for k in z.files}
-  if ext in (".pth", ".pt", ".bin"):
-    try:
-      import torch
-    except ImportError as e:
-      raise UserError(f"reading {path!r} needs torch (pip install torch==2.13.0); or convert it "
-                      "to .safetensors first") from e
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict", "model_ema"):
-      if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
-        sd = sd[wrapper]
-        break
-    return {k: v.detach().float().numpy() for k, v in sd.items() if hasattr(v, "detach")}
-  raise UserError(f"checkpoint {path!r}: unknown file type {ext!r}; allowed are .safetensors, "
-                  ".npz, .pth/.pt/.bin")
+  try:
+    import torch
+  except ImportError as e:
+    raise UserError(f"reading {path!r} needs torch (pip install torch==2.13.0); or convert it "
+                    "to .safetensors first") from e
+  sd = torch.load(path, map_location="cpu", weights_only=True)
+  for wrapper in ("model", "state_dict", "model_ema"):
+    if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
+      sd = sd[wrapper]
+      break
+  if not isinstance(sd, Mapping):
+    raise UserError(f"checkpoint {path!r} holds a {type(sd).__name__}, not a state dict")
+  return {k: v.detach().float().numpy() for k, v in sd.items() if hasattr(v, "detach")}
 
 
 def detect_format(sd: Mapping[str, Any]) -> str:
@@ -183,8 +199,14 @@ def infer_spec(sd: Mapping[str, np.ndarray], *, num_heads: int | None = None,
   prefix = 1 + int(dist)
   grid = int(round((sd["pos_embed"].shape[1] - prefix)**0.5))
   depth = len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+  if num_heads is None and "_heads.0" in sd:
+    num_heads = int(sd["_heads.0"])  # big_vision kernels carry the head count
   if num_heads is None:
-    num_heads = int(sd["_heads.0"]) if "_heads.0" in sd else max(1, width // 64)
+    raise UserError(f"the number of attention heads cannot be read from these weights (width "
+                    f"{width}); pass --num-heads (num_heads=...), or put the model's Hugging "
+                    "Face config.json beside the weights")
+  if num_heads < 1 or width % num_heads:
+    raise UserError(f"--num-heads {num_heads}: must be >= 1 and divide the width {width}")
   mlp = sd["blocks.0.mlp.fc1.weight"].shape[0] if depth else 0
   return ArchSpec(image_size=grid * p, patch_size=p, width=width, num_heads=num_heads,
                   num_classes=sd["head.weight"].shape[0], in_channels=in_ch,
@@ -254,8 +276,8 @@ def import_checkpoint(path_or_sd: str | Mapping[str, np.ndarray], fmt: str = "au
   Args:
     path_or_sd: a file (`.safetensors`, `.npz`, `.pth`), an HF model folder, or a state dict.
     fmt: `hf`, `timm`, `big_vision`, or `auto` (guess from the key names).
-    num_heads: attention heads; read from the HF config or the big_vision kernels when not given,
-      else width // 64 (right for DeiT/ViT Ti/S/B).
+    num_heads: attention heads; read from the HF config or the big_vision kernels when not given
+      (the weights alone do not determine it: an error asks for it otherwise).
     image_size: resize position embeddings (bilinear) to this input size.
     ln_eps: LayerNorm epsilon; default 1e-12 for HF (its config's default), 1e-6 otherwise.
     hf_config: an HF `config.json` dict; read from the model folder when not given.
@@ -266,8 +288,11 @@ def import_checkpoint(path_or_sd: str | Mapping[str, np.ndarray], fmt: str = "au
     cfg_path = os.path.join(path_or_sd if os.path.isdir(path_or_sd)
                             else os.path.dirname(path_or_sd), "config.json")
     if hf_config is None and os.path.exists(cfg_path):
-      with open(cfg_path) as f:
-        hf_config = json.load(f)
+      try:
+        with open(cfg_path) as f:
+          hf_config = json.load(f)
+      except (OSError, ValueError) as e:
+        raise UserError(f"{cfg_path} is not valid JSON ({e})") from None
     sd = read_state_dict(path_or_sd)
   else:
     sd = dict(path_or_sd)
@@ -312,12 +337,17 @@ def main(argv: list[str] | None = None) -> int:
   from jaxprune.accounting import count
   from jaxprune.export import save_model
   try:
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+      raise UserError(f"--out {args.out} is a file; choose a folder to write the model into")
     model = import_checkpoint(args.src, args.format, num_heads=args.num_heads,
                               image_size=args.image_size)
     save_model(args.out, model, extra={"source": os.path.abspath(args.src),
                                        "format": args.format})
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    return 2
+  except OSError as e:  # --out under a file, unwritable...
+    print(f"error: cannot write --out {args.out}: {e.strerror or e}", file=sys.stderr)
     return 2
   c = count(model.spec)
   print(f"wrote {args.out}: depth {model.spec.depth}, width {model.spec.width}, "

@@ -45,20 +45,65 @@ def read_spec(directory: str) -> ArchSpec:
   if not os.path.exists(path):
     raise UserError(f"model directory {directory!r} has no {ARCH_FILE}: not a saved jaxprune "
                     "model (write one with jaxprune.save_model or `python -m jaxprune.convert`)")
-  with open(path) as f:
-    return ArchSpec.from_dict(json.load(f)["arch"])
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+    arch = meta["arch"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{path} is not a jaxprune arch file ({type(e).__name__}: {e}); the model "
+                    "folder is damaged: export or convert the model again") from None
+  return ArchSpec.from_dict(arch)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """`{"blocks/0/attn/qkv/kernel": shape}` for the leaves of a nested dict."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+          for path, leaf in flat}
+
+
+def check_weights(directory: str, spec: ArchSpec, saved: dict[str, tuple[int, ...]],
+                  expected: dict[str, tuple[int, ...]]) -> None:
+  """Every saved array must exist in the spec's model with the same shape, and vice versa."""
+  where = f"model {directory!r}: the weights do not match its {ARCH_FILE}"
+  for name, shape in expected.items():
+    if name not in saved:
+      raise UserError(f"{where}: {name} is missing from the saved weights")
+    if saved[name] != shape:
+      raise UserError(f"{where}: {name} has shape {saved[name]} but the spec (width "
+                      f"{spec.width}, {spec.depth} blocks, {spec.num_classes} classes) needs "
+                      f"{shape}")
+  extra = sorted(set(saved) - set(expected))
+  if extra:
+    raise UserError(f"{where}: unexpected saved arrays {extra[:5]}")
 
 
 def load(directory: str) -> ViT:
   """Rebuilds the model saved in `directory` (by `save_model` or `python -m jaxprune.convert`).
 
-  The returned `ViT`, called on float NHWC images normalised as in training, returns class logits.
+  Every saved array is checked against the shapes `arch.json` implies before it is read, so a
+  spec and weights that disagree fail here, naming the first mismatch. The returned `ViT`,
+  called on float NHWC images normalised as in training, returns class logits.
   """
   spec = read_spec(directory)
   abstract = nnx.eval_shape(lambda: build_model(spec))
   graphdef, abstract_state = nnx.split(abstract)
   target = abstract_state.to_pure_dict()
+  state_dir = os.path.join(os.path.abspath(directory), STATE_DIR)
+  if not os.path.isdir(state_dir):
+    raise UserError(f"model {directory!r} has no {STATE_DIR}/ folder of weights; export or "
+                    "convert the model again")
   with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(os.path.join(os.path.abspath(directory), STATE_DIR), target)
+    try:
+      saved = _shapes(ckptr.metadata(state_dir).item_metadata.tree)
+    except Exception as e:  # orbax raises many types for a damaged checkpoint
+      raise UserError(f"model {directory!r}: cannot read the weights' metadata "
+                      f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    check_weights(directory, spec, saved, _shapes(target))
+    try:
+      restored = ckptr.restore(state_dir, target)
+    except Exception as e:
+      raise UserError(f"model {directory!r}: cannot read the weights ({type(e).__name__}: "
+                      f"{' '.join(str(e).split())[:200]})") from None
   abstract_state.replace_by_pure_dict(restored)
   return nnx.merge(graphdef, abstract_state)

@@ -37,24 +37,44 @@ def main(argv) -> None:
   import jax
   from absl import logging
 
-  from jaxprune import methods
   from jaxprune.errors import UserError
-  from jaxprune.train.checkpoint import prepare_workdir
+  from jaxprune.train.loop import Interrupted
 
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
-  if _COORDINATOR.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  config = _CONFIG.value
   try:
-    method = methods.get(config.method)
-    workdir = _WORKDIR.value or os.path.join("runs", config.method)
-    prepare_workdir(workdir, config, overwrite=_OVERWRITE.value)
-    method.run(config, workdir)
+    if _COORDINATOR.value:
+      jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif _DISTRIBUTED.value:
+      jax.distributed.initialize()
+    execute(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
   except UserError as e:
     _fail(str(e))
+  except Interrupted as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(130)
+  except KeyboardInterrupt:
+    print("error: interrupted before training started; rerun the same command to resume",
+          file=sys.stderr)
+    sys.exit(130)
+
+
+def execute(config, workdir: str | None, overwrite: bool = False):
+  """Validates the whole config, then prepares the workdir, then runs the method.
+
+  Nothing is written or deleted before the config has passed every up-front check.
+  """
+  import jax
+
+  from jaxprune import methods
+  from jaxprune.train.workdir import prepare_workdir
+  from jaxprune.validate import validate
+
+  method = methods.get(config.method)
+  validate(config, jax.device_count())
+  workdir = workdir or os.path.join("runs", config.method)
+  prepare_workdir(workdir, config, overwrite=overwrite)
+  return method.run(config, workdir)
 
 
 def _clean(e: BaseException) -> str:

@@ -11,7 +11,8 @@ from jaxprune import build_model, dense_spec
 from jaxprune.data.pipeline import to_global
 from jaxprune.errors import UserError
 from jaxprune.models import Gate
-from jaxprune.train.checkpoint import PhaseCheckpoints, prepare_workdir
+from jaxprune.train.checkpoint import PhaseCheckpoints
+from jaxprune.train.workdir import prepare_workdir
 from jaxprune.train.logging import MetricWriter, read_metrics
 from jaxprune.train.loop import NonFiniteLoss, Schedule, fit
 from jaxprune.train.mesh import check_batch, data_sharding, make_mesh
@@ -141,9 +142,11 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   prepare_workdir(str(tmp_path / "w"), c1)  # same config: resume is fine
   with pytest.raises(UserError, match=r"different config \(differs in: optim.lr\)"):
     prepare_workdir(str(tmp_path / "w"), c2)
-  (tmp_path / "w" / "junk").write_text("x")
+  (tmp_path / "w" / "metrics.jsonl").write_text("{}\n")
+  (tmp_path / "w" / "notes.txt").write_text("x")
   prepare_workdir(str(tmp_path / "w"), c2, overwrite=True)
-  assert not (tmp_path / "w" / "junk").exists()
+  assert not (tmp_path / "w" / "metrics.jsonl").exists()  # jaxprune's own files go
+  assert (tmp_path / "w" / "notes.txt").exists()          # nothing else does
 
 
 def test_training_never_deletes_the_callers_model():

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
+from absl import logging
 
 from jaxprune.errors import UserError
 
@@ -105,6 +106,15 @@ def load_mnist5k() -> Dataset:
 
 
 # folder:<path> ------------------------------------------------------------------------------------
+GRAYSCALE_MODES = ("L", "1", "I", "I;16", "F", "LA")
+
+
+def _image_mode(path: str) -> str:
+  from PIL import Image
+  with Image.open(path) as img:
+    return img.mode
+
+
 def _read_image(path: str, channels: int) -> np.ndarray:
   from PIL import Image
   with Image.open(path) as img:
@@ -112,35 +122,79 @@ def _read_image(path: str, channels: int) -> np.ndarray:
   return arr.reshape(arr.shape[0], arr.shape[1], channels)
 
 
-def load_folder(path: str, image_size: int | None = None) -> Dataset:
-  """`path/train/<class>/*` and `path/test/<class>/*`; class ids in sorted folder-name order."""
-  for split in ("train", "test"):
-    if not os.path.isdir(os.path.join(path, split)):
-      raise UserError(f"data.source 'folder:{path}': {os.path.join(path, split)} is not a "
-                      "directory; expected <path>/train/<class>/*.jpg and <path>/test/<class>/*")
+def _try(fn, *args):
+  try:
+    return fn(*args), None
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+    return None, f"{type(e).__name__}: {e}"
+
+
+def _list_folder(path: str) -> tuple[list[str], dict[str, tuple[list[str], list[int]]]]:
+  """Class names (sorted train folders) and per split the image files and their labels."""
   classes = sorted(d for d in os.listdir(os.path.join(path, "train"))
                    if os.path.isdir(os.path.join(path, "train", d)))
   if not classes:
     raise UserError(f"data.source 'folder:{path}': no class folders in {path}/train")
-  splits = {}
+  out = {}
   for split in ("train", "test"):
     files, labels = [], []
     for c, name in enumerate(classes):
       d = os.path.join(path, split, name)
       names = sorted(os.listdir(d)) if os.path.isdir(d) else []
       chosen = [os.path.join(d, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+      if split == "train" and not chosen:
+        raise UserError(f"data.source 'folder:{path}': class folder {d} has no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}); every class needs training images")
       files += chosen
       labels += [c] * len(chosen)
     if not files:
       raise UserError(f"data.source 'folder:{path}': no images in {path}/{split}")
-    from PIL import Image
-    with Image.open(files[0]) as first:
-      channels = 1 if first.mode in ("L", "1", "I", "I;16") else 3
+    out[split] = (files, labels)
+  return classes, out
+
+
+def load_folder(path: str, image_size: int | None = None, skip_corrupt: bool = False) -> Dataset:
+  """`path/train/<class>/*` and `path/test/<class>/*`; class ids in sorted folder-name order.
+
+  The channel count is decided once for the whole folder (3 if any image has colour, else 1)
+  and every image is converted to it. An unreadable image is an error naming it, or, with
+  `skip_corrupt` (`data.skip_corrupt`), skipped with a warning that counts them.
+  """
+  classes, listed = _list_folder(path)
+  everything = listed["train"][0] + listed["test"][0]
+  with ThreadPoolExecutor(8) as pool:
+    modes = dict(zip(everything, pool.map(lambda f: _try(_image_mode, f), everything)))
+  readable = [m for m, err in modes.values() if err is None]
+  channels = 1 if readable and all(m in GRAYSCALE_MODES for m in readable) else 3
+  splits, skipped = {}, []
+  for split, (files, labels) in listed.items():
     with ThreadPoolExecutor(8) as pool:
-      imgs = list(pool.map(lambda f: _read_image(f, channels), files))
+      decoded = list(pool.map(lambda f: _try(_read_image, f, channels) if modes[f][1] is None
+                              else modes[f], files))
+    imgs, keep = [], []
+    for f, label, (img, err) in zip(files, labels, decoded):
+      if err is None:
+        imgs.append(img)
+        keep.append(label)
+      elif skip_corrupt:
+        skipped.append(f)
+      else:
+        raise UserError(f"data.source 'folder:{path}': cannot read image {f} ({err}); fix or "
+                        "remove it, or set data.skip_corrupt=True to skip unreadable images")
+    if not imgs:
+      raise UserError(f"data.source 'folder:{path}': no readable images in {path}/{split}")
     size = image_size or imgs[0].shape[0]
     imgs = [resize_images(i[None], size)[0] if i.shape[:2] != (size, size) else i for i in imgs]
-    splits[split] = ArraySplit(np.stack(imgs), np.asarray(labels, np.int32))
+    splits[split] = ArraySplit(np.stack(imgs), np.asarray(keep, np.int32))
+  if skipped:
+    logging.warning("skipped %d unreadable images in %s, e.g. %s", len(skipped), path, skipped[0])
+    print(f"[data] warning: skipped {len(skipped)} unreadable images in {path} "
+          f"(data.skip_corrupt), e.g. {skipped[0]}", flush=True)
+  counts = np.bincount(splits["train"].labels, minlength=len(classes))
+  if not counts.all():
+    empty = classes[int(np.argmin(counts))]
+    raise UserError(f"data.source 'folder:{path}': class {empty!r} has no readable training "
+                    "images left after skipping unreadable ones")
   h, w, ch = splits["train"].images.shape[1:]
   return Dataset(splits["train"], splits["test"], num_classes=len(classes),
                  image_shape=(h, w, ch), name=f"folder:{path}")
@@ -150,19 +204,27 @@ def load_folder(path: str, image_size: int | None = None) -> Dataset:
 def read_idx(path: str) -> np.ndarray:
   """An IDX file (MNIST format; gzip allowed) as a numpy array."""
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError, gzip.BadGzipFile) as e:  # truncated or not gzip at all
+    raise UserError(f"{path}: cannot read it ({type(e).__name__}: {e}); the file is truncated "
+                    "or corrupt") from None
   if len(data) < 4 or data[0] != 0 or data[1] != 0:
     raise UserError(f"{path} is not an IDX file (bad magic number)")
   dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
   if data[2] not in dtypes:
     raise UserError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
   ndim = data[3]
+  if len(data) < 4 + 4 * ndim:
+    raise UserError(f"{path}: truncated IDX header ({len(data)} bytes; a {ndim}-d header needs "
+                    f"{4 + 4 * ndim})")
   shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-  arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
-  if arr.size != int(np.prod(shape)):
-    raise UserError(f"{path}: IDX header says shape {shape} but the file holds {arr.size} values")
-  return arr.reshape(shape)
+  dtype, offset = np.dtype(dtypes[data[2]]), 4 + 4 * ndim
+  if len(data) - offset != int(np.prod(shape)) * dtype.itemsize:
+    raise UserError(f"{path}: IDX header says shape {shape} but the file holds "
+                    f"{(len(data) - offset) / dtype.itemsize:g} values")
+  return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
 
 
 def _find(path: str, stem: str) -> str:
@@ -233,26 +295,40 @@ def load_tfds(name: str, image_size: int | None = None, data_dir: str | None = N
                  image_shape=(size, size, c), name=f"tfds:{name}")
 
 
-@functools.lru_cache(maxsize=4)
-def load_source(source: str, image_size: int | None = None,
-                tfds_dir: str | None = None) -> Dataset:
-  """Opens `source` (see the module docstring), resized to `image_size` when given.
-
-  Cached per process: a method's phases share one decoded copy (callers never modify it).
-  """
+def check_source(source: str) -> None:
+  """Cheap checks of `data.source` (known kind, folders exist), run before any work."""
   if source == "mnist5k":
-    ds = load_mnist5k()
+    mnist5k_path()
   elif source.startswith("folder:"):
-    ds = load_folder(os.path.expanduser(source[len("folder:"):]), image_size)
+    path = os.path.expanduser(source[len("folder:"):])
+    for split in ("train", "test"):
+      if not os.path.isdir(os.path.join(path, split)):
+        raise UserError(f"data.source 'folder:{path}': {os.path.join(path, split)} is not a "
+                        "directory; expected <path>/train/<class>/*.jpg and <path>/test/<class>/*")
   elif source.startswith("idx:"):
     path = os.path.expanduser(source[len("idx:"):])
     if not os.path.isdir(path):
       raise UserError(f"data.source {source!r}: {path} is not a directory")
-    ds = load_idx(path)
-  elif source.startswith("tfds:"):
-    return load_tfds(source[len("tfds:"):], image_size, tfds_dir)
-  else:
+  elif not source.startswith("tfds:") or not source[len("tfds:"):]:
     raise UserError(f"data.source = {source!r} is unknown; allowed are {', '.join(SOURCES)}")
+
+
+@functools.lru_cache(maxsize=4)
+def load_source(source: str, image_size: int | None = None, tfds_dir: str | None = None,
+                skip_corrupt: bool = False) -> Dataset:
+  """Opens `source` (see the module docstring), resized to `image_size` when given.
+
+  Cached per process: a method's phases share one decoded copy (callers never modify it).
+  """
+  check_source(source)
+  if source == "mnist5k":
+    ds = load_mnist5k()
+  elif source.startswith("folder:"):
+    ds = load_folder(os.path.expanduser(source[len("folder:"):]), image_size, skip_corrupt)
+  elif source.startswith("idx:"):
+    ds = load_idx(os.path.expanduser(source[len("idx:"):]))
+  else:
+    return load_tfds(source[len("tfds:"):], image_size, tfds_dir)
   if image_size and ds.image_shape[:2] != (image_size, image_size):
     for split in (ds.train, ds.test):
       split.images = resize_images(split.images, image_size)

@@ -34,7 +34,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   check_batch(config.train.batch_size)
   mesh = make_mesh()
   ds = load_source(config.data.source, config.model.image_size or None,
-                   config.data.tfds_dir or None)
+                   config.data.tfds_dir or None, config.data.get("skip_corrupt", False))
   train = ds.train
   if config.data.fewshot:
     train = Subset(ds.train, fewshot_indices(ds.train.labels, config.data.fewshot,

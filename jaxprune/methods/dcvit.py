@@ -32,6 +32,7 @@ from jaxprune.methods.structure import block_costs, structure_for
 from jaxprune.surgery import compress_block
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.mesh import make_mesh
+from jaxprune.validate import planned_spec
 
 
 def kl_metric(teacher, student, images: np.ndarray, batch: int = 256) -> float:
@@ -134,15 +135,22 @@ def compress_to(config, workdir: str, dense, target: float, trials: Trials, cand
   return model, info
 
 
+def check(config: ml_collections.ConfigDict) -> None:
+  """Before any work: the dense model must have depth >= 3 and only MSA blocks."""
+  spec = planned_spec(config)
+  if spec.depth < 3:
+    raise UserError(f"DC-ViT needs a model of depth >= 3 (candidates exclude the first and last "
+                    f"block); the model has depth {spec.depth} (model.depth / model.init_from)")
+  if any(b.attn != "msa" for b in spec.blocks):
+    raise UserError("DC-ViT compresses a dense model: every block of model.init_from must be "
+                    f"'msa', got {[b.attn for b in spec.blocks]}")
+  practise.check(config)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
   dense = common.dense_model(config, workdir, writer)
   depth = dense.spec.depth
-  if depth < 3:
-    raise UserError(f"DC-ViT needs a model of depth >= 3 (candidates exclude the first and last "
-                    f"block); model.depth = {depth}")
-  if any(b.attn != "msa" for b in dense.spec.blocks):
-    raise UserError("DC-ViT compresses a dense model: every block must be 'msa'")
   candidates = list(range(1, depth - 1))
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)

@@ -18,6 +18,7 @@ import ml_collections
 from flax import nnx
 
 from jaxprune import accounting
+from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import common
 from jaxprune.methods.mimicking import mimic
@@ -25,6 +26,7 @@ from jaxprune.models import ViT
 from jaxprune.models.blocks import Block, LinearAdaptor
 from jaxprune.surgery import drop_blocks
 from jaxprune.train.logging import MetricWriter
+from jaxprune.validate import planned_spec
 
 
 def with_adaptor(dense: ViT, index: int) -> ViT:
@@ -106,6 +108,16 @@ def run_family(config, workdir, dense, writer) -> list[tuple[Any, list[int]]]:
   """PRACTISE models for each `practise.num_drop`: (model, dropped blocks) pairs."""
   scores = block_scores(config, workdir, dense, writer)
   return [prune(config, workdir, dense, n, scores, writer) for n in config.practise.num_drop]
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Before any work: each `practise.num_drop` leaves at least one block."""
+  depth = planned_spec(config).depth
+  too_many = [n for n in config.practise.num_drop if n >= depth]
+  if too_many:
+    raise UserError(f"practise.num_drop = {tuple(config.practise.num_drop)}: {too_many[0]} "
+                    f"blocks cannot be dropped from a depth-{depth} model; allowed are 1.."
+                    f"{depth - 1}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -59,7 +59,6 @@ def encode_gates(search_model, arch: ArchSpec, rng: np.random.Generator) -> None
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  spvit._check(config)
   writer = MetricWriter(workdir)
   dense = common.dense_model(config, workdir, writer)
   eval_setup = common.setup(common.phase_config(config, "finetune"))

@@ -25,27 +25,15 @@ from flax import nnx
 
 from jaxprune import accounting
 from jaxprune.arch import ArchSpec
-from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import common
 from jaxprune.models.gates import Gate, op_coefficients
 from jaxprune.models.spvit import SearchOptions, build_search_model
 from jaxprune.surgery import derive_arch, materialise
-from jaxprune.train.logging import MetricWriter
+from jaxprune.train.logging import MetricWriter, truncate_jsonl
 from jaxprune.train.loop import Schedule, fit
 from jaxprune.train.optim import make_optimizer
 from jaxprune.train.step import init_state, make_train_step, merge, place
-
-
-def _check(config: ml_collections.ConfigDict) -> None:
-  sp = config.spvit
-  if not 0 < sp.target_ratio < 1:
-    raise UserError(f"spvit.target_ratio = {sp.target_ratio}: must be between 0 and 1 "
-                    "(a fraction of the dense model's MACs)")
-  if not 0 < sp.tolerance < 1:
-    raise UserError(f"spvit.tolerance = {sp.tolerance}: must be between 0 and 1")
-  if sp.finetune_from not in ("search", "original"):
-    raise UserError(f"spvit.finetune_from = {sp.finetune_from!r}: allowed are search, original")
 
 
 def search_options(config) -> SearchOptions:
@@ -141,6 +129,8 @@ def run_search(config, workdir: str, dense, writer: MetricWriter) -> tuple[ArchS
   state, metrics = fit(workdir=workdir, phase="search", state=state, train_step=step_fn,
                        batches=s.batches, schedule=schedule, writer=writer, evaluate=evaluate,
                        stop_when=met, show=("task_loss", "budget_loss", "macs_ratio"),
+                       on_start=lambda start: truncate_jsonl(
+                           history_path, lambda row: row["step"] <= start),
                        meta={"arch": dense.spec.to_dict(), "budget_weight": weight})
   search_model = merge(graphdef, jax.device_get(state))
   arch = derive_arch(search_model)
@@ -200,7 +190,6 @@ def run_finetune(config, workdir: str, compact, dense, writer: MetricWriter):
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  _check(config)
   writer = MetricWriter(workdir)
   dense = common.dense_model(config, workdir, writer)
   eval_setup = common.setup(common.phase_config(config, "finetune"))

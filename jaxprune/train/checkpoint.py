@@ -1,25 +1,25 @@
-"""Resumable checkpoints (orbax `CheckpointManager`) and the workdir guard.
+"""Resumable checkpoints (orbax `CheckpointManager`).
 
 Each phase of a method checkpoints under `workdir/checkpoints/<phase>/<step>/` two items:
 `state` (the whole train state) and `meta` (JSON: step, data position, ArchSpec, phase). Orbax
 writes to a temporary folder and renames it when complete, so a process killed mid-save leaves
-the previous checkpoint as the latest.
+the previous checkpoint as the latest. A checkpoint that does not read back (truncated, a
+folder deleted) or holds non-finite values is skipped with a message naming it and why, and the
+newest good one is restored instead.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any
 
 import jax
-import ml_collections
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 
 from jaxprune.errors import UserError
-
-CONFIG_FILE = "config.json"
 
 
 class PhaseCheckpoints:
@@ -39,14 +39,42 @@ class PhaseCheckpoints:
                                                     meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Restores onto the shapes, dtypes and shardings of `target` (e.g. a fresh state)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise UserError(f"no checkpoint in {self.directory}")
+    """Restores onto the shapes, dtypes and shardings of `target` (e.g. a fresh state).
+
+    Without `step`, the newest checkpoint that reads back and holds only finite values; the
+    ones skipped on the way are reported and deleted (so the phase can save those steps again).
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return out["state"], dict(out["meta"])
+    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
+      raise UserError(f"no checkpoint in {self.directory}")
+    problems = []
+    for s in steps:
+      try:
+        out = self.manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        state, meta = out["state"], dict(out["meta"])
+        if not all_finite(state):
+          raise ValueError("it holds non-finite values")
+        if "step" not in meta:
+          raise ValueError("its metadata has no step")
+      except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        problems.append(f"step {s}: {reason}")
+        print(f"[{os.path.basename(self.directory)}] warning: skipped the checkpoint at step {s} "
+              f"in {self.directory}: it does not restore ({reason})", flush=True)
+        logging.warning("skipped checkpoint %s step %d: %s", self.directory, s, reason)
+        if step is None:
+          self._discard(s)
+        continue
+      return state, meta
+    raise UserError(f"no checkpoint in {self.directory} restores ({'; '.join(problems)}); "
+                    f"delete {self.directory} to restart this phase from scratch")
+
+  def _discard(self, step: int) -> None:
+    if jax.process_index() == 0:
+      shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -56,42 +84,13 @@ class PhaseCheckpoints:
     self.manager.close()
 
 
-def config_to_json(config: ml_collections.ConfigDict) -> str:
-  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=repr)
+def all_finite(tree: Any) -> bool:
+  """True when every floating-point leaf of `tree` is finite (reduced on device)."""
+  return bool(_finite(tree))
 
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
-                    overwrite: bool = False) -> None:
-  """Creates `workdir` and records the config; refuses a workdir holding another config's run.
-
-  Rerunning the same command in the same workdir resumes. With `overwrite`, an existing run of a
-  different config is deleted first.
-  """
-  workdir = os.path.abspath(workdir)
-  path = os.path.join(workdir, CONFIG_FILE)
-  text = config_to_json(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-    if old != text:
-      if not overwrite:
-        old_d, new_d = json.loads(old), json.loads(text)
-        diff = sorted(_diff_keys(old_d, new_d))
-        raise UserError(f"workdir {workdir} holds a run of a different config (differs in: "
-                        f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}); pass "
-                        "--overwrite to replace it, or choose another --workdir")
-      if jax.process_index() == 0:
-        shutil.rmtree(workdir)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      f.write(text)
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for k in sorted(set(a) | set(b)):
-      out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-    return out
-  return [] if a == b else [prefix.rstrip(".")]
+@jax.jit
+def _finite(tree):
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)

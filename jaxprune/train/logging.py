@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -45,9 +45,38 @@ class MetricWriter:
         if k not in ("phase", "step") and isinstance(v, (int, float)):
           self._tb.add_scalar(f"{phase}/{k}", v, int(step))
 
+  def truncate(self, phase: str, step: int) -> None:
+    """Drops `phase`'s rows (and its `phase/...` rows) after `step`: a resumed phase replays
+    those steps and logs them again."""
+    if self.enabled:
+      truncate_jsonl(self.path, lambda r: not (r.get("phase") == phase or str(
+          r.get("phase", "")).startswith(phase + "/")) or r.get("step", 0) <= step)
+
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def truncate_jsonl(path: str, keep: Callable[[dict[str, Any]], bool]) -> None:
+  """Rewrites the JSON-lines file `path` (atomically) with only the rows `keep` accepts; a
+  torn last line (the process was killed mid-write) is dropped too."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip()]
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if keep(row):
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) != len(lines):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from jaxprune.errors import UserError
-from jaxprune.train.checkpoint import PhaseCheckpoints
+from jaxprune.train.checkpoint import PhaseCheckpoints, all_finite
 from jaxprune.train.logging import MetricWriter, Progress
 
 
@@ -33,10 +33,21 @@ class NonFiniteLoss(UserError):
   pass
 
 
+class Interrupted(Exception):
+  """Ctrl-C during a phase: where it stopped and what a rerun resumes from."""
+
+  def __init__(self, phase: str, step: int, checkpoint: int | None):
+    resume = (f"the last checkpoint is step {checkpoint}" if checkpoint is not None
+              else "no checkpoint of this phase yet")
+    super().__init__(f"interrupted at step {step} of phase {phase} ({resume}); rerun the same "
+                     "command to resume")
+
+
 def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: Callable[[int], Any],
         schedule: Schedule, writer: MetricWriter, meta: dict[str, Any] | None = None,
         evaluate: Callable[[Any], dict[str, float]] | None = None,
         stop_when: Callable[[int, dict[str, Any]], bool] | None = None,
+        on_start: Callable[[int], None] | None = None,
         show: tuple[str, ...] = ("loss", "accuracy")) -> tuple[Any, dict[str, Any]]:
   """Runs (or resumes) a phase to `schedule.total_steps`; returns (state, last eval metrics).
 
@@ -47,7 +58,14 @@ def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: 
     evaluate: `state -> metrics`, run every `eval_every` steps and at the end.
     stop_when: `(step, eval metrics) -> bool`, asked after each evaluation; True ends the phase
       early. The final checkpoint is marked done, so a rerun does not train further.
+    on_start: called with the step the phase starts from (0, or the restored checkpoint's), so
+      a caller's own logs can drop rows of steps that will be replayed (metrics.jsonl is
+      truncated here).
     show: the train metrics on the progress line (all go to metrics.jsonl).
+
+  Raises:
+    NonFiniteLoss: the loss or the state became non-finite (never saved in a checkpoint).
+    Interrupted: Ctrl-C; the message names the step and the checkpoint a rerun resumes from.
   """
   ckpts = PhaseCheckpoints(workdir, phase)
   meta = dict(meta or {}, phase=phase)
@@ -59,45 +77,58 @@ def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: 
     if jax.process_index() == 0:
       print(f"[{phase}] resumed from checkpoint at step {start}"
             f"{' (phase already done)' if done else ''}", flush=True)
+  writer.truncate(phase, start)
+  if on_start is not None and jax.process_index() == 0:
+    on_start(start)
   progress = Progress(phase, schedule.total_steps, start)
   pending: list[tuple[int, Any]] = []  # device metrics not yet checked on the host
-  last_good = start
   eval_metrics: dict[str, Any] = {}
 
+  def stop(what: str, at: int) -> None:
+    ckpts.close()
+    saved = ckpts.latest_step()
+    kept = (f"The last good checkpoint (step {saved}) in {ckpts.directory} is intact"
+            if saved is not None else f"No checkpoint of {phase} was saved before it")
+    raise NonFiniteLoss(f"{phase}: {what} at step {at}; stopped. {kept}; lower the phase's "
+                        "optim.lr or set optim.grad_clip")
+
   def check_pending() -> None:
-    nonlocal last_good
     for s, m in pending:
       loss = float(np.asarray(m["loss"]))
       if not np.isfinite(loss):
-        ckpts.close()
-        raise NonFiniteLoss(f"{phase}: loss became {loss} at step {s}; stopped. The last good "
-                            f"checkpoint (step {ckpts.latest_step()}) in {ckpts.directory} is "
-                            "intact; lower optim.lr or set optim.grad_clip")
-      last_good = s
+        stop(f"loss became {loss}", s)
     pending.clear()
 
   step = start
-  while step < schedule.total_steps and not done:
-    state, metrics = train_step(state, batches(step))
-    step += 1
-    pending.append((step, metrics))
-    log_now = schedule.log_every and step % schedule.log_every == 0
-    ckpt_now = schedule.checkpoint_every and step % schedule.checkpoint_every == 0
-    eval_now = schedule.eval_every and step % schedule.eval_every == 0
-    if log_now or ckpt_now or eval_now or step == schedule.total_steps:
-      last = jax.device_get(pending[-1][1])
-      check_pending()
-      if log_now:
-        writer.write(phase, step, last)
-        progress.update(step, {k: last[k] for k in show if k in last})
-      if (eval_now or step == schedule.total_steps) and evaluate is not None:
-        eval_metrics = evaluate(state)
-        writer.write(phase + "/eval", step, eval_metrics)
-        progress.update(step, eval_metrics, label="eval ")
-        done = bool(stop_when and stop_when(step, eval_metrics))
-      done = done or step == schedule.total_steps
-      if ckpt_now or done:
-        ckpts.save(step, state, dict(meta, step=step, data_position=step, done=done))
+  try:
+    while step < schedule.total_steps and not done:
+      state, metrics = train_step(state, batches(step))
+      step += 1
+      pending.append((step, metrics))
+      log_now = schedule.log_every and step % schedule.log_every == 0
+      ckpt_now = schedule.checkpoint_every and step % schedule.checkpoint_every == 0
+      eval_now = schedule.eval_every and step % schedule.eval_every == 0
+      if log_now or ckpt_now or eval_now or step == schedule.total_steps:
+        last = jax.device_get(pending[-1][1])
+        check_pending()
+        if log_now:
+          writer.write(phase, step, last)
+          progress.update(step, {k: last[k] for k in show if k in last})
+        if (eval_now or step == schedule.total_steps) and evaluate is not None:
+          eval_metrics = evaluate(state)
+          writer.write(phase + "/eval", step, eval_metrics)
+          progress.update(step, eval_metrics, label="eval ")
+          done = bool(stop_when and stop_when(step, eval_metrics))
+        done = done or step == schedule.total_steps
+        if ckpt_now or done:
+          # The loss of step s is computed before its update: the state after it may still
+          # have overflowed. A non-finite state is never saved.
+          if not all_finite(state):
+            stop("the weights became non-finite (the loss was still finite)", step)
+          ckpts.save(step, state, dict(meta, step=step, data_position=step, done=done))
+  except KeyboardInterrupt:
+    ckpts.close()
+    raise Interrupted(phase, step, ckpts.latest_step()) from None
   if evaluate is not None and not eval_metrics:
     eval_metrics = evaluate(state)
   ckpts.close()

@@ -1,0 +1,179 @@
+"""The run directory: created or resumed, locked against a second run, overwritten safely.
+
+A workdir made by jaxprune holds `config.json` (the run's config) and a marker file
+`.jaxprune-run`. Rerunning the same config resumes it. `--overwrite` replaces a run of another
+config, but only ever deletes what jaxprune writes (`RUN_ENTRIES`) in a folder carrying the
+marker; anything else in the folder is left where it is. A second process on the same workdir
+is refused while the first holds its lock (`flock`, released by the kernel when a process dies,
+so a killed run never leaves a stale lock behind).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+from typing import Any, IO
+
+import jax
+import ml_collections
+
+from jaxprune.errors import UserError
+
+CONFIG_FILE = "config.json"
+MARKER_FILE = ".jaxprune-run"
+LOCK_FILE = ".lock"
+# Everything jaxprune writes at the top of a workdir (methods, checkpoints, logs, exports).
+RUN_ENTRIES = frozenset({
+    CONFIG_FILE, MARKER_FILE, "metrics.jsonl", "tensorboard", "checkpoints", "summary.json",
+    "model", "dense", "search", "pruned", "candidates", "synthetic", "trials", "family",
+    "family.png", "practise",
+})
+
+_held: dict[str, IO] = {}  # workdir → open lock file, held for the life of the process
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=repr)
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename (never half-written)."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _make_dir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir} is a file, not a folder; choose another --workdir")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create --workdir {workdir}: {e.strerror or e} "
+                    f"({_blocker(workdir)}); choose another --workdir") from None
+  probe = os.path.join(workdir, f".write-test{os.getpid()}")
+  try:
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"--workdir {workdir} is not writable ({e.strerror or e}); choose another "
+                    "--workdir or fix its permissions") from None
+
+
+def _blocker(path: str) -> str:
+  """Why a folder cannot be made: the first existing ancestor that is not a folder, if any."""
+  parent = path
+  while parent and parent != os.path.dirname(parent):
+    parent = os.path.dirname(parent)
+    if os.path.exists(parent):
+      return f"{parent} is a file" if not os.path.isdir(parent) else f"in {parent}"
+  return "no existing parent"
+
+
+def lock(workdir: str) -> None:
+  """Takes the workdir's lock for this process, or refuses naming the run that holds it."""
+  workdir = os.path.abspath(workdir)
+  if workdir in _held:
+    return
+  f = open(os.path.join(workdir, LOCK_FILE), "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise UserError(f"--workdir {workdir} is in use by another jaxprune run ({holder}); wait "
+                    "for it to finish, or choose another --workdir") from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+  f.flush()
+  _held[workdir] = f
+
+
+def unlock(workdir: str) -> None:
+  f = _held.pop(os.path.abspath(workdir), None)
+  if f is not None:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
+
+
+def _delete_run(workdir: str) -> list[str]:
+  """Deletes jaxprune's entries of a marked run; returns the names left alone."""
+  if not os.path.exists(os.path.join(workdir, MARKER_FILE)):
+    raise UserError(f"--overwrite: {workdir} has no {MARKER_FILE} marker, so it was not made by "
+                    "this version of jaxprune; refusing to delete anything in it. Choose another "
+                    "--workdir, or delete the folder yourself")
+  kept = []
+  for name in sorted(os.listdir(workdir)):
+    path = os.path.join(workdir, name)
+    if name not in RUN_ENTRIES or name == MARKER_FILE:
+      kept.append(name)
+    elif os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+  return [k for k in kept if k not in (MARKER_FILE, LOCK_FILE)]
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
+                    overwrite: bool = False, take_lock: bool = True) -> None:
+  """Creates, resumes or (with `overwrite`) replaces the run in `workdir`; see the module doc.
+
+  Call it after the config is validated: nothing is deleted or written before this point.
+  """
+  workdir = os.path.abspath(workdir)
+  path = os.path.join(workdir, CONFIG_FILE)
+  text = config_to_json(config)
+  main = jax.process_index() == 0
+  if main:
+    _make_dir(workdir)
+    if take_lock:
+      lock(workdir)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = f.read()
+      old_dict = json.loads(old)
+    except (OSError, ValueError) as e:
+      if not overwrite:
+        raise UserError(f"workdir {workdir}: {CONFIG_FILE} cannot be read as JSON "
+                        f"({type(e).__name__}: {e}); pass --overwrite to replace the run, or "
+                        "choose another --workdir") from None
+      old, old_dict = None, None
+    if old != text:
+      if not overwrite:
+        diff = sorted(_diff_keys(old_dict, json.loads(text)))
+        raise UserError(f"workdir {workdir} holds a run of a different config (differs in: "
+                        f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}); pass "
+                        "--overwrite to replace it, or choose another --workdir")
+      if main:
+        kept = _delete_run(workdir)
+        if kept:
+          print(f"--overwrite: replaced the run in {workdir}; left alone (not written by "
+                f"jaxprune): {', '.join(kept)}", flush=True)
+  elif main:
+    others = [n for n in os.listdir(workdir) if n not in (LOCK_FILE, MARKER_FILE)]
+    if others:
+      raise UserError(f"--workdir {workdir} is not empty and holds no jaxprune run (found "
+                      f"{', '.join(sorted(others)[:5])}{' ...' if len(others) > 5 else ''}); "
+                      "choose a new or empty folder")
+  if main:
+    write_atomic(path, text)
+    if not os.path.exists(os.path.join(workdir, MARKER_FILE)):
+      write_atomic(os.path.join(workdir, MARKER_FILE), "made by jaxprune; --overwrite deletes "
+                   "only jaxprune's own files in this folder\n")
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    return out
+  return [] if a == b else [prefix.rstrip(".")]
