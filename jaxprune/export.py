@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxprune.arch import ArchSpec
+from jaxprune.atomic import write_json
 from jaxprune.errors import UserError
 from jaxprune.models import ViT, build_model
 
@@ -22,7 +23,10 @@ STATE_DIR = "state"
 
 
 def save_model(directory: str, model: ViT, extra: dict[str, Any] | None = None) -> str:
-  """Writes `directory/arch.json` (plus `extra` metadata) and the model state; returns the path.
+  """Writes the model state and `directory/arch.json` (plus `extra` metadata); returns the path.
+
+  `arch.json` is written last and atomically, so a folder that has one holds a whole model
+  (stages that reuse exports on a rerun test for it).
 
   In a multi-process job every process must call it (orbax synchronises them); only process 0
   writes.
@@ -30,12 +34,12 @@ def save_model(directory: str, model: ViT, extra: dict[str, Any] | None = None) 
   directory = os.path.abspath(directory)
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
-    meta = {"arch": model.spec.to_dict(), **(extra or {})}
-    with open(os.path.join(directory, ARCH_FILE), "w") as f:
-      json.dump(meta, f, indent=2)
   state = jax.device_get(nnx.state(model).to_pure_dict())
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, STATE_DIR), state, force=True)
+  if jax.process_index() == 0:  # last, atomically: an arch.json means the model is complete
+    write_json(os.path.join(directory, ARCH_FILE),
+               {"arch": model.spec.to_dict(), **(extra or {})}, indent=2)
   return directory
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxprune.atomic import replacing
 from jaxprune.train.mesh import data_sharding
 
 
@@ -120,8 +121,9 @@ def save(directory: str, result: dict[str, Any], columns: int = 10) -> tuple[str
   from PIL import Image
   os.makedirs(directory, exist_ok=True)
   npz = os.path.join(directory, "synthetic.npz")
-  np.savez_compressed(npz, images=result["images"], pixels=result["pixels"],
-                      labels=result["labels"], loss_curve=result["loss_curve"])
+  with replacing(npz, "wb") as f:  # DC-ViT reuses an existing file on a rerun: never half of one
+    np.savez_compressed(f, images=result["images"], pixels=result["pixels"],
+                        labels=result["labels"], loss_curve=result["loss_curve"])
   pixels = result["pixels"]
   n, h, w, c = pixels.shape
   rows = -(-n // columns)

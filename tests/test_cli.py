@@ -36,6 +36,7 @@ def _main(*args, devices=8, **kw):
     ("--config.optim.lrr=0.1", "unknown config field in the --config.* overrides: 'lrr' Did "
                                'you mean "lr"'),
     ("--config.optim.lr=abc", "--config.optim.lr=abc: could not convert string to float"),
+    ("--config.train.epochs=-1", "train.epochs = -1: must be an integer >= 0"),
 ])
 def test_user_errors_are_one_line(tmp_path, override, expected):
   r = _main(CONFIG, f"--workdir={tmp_path / 'w'}", override)
@@ -63,6 +64,27 @@ def _run_to_first_checkpoint_and_kill(workdir, args):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   return proc.returncode
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+  w = str(tmp_path / "w")
+  proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", CONFIG, f"--workdir={w}",
+                           "--config.train.steps=100000", "--config.train.checkpoint_every=5"],
+                          cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  ckpt_dir = os.path.join(w, "checkpoints", "pretrain")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-2000:]
+  lines = [l for l in err.strip().splitlines() if l.strip()]
+  assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+  assert lines[0].startswith("error: interrupted at step ") and "of phase pretrain (the last " \
+      "checkpoint is step " in lines[0] and lines[0].endswith("rerun the same command to resume")
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):

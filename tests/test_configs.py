@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Configs with an end-to-end test of their own (checking more than this smoke test does).
 OWN_TEST = {"spvit", "dcvit"}
@@ -31,3 +33,6 @@ def test_config_runs_in_runlocal_form(name, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(tmp_path / "w" / "summary.json"))
   assert "dense" in summary
+  # --overwrite deletes exactly these names: every top-level entry a run writes must be one
+  written = set(os.listdir(tmp_path / "w"))
+  assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES

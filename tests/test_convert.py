@@ -1,6 +1,8 @@
 """Checkpoint import parity: random HF ViT/DeiT → file → jaxprune, logits within 1e-4."""
 
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -155,3 +157,60 @@ def test_cli_error_is_one_line(tmp_path, capsys):
   assert convert.main([str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o")]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: checkpoint") and "does not exist" in err and "\n" not in err
+
+
+def test_bare_weights_need_the_head_count(tmp_path):
+  """Issue 10, case 5: heads were guessed as width // 64 (wrong for this width-32/2-head ViT)."""
+  from safetensors.numpy import save_file
+  save_file(_timm_state_dict(_hf_model("vit"), tmp_path), str(tmp_path / "w.safetensors"))
+  with pytest.raises(UserError, match="number of attention heads cannot be read from these "
+                                      "weights .*pass --num-heads"):
+    convert.import_checkpoint(str(tmp_path / "w.safetensors"), "timm")
+  with pytest.raises(UserError, match="--num-heads 3: must be >= 1 and divide the width 32"):
+    convert.import_checkpoint(str(tmp_path / "w.safetensors"), "timm", num_heads=3)
+  assert convert.import_checkpoint(str(tmp_path / "w.safetensors"), "timm",
+                                   num_heads=2).spec.num_heads == 2
+
+
+def _object_npz(path):
+  np.savez(path, a=np.array([{"x": 1}], dtype=object))
+
+
+def _malicious_pth(path):
+  class Boom:
+    def __reduce__(self):
+      return (os.system, ("touch " + str(path) + ".pwned",))
+  torch.save({"model": Boom()}, path)
+
+
+@pytest.mark.parametrize("name, make, expected", [
+    ("garbage.safetensors", lambda p: p.write_bytes(b"\x00garbage" * 10), "cannot be read"),
+    ("trunc.safetensors", "truncate", "cannot be read"),
+    ("obj.npz", _object_npz, "cannot be read .*(pickle|Object arrays)"),
+    ("bad.pth", _malicious_pth, "torch refused it with weights_only=True"),
+    ("garbage.pth", lambda p: p.write_bytes(b"not a zip"), "cannot be read"),
+])
+def test_damaged_or_hostile_files_are_one_line_errors(tmp_path, capsys, name, make, expected):
+  path = tmp_path / name
+  if make == "truncate":
+    from safetensors.numpy import save_file
+    save_file({"a": np.ones((64, 64), np.float32)}, str(path))
+    path.write_bytes(path.read_bytes()[:500])
+  else:
+    make(path)
+  assert convert.main([str(path), "--num-heads", "2", "--out", str(tmp_path / "o")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+  assert re.search(expected, err), err
+  assert not os.path.exists(str(path) + ".pwned")
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+  hf = _hf_model("vit")
+  hf.save_pretrained(tmp_path / "hf")
+  capsys.readouterr()  # transformers' save progress bar
+  (tmp_path / "out").write_text("x")
+  assert convert.main([str(tmp_path / "hf"), "--out", str(tmp_path / "out")]) == 2
+  err = capsys.readouterr().err
+  assert f"error: --out {tmp_path / 'out'} is a file" in err and err.count("\n") == 1
+  assert (tmp_path / "out").read_text() == "x"

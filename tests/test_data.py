@@ -117,3 +117,53 @@ def test_batch_indices_cover_each_epoch_and_allow_batch_larger_than_data():
   big = batch_indices(10, 64, 3, seed=0)
   assert big.shape == (64,) and set(big.tolist()) == set(range(10))
   np.testing.assert_array_equal(batch_indices(10, 64, 3, seed=0), big)
+
+
+# Damaged and awkward inputs (issue 10, cases 10, 12, 13) ----------------------------------------
+def test_class_folder_without_training_images_is_named(tmp_path):
+  _write_folder(tmp_path)
+  for f in os.listdir(tmp_path / "train" / "dog"):
+    os.remove(tmp_path / "train" / "dog" / f)
+  (tmp_path / "train" / "dog" / "readme.txt").write_text("no images here")
+  with pytest.raises(UserError, match=r"class folder .*train/dog has no images"):
+    load_source(f"folder:{tmp_path}")
+
+
+def test_grayscale_and_rgb_in_one_folder_share_one_channel_count(tmp_path):
+  from PIL import Image
+  _write_folder(tmp_path)
+  gray = np.full((8, 8), 200, np.uint8)
+  for split in ("train", "test"):  # the first file of each split is grayscale, the rest RGB
+    Image.fromarray(gray, "L").save(tmp_path / split / "cat" / "0.png")
+  ds = load_source(f"folder:{tmp_path}")
+  assert ds.image_shape == (8, 8, 3)
+  assert ds.train.images.shape[1:] == ds.test.images.shape[1:] == (8, 8, 3)
+  np.testing.assert_array_equal(ds.train.images[0], np.full((8, 8, 3), 200, np.uint8))
+
+
+def test_corrupt_image_is_named_or_skipped_with_a_count(tmp_path, capsys):
+  _write_folder(tmp_path)
+  bad = tmp_path / "train" / "emu" / "3.png"
+  bad.write_bytes(bad.read_bytes()[:40])  # truncated inside the image data
+  with pytest.raises(UserError, match=r"cannot read image .*train/emu/3.png .*data.skip_corrupt"):
+    load_source(f"folder:{tmp_path}")
+  ds = load_source(f"folder:{tmp_path}", None, None, True)
+  assert len(ds.train) == 14 and np.bincount(ds.train.labels).tolist() == [5, 5, 4]
+  assert "skipped 1 unreadable images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, gz, expected", [
+    (bytes([0, 0, 8, 3, 0, 0]), False, "truncated IDX header"),
+    (bytes([0, 0, 8, 1, 0, 0, 0, 9]) + bytes(4), False, r"header says shape \(9,\) but the file "
+                                                        "holds 4 values"),
+    (None, True, "cannot read it .*truncated or corrupt"),
+])
+def test_damaged_idx_files_are_clear_errors(tmp_path, content, gz, expected):
+  path = tmp_path / ("x.gz" if gz else "x")
+  if gz:
+    full = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 100]) + bytes(100))
+    path.write_bytes(full[:len(full) // 2])
+  else:
+    path.write_bytes(content)
+  with pytest.raises(UserError, match=expected):
+    read_idx(str(path))

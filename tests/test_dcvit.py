@@ -20,6 +20,7 @@ from jaxprune.surgery import compress_block, drop_blocks
 from jaxprune.synth import InversionConfig, invert, labels_for, save
 from jaxprune.train.mesh import make_mesh
 from jaxprune.train.optim import group_labels, path_str
+from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES
 from configs import common as cfgs
 from tests.test_configs import run_config
 
@@ -119,6 +120,9 @@ def test_dcvit_main_job(tmp_path):
   assert set(s["block_ranking"]) == {"1", "2"}  # candidates: not the first or last block
   assert s["practise"][0]["dropped"] and os.path.getsize(w / "family.png") > 0
   assert os.path.exists(w / "synthetic" / "synthetic.png")
+  # --overwrite deletes exactly these names: every top-level entry a run writes must be one
+  written = set(os.listdir(w))
+  assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES
 
 
 def test_practise_latency_saved_replaces_non_positive_measurements(monkeypatch, capsys):

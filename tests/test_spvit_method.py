@@ -8,6 +8,7 @@ import pytest
 
 from jaxprune import ArchSpec, load, macs
 from jaxprune.methods.common import distillation_loss
+from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES
 from tests.test_configs import run_config
 
 
@@ -30,6 +31,9 @@ def test_spvit_main_job_writes_summary_and_a_loadable_pruned_model(tmp_path):
   assert search_rows and {"task_loss", "budget_loss", "macs_ratio", "ops", "ffn_width"} <= \
       set(search_rows[0])
   assert len(search_rows[0]["ops"]) == arch.depth
+  # --overwrite deletes exactly these names: every top-level entry a run writes must be one
+  written = set(os.listdir(w))
+  assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES
 
 
 def test_distillation_losses():

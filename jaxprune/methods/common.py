@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable
 
@@ -13,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from jaxprune.arch import ArchSpec, dense_spec
+from jaxprune.atomic import write_json
 from jaxprune.data import (Dataset, Subset, TrainBatches, augment, eval_batches,
                            fewshot_indices, load_source, normalise)
 from jaxprune.errors import UserError
@@ -128,8 +128,7 @@ def evaluator(config: ml_collections.ConfigDict, graphdef, s: Setup,
 def write_summary(workdir: str, summary: dict[str, Any]) -> str:
   path = os.path.join(workdir, "summary.json")
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(summary, f, indent=2, default=lambda o: np.asarray(o).tolist())
+    write_json(path, summary, indent=2, default=lambda o: np.asarray(o).tolist())
   return path
 
 

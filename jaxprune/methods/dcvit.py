@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from jaxprune import accounting, synth
+from jaxprune.atomic import write_json
 from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import common, practise
@@ -63,11 +64,11 @@ def synthetic_set(config, workdir: str, dense) -> dict[str, Any]:
   result.update(teacher_agreement=agree)
   if jax.process_index() == 0:
     synth.save(out, result)
-    with open(os.path.join(out, "report.json"), "w") as f:
-      json.dump({"images": len(labels), "steps": c.steps, "seconds": result["seconds"],
-                 "images_per_s": result["images_per_s"], "first_loss":
-                 float(result["loss_curve"][0]), "best_loss": result["best_loss"],
-                 "teacher_agreement": agree}, f, indent=2)
+    write_json(os.path.join(out, "report.json"),
+               {"images": len(labels), "steps": c.steps, "seconds": result["seconds"],
+                "images_per_s": result["images_per_s"], "first_loss":
+                float(result["loss_curve"][0]), "best_loss": result["best_loss"],
+                "teacher_agreement": agree}, indent=2)
     print(f"[synthetic] {len(labels)} images, {c.steps} steps in {result['seconds']:.1f} s "
           f"({result['images_per_s']:.0f} images/s); loss {result['loss_curve'][0]:.3f} → best "
           f"{result['best_loss']:.3f}; teacher labels them as targeted: {agree:.1%}", flush=True)
@@ -111,8 +112,7 @@ class Trials:
       record["test_accuracy"] = common.evaluate_model(
           common.phase_config(self.config, "mimic"), student, s)["accuracy"]
     if jax.process_index() == 0:
-      with open(path, "w") as f:
-        json.dump(record, f)
+      write_json(path, record)
     return record
 
 

@@ -18,6 +18,7 @@ import ml_collections
 from flax import nnx
 
 from jaxprune import accounting
+from jaxprune.atomic import write_json
 from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import common
@@ -86,8 +87,7 @@ def block_scores(config, workdir: str, dense, writer: MetricWriter) -> list[dict
                  "latency_saved_ms": saved[i], "score": info["feature_mse"] / saved[i]})
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(rows, f, indent=2)
+    write_json(path, rows, indent=2)
   return rows
 
 

@@ -24,6 +24,7 @@ from absl import logging
 from flax import nnx
 
 from jaxprune import accounting
+from jaxprune.atomic import write_json
 from jaxprune.arch import ArchSpec
 from jaxprune.export import load, save_model
 from jaxprune.methods import common
@@ -209,8 +210,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     compact = materialise(source, arch)
     save_model(compact_dir, compact, extra={"selected": record})
     if jax.process_index() == 0:
-      with open(record_path, "w") as f:
-        json.dump(record, f, indent=2)
+      write_json(record_path, record, indent=2)
 
   pruned, metrics = run_finetune(config, workdir, compact, dense, writer)
   save_model(os.path.join(workdir, "pruned"), pruned, extra={"test_accuracy": metrics["accuracy"]})

@@ -20,6 +20,7 @@ from typing import Any, IO
 import jax
 import ml_collections
 
+from jaxprune.atomic import write_text
 from jaxprune.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -37,14 +38,6 @@ _held: dict[str, IO] = {}  # workdir → open lock file, held for the life of th
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=repr)
-
-
-def write_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename (never half-written)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def _make_dir(workdir: str) -> None:
@@ -164,9 +157,9 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
                       f"{', '.join(sorted(others)[:5])}{' ...' if len(others) > 5 else ''}); "
                       "choose a new or empty folder")
   if main:
-    write_atomic(path, text)
+    write_text(path, text)
     if not os.path.exists(os.path.join(workdir, MARKER_FILE)):
-      write_atomic(os.path.join(workdir, MARKER_FILE), "made by jaxprune; --overwrite deletes "
+      write_text(os.path.join(workdir, MARKER_FILE), "made by jaxprune; --overwrite deletes "
                    "only jaxprune's own files in this folder\n")
 
 
