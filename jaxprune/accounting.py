@@ -63,6 +63,8 @@ def _block_params(spec: ArchSpec, b: BlockSpec) -> int:
     total += 2 * c + (k2 * c * d + d) + 2 * d + (d * c + c)
   if b.mlp:
     total += 2 * c + (c * b.mlp + b.mlp) + (b.mlp * c + c)
+  elif b.mlp_bias:
+    total += c
   return total
 
 

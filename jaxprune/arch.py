@@ -27,12 +27,15 @@ class BlockSpec:
     heads: attention heads for `msa` (each of the model's head_dim); 0 otherwise.
     mlp: MLP hidden width; 0 = no MLP sub-layer.
     conv_dim: bottleneck width for `conv1`/`conv3`; 0 otherwise.
+    mlp_bias: with `mlp` = 0 only: the block still adds a learned vector, the output bias of the
+      MLP pruned away (a fully gated MLP computes fc2(0) = b_fc2, which pruning must keep).
   """
 
   attn: str = "msa"
   heads: int = 0
   mlp: int = 0
   conv_dim: int = 0
+  mlp_bias: bool = False
 
   @property
   def kernel_size(self) -> int:
@@ -132,6 +135,9 @@ class ArchSpec:
         raise UserError(f"{where}: heads = {b.heads} is only allowed with attn 'msa'")
       if b.attn in ("conv1", "conv3") and b.conv_dim < 1:
         raise UserError(f"{where}: attn {b.attn!r} needs conv_dim >= 1, got {b.conv_dim}")
+      if not isinstance(b.mlp_bias, bool) or (b.mlp_bias and b.mlp):
+        raise UserError(f"{where}.mlp_bias = {b.mlp_bias!r}: must be a bool, and True only "
+                        f"with mlp = 0 (got mlp = {b.mlp})")
       if b.attn not in ("conv1", "conv3") and b.conv_dim:
         raise UserError(f"{where}: conv_dim = {b.conv_dim} is only allowed with attn "
                         "'conv1' or 'conv3'")

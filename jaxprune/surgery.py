@@ -15,14 +15,13 @@ from flax import nnx
 
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.models import ViT, build_model
-from jaxprune.models.gates import nested
 
 OPS_BY_DEPTH = ("none", "conv1", "conv3", "msa")  # how many nested gates are on
 
 
 def block_choices(block) -> tuple[str, np.ndarray]:
   """(attention op, kept FFN hidden units as a bool mask) of one search block, from θ > 0."""
-  c = np.asarray(nested((block.theta_attn[...] > 0).astype(jnp.float32)))
+  c = np.cumprod(np.asarray(block.theta_attn[...]) > 0)
   op = OPS_BY_DEPTH[int(c.sum())]
   keep = np.repeat(np.asarray(block.theta_mlp[...]) > 0, block.opts.ffn_group)
   return op, keep
@@ -35,7 +34,8 @@ def derive_arch(search_model: ViT) -> ArchSpec:
   for block in search_model.blocks:
     op, keep = block_choices(block)
     blocks.append(BlockSpec(op, heads=block.heads if op == "msa" else 0, mlp=int(keep.sum()),
-                            conv_dim=block.head_dim if op in ("conv1", "conv3") else 0))
+                            conv_dim=block.head_dim if op in ("conv1", "conv3") else 0,
+                            mlp_bias=not keep.any()))
   return spec.replace(blocks=tuple(blocks))
 
 
@@ -69,6 +69,8 @@ def materialise(search_model: ViT, arch: ArchSpec | None = None) -> ViT:
       dst["norm2"] = s["norm2"]
       dst["mlp"] = {"fc1": {"kernel": fc1["kernel"][:, idx], "bias": fc1["bias"][idx]},
                     "fc2": {"kernel": fc2["kernel"][idx], "bias": fc2["bias"]}}
+    elif b.mlp_bias:  # every unit gated off: the search block still adds fc2's bias
+      dst["mlp_bias"] = s["mlp"]["fc2"]["bias"]
     out["blocks"][i] = dst
   state.replace_by_pure_dict(jax.tree.map(jnp.asarray, out))
   return nnx.merge(graphdef, state)
@@ -89,12 +91,13 @@ def _rebuild(model: ViT, arch: ArchSpec, blocks_state: dict) -> ViT:
 def compress_block(model: ViT, index: int, hidden: int, seed: int) -> ViT:
   """DC-ViT's compressed block at `index`: attention and its LayerNorm removed, MLP cut to a
   seeded uniformly random subset of `hidden` units (fc1 rows and bias, fc2 columns; fc2 bias
-  kept): `y = x + fc2(gelu(fc1(LN2(x))))`."""
+  kept): `y = x + fc2(gelu(fc1(LN2(x))))`; with `hidden` = 0, `y = x + b_fc2`."""
   spec = model.spec
   b = spec.blocks[index]
   if not 0 <= hidden <= b.mlp:
     raise ValueError(f"hidden {hidden} is outside 0..{b.mlp} for block {index}")
-  arch = spec.replace_block(index, attn="none", heads=0, conv_dim=0, mlp=hidden)
+  arch = spec.replace_block(index, attn="none", heads=0, conv_dim=0, mlp=hidden,
+                            mlp_bias=hidden == 0)
   src = nnx.state(model).to_pure_dict()["blocks"]
   blocks = dict(src)
   s = src[index]
@@ -106,6 +109,8 @@ def compress_block(model: ViT, index: int, hidden: int, seed: int) -> ViT:
                           "bias": s["mlp"]["fc1"]["bias"][keep]},
                   "fc2": {"kernel": s["mlp"]["fc2"]["kernel"][keep],
                           "bias": s["mlp"]["fc2"]["bias"]}}
+  else:  # no unit kept: fc2(0) = its bias, kept as the block's learned vector
+    new["mlp_bias"] = s["mlp"]["fc2"]["bias"]
   blocks[index] = new
   return _rebuild(model, arch, blocks)
 

@@ -44,3 +44,13 @@ def test_from_dict_rejects_unknown_fields():
 def test_unknown_variant():
   with pytest.raises(UserError, match="variant 'deit_huge' is unknown; allowed are deit_tiny"):
     dense_spec("deit_huge")
+
+
+def test_files_written_before_mlp_bias_still_load():
+  old = {"image_size": 16, "patch_size": 4, "width": 32, "num_heads": 2, "num_classes": 3,
+         "blocks": [{"attn": "msa", "heads": 2, "mlp": 64, "conv_dim": 0},
+                    {"attn": "none", "heads": 0, "mlp": 0, "conv_dim": 0}]}
+  spec = ArchSpec.from_dict(old)
+  assert [b.mlp_bias for b in spec.blocks] == [False, False]
+  with pytest.raises(UserError, match=r"blocks\[0\].mlp_bias = True: .*only with mlp = 0"):
+    spec.replace_block(0, mlp_bias=True)

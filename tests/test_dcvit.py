@@ -72,6 +72,16 @@ def test_compressed_block_keeps_a_seeded_subset_of_mlp_units():
                                 small.blocks[2].mlp.fc1.kernel[...])
 
 
+def test_compressed_block_without_mlp_units_keeps_the_fc2_bias():
+  model = build_model(SPEC, seed=2)
+  bias = 0.3 * jax.random.normal(jax.random.key(4), (SPEC.width,))
+  model.blocks[2].mlp.fc2.bias[...] = bias
+  empty = compress_block(model, 2, hidden=0, seed=7)
+  assert (empty.spec.blocks[2].mlp, empty.spec.blocks[2].mlp_bias) == (0, True)
+  x = jax.random.normal(jax.random.key(1), (2, 17, 32))
+  np.testing.assert_allclose(empty.blocks[2](x), x + bias, atol=1e-6)  # x + fc2(0)
+
+
 def test_drop_blocks_removes_them_from_the_spec():
   model = build_model(SPEC, seed=3)
   dropped = drop_blocks(model, [1, 4])

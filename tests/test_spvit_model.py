@@ -4,10 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxprune import build_model, dense_spec, load, macs, save_model
 from jaxprune.accounting import search_macs
-from jaxprune.models.gates import nested, op_coefficients, sample_st, threshold_surrogate
+from jaxprune.models.gates import (Gate, flops_path, op_coefficients, sample_st, single_path,
+                                   threshold_surrogate)
 from jaxprune.models.spvit import (SearchOptions, build_search_model, collapse_conv,
                                    conv_kernel_position, conv_on_grid)
 from jaxprune.surgery import derive_arch, materialise
@@ -43,20 +45,74 @@ def test_threshold_surrogate_value_and_gradient():
   np.testing.assert_allclose(grad, expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("g, stopped", [
-    ((1, 1, 1), (True, True, False)),     # msa chosen: levels below it get no gradient
-    ((1, 1, 0), (True, False, False)),    # conv3 chosen
-    ((1, 0, 0), (False, False, False)),   # conv1 chosen
-    ((0, 1, 1), (False, False, False)),   # skip chosen
-])
-def test_nested_gates_forward_and_gradient_stopping(g, stopped):
-  g = jnp.asarray(g, jnp.float32)
-  np.testing.assert_array_equal(nested(g), np.cumprod(np.asarray(g)))
-  w = jnp.array([1.0, 10.0, 100.0])
-  grad = jax.grad(lambda x: jnp.sum(nested(x) * w))(g)
-  unstopped = jax.grad(lambda x: jnp.sum(jnp.cumprod(x) * w))(g)
-  for i, s in enumerate(stopped):
-    assert float(grad[i]) == (0.0 if s else float(unstopped[i]))
+STATES = [tuple(int(b) for b in f"{i:03b}") for i in range(8)]  # hard (g0, g1, g2)
+W = np.array([1.0, 10.0, 100.0])  # L = Σ w_i c_i separates the three entries' gradients
+
+
+def _reference_dl_dg(g, detach_entries: bool) -> np.ndarray:
+  """dL/dg for c = (g0, g0·g1, g0·g1·g2), written out by hand. With `detach_entries` (the
+  reference's training path, `single_path_init`): entry c0 is detached when c0 and c1 are on,
+  entry c1 when c2 is on; the factors inside the products are never detached."""
+  g0, g1, g2 = g
+  c = np.cumprod(g)
+  live0 = not (detach_entries and c[0] and c[1])
+  live1 = not (detach_entries and c[2])
+  return np.array([W[0] * live0 + W[1] * g1 * live1 + W[2] * g1 * g2,
+                   W[1] * g0 * live1 + W[2] * g0 * g2,
+                   W[2] * g0 * g1])
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_training_path_gate_gradients_match_the_reference(state):
+  key, tau = jax.random.key(3), 0.7
+  u = np.asarray(jax.random.uniform(key, (3,), minval=1e-6, maxval=1 - 1e-6))
+  noise = np.log(u) - np.log1p(-u)
+  theta = jnp.asarray(-noise + np.where(np.array(state) > 0, 0.9, -0.6), jnp.float32)
+  soft = _sig((np.asarray(theta) + noise) / tau)
+  f = lambda t: single_path(sample_st(t, key, tau))  # noqa: E731
+  np.testing.assert_array_equal(f(theta), np.cumprod(state))
+  grad = jax.grad(lambda t: jnp.sum(f(t) * W))(theta)
+  want = _reference_dl_dg(np.array(state, float), True) * soft * (1 - soft) / tau
+  np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_flops_path_gate_gradients_match_the_reference(state):
+  theta = jnp.asarray(np.where(np.array(state) > 0, 0.8, -0.5), jnp.float32)
+  f = lambda t: flops_path(threshold_surrogate(t))  # noqa: E731
+  np.testing.assert_array_equal(f(theta), np.cumprod(state))
+  grad = jax.grad(lambda t: jnp.sum(f(t) * W))(theta)
+  s = _sig(np.asarray(theta))
+  surrogate = _sig(s - 0.5) * (1 - _sig(s - 0.5)) * s * (1 - s)
+  want = _reference_dl_dg(np.array(state, float), False) * surrogate
+  np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-7)
+
+
+def test_msa_on_still_moves_every_gate():
+  """The deviation issue 9 fixed: with msa chosen, θ0 and θ1 used to get no gradient at all."""
+  key = jax.random.key(0)
+  u = np.asarray(jax.random.uniform(key, (3,), minval=1e-6, maxval=1 - 1e-6))
+  theta = jnp.asarray(1.0 + np.abs(np.log(u) - np.log1p(-u)), jnp.float32)  # > 0, sampled on
+  for f in (lambda t: single_path(sample_st(t, key, 1.0)),
+            lambda t: flops_path(threshold_surrogate(t))):
+    np.testing.assert_array_equal(f(theta), [1, 1, 1])  # msa chosen
+    assert np.all(np.asarray(jax.grad(lambda t: jnp.sum(f(t) * W))(theta)) != 0)
+
+
+def test_search_block_uses_both_paths():
+  sm = build_search_model(build_model(SPEC, seed=1), SearchOptions())
+  block = sm.blocks[0]
+  block.theta_attn[...] = jnp.asarray([0.8, 0.8, 0.8])
+
+  def grad_of(key):
+    loss = lambda b: jnp.sum(b.gates(key)[0] * W)  # noqa: E731
+    return np.asarray(nnx.grad(loss, argnums=nnx.DiffState(0, Gate))(block)["theta_attn"][...])
+
+  s = _sig(0.8)
+  surrogate = _sig(s - 0.5) * (1 - _sig(s - 0.5)) * s * (1 - s)
+  np.testing.assert_allclose(grad_of(None), _reference_dl_dg(np.ones(3), False) * surrogate,
+                             rtol=1e-5)
+  assert grad_of(jax.random.key(0))[0] != 0  # g0 learns through c1 and c2 on the training path
 
 
 def test_op_coefficients_pick_one_op():
@@ -101,8 +157,18 @@ SPEC = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=5, dept
 X = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
 
 
+def _nonzero_biases(model, seed=2):
+  """Every parameter (biases, LayerNorm offsets included) nudged away from its initial value, so
+  an equivalence test catches a bias that surgery drops (initial biases are all zero)."""
+  state = nnx.state(model, nnx.Param)
+  keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree.leaves(state))))
+  nnx.update(model, jax.tree.map(lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape), state))
+  return model
+
+
 def _search_model(ffn_group=2, seed=0):
-  sm = build_search_model(build_model(SPEC, seed=1), SearchOptions(ffn_group=ffn_group))
+  sm = build_search_model(_nonzero_biases(build_model(SPEC, seed=1)),
+                          SearchOptions(ffn_group=ffn_group))
   rng = np.random.default_rng(seed)
   for i, b in enumerate(sm.blocks):
     b.theta_attn[...] = jnp.asarray([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]][i],
@@ -128,12 +194,19 @@ def test_materialised_model_equals_gated_model(tmp_path):
   np.testing.assert_allclose(load(str(tmp_path / "pruned"))(X), sm(X), atol=1e-5)
 
 
-def test_fully_pruned_mlp_and_group_size():
+def test_fully_pruned_mlp_keeps_its_bias_and_group_size(tmp_path):
   sm = _search_model(ffn_group=4)
   sm.blocks[0].theta_mlp[...] = -jnp.ones_like(sm.blocks[0].theta_mlp[...])
   arch = derive_arch(sm)
   assert arch.blocks[0].mlp == 0 and all(b.mlp % 4 == 0 for b in arch.blocks)
-  np.testing.assert_allclose(materialise(sm, arch)(X), sm(X), atol=1e-5)
+  assert arch.blocks[0].mlp_bias  # the search block still adds fc2's bias: so must the compact one
+  compact = materialise(sm, arch)
+  np.testing.assert_allclose(compact(X), sm(X), atol=1e-5)
+  np.testing.assert_array_equal(compact.blocks[0].mlp_bias[...], sm.blocks[0].mlp.fc2.bias[...])
+  save_model(str(tmp_path / "m"), compact)
+  reloaded = load(str(tmp_path / "m"))
+  assert reloaded.spec == arch and macs(arch) < macs(SPEC)
+  np.testing.assert_allclose(reloaded(X), sm(X), atol=1e-5)
 
 
 def test_search_macs_equal_derived_arch_macs():

@@ -38,7 +38,8 @@ def sample_arch(dense: ArchSpec, rng: np.random.Generator, target_ratio: float, 
       op = OPS_BY_DEPTH[rng.integers(4)]
       width = int(rng.integers(b.mlp // ffn_group + 1)) * ffn_group
       blocks.append(BlockSpec(op, heads=b.heads if op == "msa" else 0, mlp=width,
-                              conv_dim=dense.head_dim if op in ("conv1", "conv3") else 0))
+                              conv_dim=dense.head_dim if op in ("conv1", "conv3") else 0,
+                              mlp_bias=width == 0))
     arch = dense.replace(blocks=tuple(blocks))
     if abs(accounting.macs(arch) / dense_macs - target_ratio) <= tolerance * target_ratio:
       return arch

@@ -117,6 +117,8 @@ class Block(nnx.Module):
       self.mlp = Mlp(c, block.mlp, rngs=rngs)
     else:
       self.norm2 = self.mlp = None
+    # A pruned-away MLP's output bias (BlockSpec.mlp_bias): x + b.
+    self.mlp_bias = nnx.Param(jnp.zeros((c,), jnp.float32)) if block.mlp_bias else None
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.attn_kind == "msa":
@@ -125,6 +127,8 @@ class Block(nnx.Module):
       x = x + self.attn(self.norm1(x), train=train)
     if self.mlp is not None:
       x = x + self.mlp(self.norm2(x))
+    elif self.mlp_bias is not None:
+      x = x + self.mlp_bias[...]
     return x
 
 

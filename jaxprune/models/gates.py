@@ -8,8 +8,9 @@ Gate values are 0/1 in the forward pass; what differs is how gradients reach the
   temperature τ, hard value forward, straight-through gradient of the relaxed sample.
 - `threshold_surrogate` (FLOPs path, feeds the budget loss, and eval): θ > 0 forward, surrogate
   gradient σ'(σ(θ) − 0.5)·σ'(θ) backward.
-- `nested` turns the three MSA-layer gates (≥conv1, ≥conv3, msa) into cumulative products, with
-  the gradient of a level stopped when the op actually chosen lies above it.
+- The three MSA-layer gates (≥conv1, ≥conv3, msa) become cumulative products c = cumprod(g):
+  `single_path` on the training path detaches the product *entries* below the chosen op, as the
+  reference does; `flops_path` on the budget path detaches nothing.
 """
 
 from __future__ import annotations
@@ -53,15 +54,22 @@ def _threshold_bwd(theta, g):
 threshold_surrogate.defvjp(_threshold_fwd, _threshold_bwd)
 
 
-def nested(g: jax.Array) -> jax.Array:
-  """Cumulative products c_i = g_0·…·g_i over the last axis (levels ≥conv1, ≥conv3, msa).
-
-  The gradient of level i is stopped when c_{i+1} = 1, i.e. when the chosen op lies above level i.
+def single_path(g: jax.Array) -> jax.Array:
+  """Training path: nested gates c = cumprod(g) over the last axis (levels ≥conv1, ≥conv3, msa),
+  then, as the reference does, the *entries* of lower levels are detached once a higher one is
+  on: c0 when c1 is on (c1 on implies c0 on), c1 when c2 is on. The factors are not detached,
+  so g0 still learns through c1 = g0·g1 and c2 = g0·g1·g2; only c0's own path is cut.
   """
-  hard = jax.lax.stop_gradient(g)
-  c_hard = jnp.cumprod(hard, axis=-1)
-  above = jnp.concatenate([c_hard[..., 1:], jnp.zeros_like(c_hard[..., :1])], axis=-1) > 0.5
-  g = jnp.where(above, jax.lax.stop_gradient(g), g)
+  c = jnp.cumprod(g, axis=-1)
+  on = jax.lax.stop_gradient(c) > 0.5
+  c0 = jnp.where(on[..., 1], jax.lax.stop_gradient(c[..., 0]), c[..., 0])
+  c1 = jnp.where(on[..., 2], jax.lax.stop_gradient(c[..., 1]), c[..., 1])
+  return jnp.stack([c0, c1, c[..., 2]], axis=-1)
+
+
+def flops_path(g: jax.Array) -> jax.Array:
+  """FLOPs path: plain nested products c = cumprod(g), nothing detached, so the budget
+  gradient reaches all three gates (θ0 through every level)."""
   return jnp.cumprod(g, axis=-1)
 
 

@@ -23,7 +23,7 @@ from flax import nnx
 
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.models.blocks import Attention, Mlp, gelu, layer_norm
-from jaxprune.models.gates import (Gate, nested, op_coefficients, sample_st,
+from jaxprune.models.gates import (Gate, flops_path, op_coefficients, sample_st, single_path,
                                    threshold_surrogate)
 from jaxprune.models.vit import ViT
 
@@ -112,14 +112,14 @@ class SearchBlock(nnx.Module):
 
   def gates(self, key: jax.Array | None):
     """(nested attention gates c [3], FFN unit mask [hidden]); sampled when `key` is given."""
-    if key is None:
-      g_attn = threshold_surrogate(self.theta_attn[...])
+    if key is None:  # FLOPs path (and eval): thresholds with the surrogate gradient
+      c = flops_path(threshold_surrogate(self.theta_attn[...]))
       g_mlp = threshold_surrogate(self.theta_mlp[...])
-    else:
+    else:  # training path: one straight-through sample
       k1, k2 = jax.random.split(jax.random.fold_in(key, self.index))
-      g_attn = sample_st(self.theta_attn[...], k1, self.opts.temperature)
+      c = single_path(sample_st(self.theta_attn[...], k1, self.opts.temperature))
       g_mlp = sample_st(self.theta_mlp[...], k2, self.opts.temperature)
-    return nested(g_attn), jnp.repeat(g_mlp, self.opts.ffn_group)
+    return c, jnp.repeat(g_mlp, self.opts.ffn_group)
 
   def __call__(self, x: jax.Array, train: bool = False, gate_key: jax.Array | None = None):
     c, mask = self.gates(gate_key)
