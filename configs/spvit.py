@@ -29,6 +29,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       temperature=1.0,        # relaxed-Bernoulli temperature
       eval_every=62,          # steps between derive/select evaluations
       finetune_from="search",  # "search": search-end weights; "original": the dense weights
+      lambda_preset="",       # the reference's fixed λ: deit_tiny 20, deit_small 3, deit_base 0.06
+      stop="first",           # "first": end the search at the first arch within tolerance;
+                              # "end": search to the end, recording every derived arch
+      arch="",                # what to fine-tune: "" = the first within tolerance (stop=first) or
+                              # the most accurate recorded within tolerance (stop=end);
+                              # "step:N" = the arch recorded at search step N;
+                              # "macs:LO-HI" = the most accurate recorded with LO <= ratio <= HI;
+                              # or an ArchSpec JSON file (FFN units kept by largest gate logit)
+      search_dir="",          # a finished SPViT workdir: reuse its search, do not search again
+      weight_sharing=True,    # False: multi-path ablation, conv candidates with own random weights
   ))
   config.search = ml_collections.ConfigDict({
       "train": common.train_config(batch_size=64, epochs=15, label_smoothing=0.1, log_every=31,

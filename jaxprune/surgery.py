@@ -14,7 +14,9 @@ import numpy as np
 from flax import nnx
 
 from jaxprune.arch import ArchSpec, BlockSpec
+from jaxprune.errors import UserError
 from jaxprune.models import ViT, build_model
+from jaxprune.models.spvit import GATE_INIT
 
 OPS_BY_DEPTH = ("none", "conv1", "conv3", "msa")  # how many nested gates are on
 
@@ -25,6 +27,55 @@ def block_choices(block) -> tuple[str, np.ndarray]:
   op = OPS_BY_DEPTH[int(c.sum())]
   keep = np.repeat(np.asarray(block.theta_mlp[...]) > 0, block.opts.ffn_group)
   return op, keep
+
+
+def gate_masks(search_model: ViT) -> list[str]:
+  """Per block, the kept FFN gate groups (θ > 0) as a string of 0/1: what `search/archs.jsonl`
+  records so that a logged architecture can be materialised later with the same units."""
+  return ["".join("1" if t > 0 else "0" for t in np.asarray(b.theta_mlp[...]))
+          for b in search_model.blocks]
+
+
+def check_reachable(search_model: ViT, arch: ArchSpec, where: str) -> None:
+  """Raises `UserError` unless `arch` is a point of the search space of `search_model`."""
+  dense = search_model.spec
+  if arch.replace(blocks=dense.blocks) != dense or arch.depth != dense.depth:
+    raise UserError(f"{where}: the architecture does not prune this model (it must keep the "
+                    f"dense model's fields and its {dense.depth} blocks)")
+  for i, (block, b) in enumerate(zip(search_model.blocks, arch.blocks)):
+    g = block.opts.ffn_group
+    want = BlockSpec(b.attn, heads=block.heads if b.attn == "msa" else 0, mlp=b.mlp,
+                     conv_dim=block.head_dim if b.attn in ("conv1", "conv3") else 0,
+                     mlp_bias=b.mlp == 0)
+    if b.attn not in OPS_BY_DEPTH or b.mlp % g or b.mlp > dense.blocks[i].mlp or b != want:
+      raise UserError(f"{where}: block {i} {b} is not in the search space (attention one of "
+                      f"{', '.join(OPS_BY_DEPTH)} with heads {block.heads} / conv_dim "
+                      f"{block.head_dim}, MLP a multiple of spvit.ffn_group = {g} up to "
+                      f"{dense.blocks[i].mlp}, mlp_bias only with MLP 0)")
+
+
+def encode_arch(search_model: ViT, arch: ArchSpec, masks: list[str] | None = None,
+                rng: np.random.Generator | None = None) -> None:
+  """Sets the search model's gates so that `derive_arch` returns `arch`. Which FFN groups are
+  kept: `masks` (as recorded by `gate_masks`), else random ones from `rng`, else the groups
+  with the largest gate logits θ."""
+  for i, (block, b) in enumerate(zip(search_model.blocks, arch.blocks)):
+    depth = OPS_BY_DEPTH.index(b.attn)
+    block.theta_attn.value = jnp.asarray([GATE_INIT if j < depth else -GATE_INIT
+                                          for j in range(3)], jnp.float32)
+    theta = np.asarray(block.theta_mlp[...])
+    k = b.mlp // block.opts.ffn_group
+    if masks is not None:
+      keep = np.array([c == "1" for c in masks[i]])
+    elif rng is not None:
+      keep = rng.permutation(len(theta)) < k
+    else:
+      keep = np.zeros(len(theta), bool)
+      keep[np.argsort(-theta, kind="stable")[:k]] = True
+    if keep.sum() != k:
+      raise UserError(f"block {i}: {int(keep.sum())} FFN groups recorded but the architecture "
+                      f"keeps {k}")
+    block.theta_mlp.value = jnp.where(jnp.asarray(keep), GATE_INIT, -GATE_INIT)
 
 
 def derive_arch(search_model: ViT) -> ArchSpec:
@@ -58,11 +109,11 @@ def materialise(search_model: ViT, arch: ArchSpec | None = None) -> ViT:
     if op == "msa":
       dst["norm1"], dst["attn"] = s["norm1"], s["attn"]
     elif op in ("conv1", "conv3"):
-      kernel, bias, out_kernel = block.conv_parts(1 if op == "conv1" else 3)
+      kernel, bias, out_kernel, out_bias = block.conv_parts(1 if op == "conv1" else 3)
       bn = s["bn1" if op == "conv1" else "bn3"]
       dst["norm1"] = s["norm1"]
       dst["attn"] = {"conv": {"kernel": kernel, "bias": bias}, "bn": bn,
-                     "proj": {"kernel": out_kernel, "bias": s["attn"]["proj"]["bias"]}}
+                     "proj": {"kernel": out_kernel, "bias": out_bias}}
     if b.mlp:
       idx = np.flatnonzero(keep)
       fc1, fc2 = s["mlp"]["fc1"], s["mlp"]["fc2"]

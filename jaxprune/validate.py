@@ -129,6 +129,8 @@ RULES: list[tuple[str, Check]] = [
     ("spvit.alpha", number(0, lo_open=True)), ("spvit.ffn_group", POSITIVE),
     ("spvit.temperature", number(0, lo_open=True)), ("spvit.eval_every", POSITIVE),
     ("spvit.finetune_from", choice("search", "original")),
+    ("spvit.stop", choice("first", "end")),
+    ("spvit.lambda_preset", choice("", "deit_tiny", "deit_small", "deit_base")),
     ("synthetic.num_images", POSITIVE), ("synthetic.steps", POSITIVE),
     ("synthetic.lr", number(0, lo_open=True)), ("synthetic.warmup_steps", NONNEG),
     ("synthetic.tv_weight", number(0)), ("synthetic.tv_exponent", number(0, lo_open=True)),

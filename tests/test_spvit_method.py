@@ -14,7 +14,8 @@ from tests.test_configs import run_config
 
 def test_spvit_main_job_writes_summary_and_a_loadable_pruned_model(tmp_path):
   w = tmp_path / "w"
-  r = run_config("spvit", w, "--config.spvit.target_ratio=0.8", "--config.spvit.tolerance=0.1")
+  r = run_config("spvit", w, "--config.spvit.target_ratio=0.8", "--config.spvit.tolerance=0.1",
+                 "--config.spvit.stop=end")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "| dense" in r.stdout and "| pruned (SPViT)" in r.stdout
   s = json.load(open(w / "summary.json"))
@@ -34,6 +35,26 @@ def test_spvit_main_job_writes_summary_and_a_loadable_pruned_model(tmp_path):
   # --overwrite deletes exactly these names: every top-level entry a run writes must be one
   written = set(os.listdir(w))
   assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES
+  # stop=end: every evaluation to the end is logged, the choice says where it came from
+  history = [json.loads(l) for l in open(w / "search" / "archs.jsonl")]
+  assert [h["step"] for h in history] == [4, 8, 12, 16]
+  assert s["selected"]["chosen_by"] in ("best recorded within tolerance", "search end")
+  assert os.path.getsize(w / "arch.png") > 0
+
+  # Fine-tune another logged architecture without searching again.
+  w2 = tmp_path / "w2"
+  r = run_config("spvit", w2, "--config.spvit.target_ratio=0.8", "--config.spvit.tolerance=0.1",
+                 "--config.spvit.stop=end", f"--config.spvit.search_dir={w}",
+                 "--config.spvit.arch=step:8")
+  assert r.returncode == 0, r.stderr[-3000:]
+  s2 = json.load(open(w2 / "summary.json"))
+  assert s2["selected"]["step"] == 8 and s2["selected"]["chosen_by"] == "step:8"
+  assert ArchSpec.from_dict(s2["arch"]) == ArchSpec.from_dict(history[1]["arch"])
+  assert not (w2 / "checkpoints" / "search").exists() and not (w2 / "dense").exists()
+  r = run_config("spvit", tmp_path / "w3", f"--config.spvit.search_dir={w}",
+                 "--config.spvit.arch=step:5")
+  assert r.returncode == 2 and "no architecture was recorded at that step; recorded steps: " \
+      "[4, 8, 12, 16]" in r.stderr
 
 
 def test_distillation_losses():

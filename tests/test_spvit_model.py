@@ -166,9 +166,11 @@ def _nonzero_biases(model, seed=2):
   return model
 
 
-def _search_model(ffn_group=2, seed=0):
+def _search_model(ffn_group=2, seed=0, weight_sharing=True):
   sm = build_search_model(_nonzero_biases(build_model(SPEC, seed=1)),
-                          SearchOptions(ffn_group=ffn_group))
+                          SearchOptions(ffn_group=ffn_group, weight_sharing=weight_sharing))
+  if not weight_sharing:
+    _nonzero_biases(sm, seed=5)  # the candidates' own biases too
   rng = np.random.default_rng(seed)
   for i, b in enumerate(sm.blocks):
     b.theta_attn[...] = jnp.asarray([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]][i],
@@ -184,8 +186,9 @@ def test_search_model_with_all_gates_on_is_the_dense_model():
   np.testing.assert_array_equal(build_search_model(dense, SearchOptions())(X), dense(X))
 
 
-def test_materialised_model_equals_gated_model(tmp_path):
-  sm = _search_model()
+@pytest.mark.parametrize("weight_sharing", [True, False])
+def test_materialised_model_equals_gated_model(tmp_path, weight_sharing):
+  sm = _search_model(weight_sharing=weight_sharing)
   arch = derive_arch(sm)
   assert [b.attn for b in arch.blocks] == ["msa", "conv3", "conv1", "none"]
   compact = materialise(sm, arch)
@@ -214,3 +217,48 @@ def test_search_macs_equal_derived_arch_macs():
   coefs, masks = zip(*[(op_coefficients(c), m) for c, m in (b.gates(None) for b in sm.blocks)])
   f = search_macs(SPEC, coefs, masks, [b.head_dim for b in sm.blocks])
   assert float(f) == macs(derive_arch(sm))
+
+
+def _choice_config(arch="", stop="first", target=0.8):
+  import ml_collections
+  return ml_collections.ConfigDict({"spvit": {"arch": arch, "stop": stop, "target_ratio": target,
+                                              "tolerance": 0.1}})
+
+
+def test_choose_arch_by_step_band_file_and_automatic(tmp_path):
+  from jaxprune.methods.spvit import choose_arch
+  from jaxprune.surgery import encode_arch, gate_masks
+  sm = _search_model()
+  a = derive_arch(sm)
+  b = a.replace_block(0, attn="conv3", heads=0, conv_dim=a.head_dim)
+  history = [{"step": 4, "macs_ratio": 0.95, "accuracy": 0.9, "arch": a.to_dict(),
+              "ffn_groups": gate_masks(sm)},
+             {"step": 8, "macs_ratio": macs(b) / macs(SPEC), "accuracy": 0.8,
+              "arch": b.to_dict(), "ffn_groups": gate_masks(sm)}]
+  assert choose_arch(_choice_config("step:8"), sm, history)[0] == b
+  arch, masks, how = choose_arch(_choice_config("macs:0.5-1.0"), sm, history)
+  assert (arch, how["step"]) == (a, 4)  # the more accurate of the two in the band
+  with pytest.raises(Exception, match="no recorded architecture has a MACs ratio in"):
+    choose_arch(_choice_config("macs:0.1-0.2"), sm, history)
+  # An ArchSpec file: FFN groups kept by the largest gate logits.
+  narrow = a.replace_block(1, mlp=2, mlp_bias=False)
+  (tmp_path / "a.json").write_text(narrow.to_json())
+  arch, masks, _ = choose_arch(_choice_config(str(tmp_path / "a.json")), sm, history)
+  assert arch == narrow and masks is None
+  best = int(np.argmax(np.asarray(sm.blocks[1].theta_mlp[...])))
+  encode_arch(sm, arch)
+  assert derive_arch(sm) == narrow and gate_masks(sm)[1][best] == "1"
+  # stop="end", automatic: the most accurate recorded within tolerance of the target.
+  arch, _, how = choose_arch(_choice_config(stop="end", target=0.95), sm, history)
+  assert (arch, how["chosen_by"], how["step"]) == (a, "best recorded within tolerance", 4)
+
+
+def test_unreachable_arch_is_refused():
+  from jaxprune.errors import UserError
+  from jaxprune.surgery import check_reachable
+  sm = _search_model()
+  a = derive_arch(sm)
+  with pytest.raises(UserError, match="block 1 .* is not in the search space"):
+    check_reachable(sm, a.replace_block(1, mlp=3, mlp_bias=False), "spvit.arch")
+  with pytest.raises(UserError, match="does not prune this model"):
+    check_reachable(sm, a.replace(width=64), "spvit.arch")

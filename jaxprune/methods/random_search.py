@@ -20,8 +20,8 @@ from jaxprune import accounting
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.errors import UserError
 from jaxprune.methods import common, spvit
-from jaxprune.models.spvit import GATE_INIT, build_search_model
-from jaxprune.surgery import OPS_BY_DEPTH, materialise
+from jaxprune.models.spvit import build_search_model
+from jaxprune.surgery import OPS_BY_DEPTH, encode_arch, materialise
 from jaxprune.train.logging import MetricWriter
 
 MAX_DRAWS = 200_000
@@ -47,18 +47,6 @@ def sample_arch(dense: ArchSpec, rng: np.random.Generator, target_ratio: float, 
                   f"{target_ratio} x dense MACs in {MAX_DRAWS} draws; widen spvit.tolerance")
 
 
-def encode_gates(search_model, arch: ArchSpec, rng: np.random.Generator) -> None:
-  """Sets the search model's gates so that `derive_arch` returns `arch` (kept FFN groups drawn
-  at random)."""
-  for block, b in zip(search_model.blocks, arch.blocks):
-    depth = OPS_BY_DEPTH.index(b.attn)
-    block.theta_attn[...] = jnp.asarray([GATE_INIT if i < depth else -GATE_INIT
-                                         for i in range(3)], jnp.float32)
-    groups = block.theta_mlp[...].shape[0]
-    keep = rng.permutation(groups) < b.mlp // block.opts.ffn_group
-    block.theta_mlp[...] = jnp.where(jnp.asarray(keep), GATE_INIT, -GATE_INIT)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
   dense = common.dense_model(config, workdir, writer)
@@ -71,7 +59,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     arch = sample_arch(dense.spec, rng, config.spvit.target_ratio, config.spvit.tolerance,
                        config.spvit.ffn_group)
     search_model = build_search_model(dense, spvit.search_options(config))
-    encode_gates(search_model, arch, rng)
+    encode_arch(search_model, arch, rng=rng)
     compact = materialise(search_model, arch)
     sub = os.path.join(workdir, "candidates", str(i))
     print(f"[random] candidate {i}: {spvit.arch_summary(arch)} | MACs ratio "

@@ -4,11 +4,15 @@ Phases (each checkpointed; a rerun resumes where it stopped):
   1. dense        the pretrained model (`model.init_from`, or pre-trained here)
   2. search       every MSA layer a nested choice skip ⊂ conv1 ⊂ conv3 ⊂ msa, every FFN unit gated;
                   loss = task + λ·(F_target − F(gates))² in GMACs. At each evaluation the gates
-                  are read into an ArchSpec; the search stops once one is within tolerance.
-  3. materialise  the chosen ArchSpec as a physically smaller model (from the search-end or the
+                  are read into an ArchSpec and logged (`search/archs.jsonl`); the search stops
+                  at the first within tolerance (`spvit.stop="first"`) or runs to its end.
+                  `spvit.search_dir` reuses an earlier run's search instead.
+  3. choose       the architecture to fine-tune (`spvit.arch`: automatic, a logged step, the
+                  best logged in a MACs band, or an ArchSpec file); drawn to `arch.png`
+  4. materialise  the chosen ArchSpec as a physically smaller model (from the search-end or the
                   original weights), exported to `workdir/search/compact`
-  4. finetune     cross-entropy + distillation from the dense model; exported to `workdir/pruned`
-  5. compare      params, MACs, accuracy and measured latency, dense vs pruned → summary.json
+  5. finetune     cross-entropy + distillation from the dense model; exported to `workdir/pruned`
+  6. compare      params, MACs, accuracy and measured latency, dense vs pruned → summary.json
 """
 
 from __future__ import annotations
@@ -23,22 +27,28 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from jaxprune import accounting
+from jaxprune import accounting, plot
 from jaxprune.atomic import write_json
 from jaxprune.arch import ArchSpec
+from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import common
 from jaxprune.models.gates import Gate, op_coefficients
 from jaxprune.models.spvit import SearchOptions, build_search_model
-from jaxprune.surgery import derive_arch, materialise
+from jaxprune.surgery import check_reachable, derive_arch, encode_arch, gate_masks, materialise
 from jaxprune.train.logging import MetricWriter, truncate_jsonl
+from jaxprune.train.checkpoint import PhaseCheckpoints
 from jaxprune.train.loop import Schedule, fit
 from jaxprune.train.optim import make_optimizer
 from jaxprune.train.step import init_state, make_train_step, merge, place
 
 
+HISTORY = os.path.join("search", "archs.jsonl")
+
+
 def search_options(config) -> SearchOptions:
   return SearchOptions(alpha=config.spvit.alpha, ffn_group=config.spvit.ffn_group,
+                       weight_sharing=config.spvit.get("weight_sharing", True),
                        temperature=config.spvit.temperature)
 
 
@@ -91,60 +101,182 @@ def arch_summary(arch: ArchSpec) -> str:
   return " ".join(f"{b.attn}/{b.mlp}" for b in arch.blocks)
 
 
-def run_search(config, workdir: str, dense, writer: MetricWriter) -> tuple[ArchSpec, Any, dict]:
-  """Searches, selects and returns (arch, search-end model, record)."""
+def check(config: ml_collections.ConfigDict) -> None:
+  """Before any work: `spvit.arch` is well formed and `spvit.search_dir` holds a compatible
+  finished search."""
+  choice = config.spvit.arch
+  if choice.startswith("step:"):
+    if not choice[5:].isdigit():
+      raise UserError(f"spvit.arch = {choice!r}: expected step:N with N a recorded search step")
+  elif choice.startswith("macs:"):
+    try:
+      lo, hi = (float(v) for v in choice[5:].split("-"))
+      assert 0 <= lo < hi
+    except (ValueError, AssertionError):
+      raise UserError(f"spvit.arch = {choice!r}: expected macs:LO-HI with 0 <= LO < HI, e.g. "
+                      "macs:0.55-0.65") from None
+  elif choice and not os.path.isfile(os.path.expanduser(choice)):
+    raise UserError(f"spvit.arch = {choice!r}: allowed are '' (automatic), step:N, macs:LO-HI "
+                    "or an ArchSpec JSON file, which does not exist")
+  d = config.spvit.search_dir
+  if d:
+    for need in ("config.json", HISTORY, os.path.join("checkpoints", "search")):
+      if not os.path.exists(os.path.join(d, need)):
+        raise UserError(f"spvit.search_dir = {d!r}: {need} is missing; it must be the workdir "
+                        "of an SPViT run whose search has finished")
+    with open(os.path.join(d, "config.json")) as f:
+      old = json.load(f)
+    new = config.to_dict()
+    for key in ("model", "search"):
+      if old.get(key) != json.loads(json.dumps(new[key], default=repr)):
+        raise UserError(f"spvit.search_dir = {d!r} searched with a different {key} section; "
+                        f"fine-tuning its architectures needs the same {key} settings")
+    for key in ("ffn_group", "alpha"):
+      if old.get("spvit", {}).get(key) != new["spvit"][key]:
+        raise UserError(f"spvit.search_dir = {d!r} searched with spvit.{key} = "
+                        f"{old.get('spvit', {}).get(key)}, this run has {new['spvit'][key]}")
+
+
+# The reference's fixed λ per model (absolute GFLOPs targets); `spvit.lambda_preset` selects one.
+LAMBDA_PRESETS = {"deit_tiny": 20.0, "deit_small": 3.0, "deit_base": 0.06}
+
+
+def _search_state(config, dense):
+  """The search phase's config, data, graphdef, fresh placed train state, optimizer, steps."""
   scfg = common.phase_config(config, "search")
   s = common.setup(scfg)
-  dense_macs = accounting.macs(dense.spec)
-  target = config.spvit.target_ratio * dense_macs
   model = build_search_model(dense, search_options(config))
-  weight = config.spvit.budget_weight or auto_budget_weight(scfg, model, s, target, dense_macs)
   steps = common.total_steps(scfg, s)
   graphdef, state, tx = init_state(model, lambda p: make_optimizer(scfg.optim, p, steps))
-  state = place(state, s.mesh)
+  return scfg, s, model, graphdef, place(state, s.mesh), tx, steps
+
+
+def run_search(config, workdir: str, dense, writer: MetricWriter) -> tuple[Any, dict]:
+  """Searches (resumably); returns (search-end model, record). Every evaluation appends the
+  derived architecture, its MACs, accuracy and kept FFN groups to `search/archs.jsonl`; with
+  `spvit.stop = "first"` the search ends at the first one within tolerance of the target."""
+  scfg, s, model, graphdef, state, tx, steps = _search_state(config, dense)
+  dense_macs = accounting.macs(dense.spec)
+  target = config.spvit.target_ratio * dense_macs
+  weight = (LAMBDA_PRESETS[config.spvit.lambda_preset] if config.spvit.lambda_preset else
+            config.spvit.budget_weight or auto_budget_weight(scfg, model, s, target, dense_macs))
   step_fn = make_train_step(graphdef, tx, search_loss(scfg, s.data.num_classes, target, weight),
                             s.mesh, config.seed)
   accuracy = common.evaluator(scfg, graphdef, s)
-  history_path = os.path.join(workdir, "search", "archs.jsonl")
+  history_path = os.path.join(workdir, HISTORY)
   os.makedirs(os.path.dirname(history_path), exist_ok=True)
   tol = config.spvit.tolerance
 
   def evaluate(st) -> dict[str, float]:
-    arch = derive_arch(merge(graphdef, jax.device_get(st)))
+    search_model = merge(graphdef, jax.device_get(st))
+    arch = derive_arch(search_model)
     ratio = accounting.macs(arch) / dense_macs
     out = dict(accuracy(st), arch_macs_ratio=ratio)
     if jax.process_index() == 0:
       with open(history_path, "a") as f:
         f.write(json.dumps({"step": int(st["step"]), "macs_ratio": ratio,
-                            "accuracy": out["accuracy"], "arch": arch.to_dict()}) + "\n")
+                            "accuracy": out["accuracy"], "arch": arch.to_dict(),
+                            "ffn_groups": gate_masks(search_model)}) + "\n")
       print(f"[search] derived arch (attn/mlp per block): {arch_summary(arch)} | MACs ratio "
             f"{ratio:.3f} (target {config.spvit.target_ratio} ± {tol:.0%})", flush=True)
     return out
 
   def met(step, metrics) -> bool:
-    return abs(metrics["arch_macs_ratio"] - config.spvit.target_ratio) <= \
-        tol * config.spvit.target_ratio
+    return within(config, metrics["arch_macs_ratio"])
 
   schedule = Schedule(total_steps=steps, log_every=scfg.train.log_every,
                       eval_every=config.spvit.eval_every, checkpoint_every=scfg.train.checkpoint_every)
   state, metrics = fit(workdir=workdir, phase="search", state=state, train_step=step_fn,
                        batches=s.batches, schedule=schedule, writer=writer, evaluate=evaluate,
-                       stop_when=met, show=("task_loss", "budget_loss", "macs_ratio"),
+                       stop_when=met if config.spvit.stop == "first" else None,
+                       show=("task_loss", "budget_loss", "macs_ratio"),
                        on_start=lambda start: truncate_jsonl(
                            history_path, lambda row: row["step"] <= start),
                        meta={"arch": dense.spec.to_dict(), "budget_weight": weight})
   search_model = merge(graphdef, jax.device_get(state))
-  arch = derive_arch(search_model)
+  record = {"search_steps": int(state["step"]), "budget_weight": weight,
+            "search_accuracy": metrics.get("accuracy")}
+  return search_model, record
+
+
+def within(config, ratio: float) -> bool:
+  return abs(ratio - config.spvit.target_ratio) <= config.spvit.tolerance * config.spvit.target_ratio
+
+
+def load_search(config, search_dir: str, dense) -> tuple[Any, dict]:
+  """The search-end model of a finished SPViT run in `search_dir` (no new search)."""
+  _, _, _, graphdef, state, _, _ = _search_state(config, dense)
+  ckpts = PhaseCheckpoints(search_dir, "search")
+  state, meta = ckpts.restore(state)
+  ckpts.close()
+  return merge(graphdef, jax.device_get(state)), {
+      "search_dir": os.path.abspath(search_dir), "search_steps": int(meta["step"]),
+      "budget_weight": meta.get("budget_weight")}
+
+
+def read_history(search_dir: str) -> list[dict[str, Any]]:
+  path = os.path.join(search_dir, HISTORY)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def choose_arch(config, search_model, history: list[dict[str, Any]]
+                ) -> tuple[ArchSpec, list[str] | None, dict[str, Any]]:
+  """The architecture to fine-tune, per `spvit.arch` (see configs/spvit.py), with the FFN
+  groups to keep (None = the largest gate logits) and how it was chosen."""
+  choice = config.spvit.arch
+  dense_macs = accounting.macs(search_model.spec)
+  steps = sorted(r["step"] for r in history)
+
+  def from_row(row, how):
+    return (ArchSpec.from_dict(row["arch"]), row.get("ffn_groups"),
+            {"chosen_by": how, "step": row["step"], "search_accuracy_then": row["accuracy"]})
+
+  if choice.startswith("step:"):
+    rows = [r for r in history if r["step"] == int(choice[5:])]
+    if not rows:
+      raise UserError(f"spvit.arch = {choice!r}: no architecture was recorded at that step; "
+                      f"recorded steps: {steps}")
+    arch, masks, how = from_row(rows[-1], choice)
+  elif choice.startswith("macs:"):
+    lo, hi = (float(v) for v in choice[5:].split("-"))
+    rows = [r for r in history if lo <= r["macs_ratio"] <= hi]
+    if not rows:
+      ratios = sorted(round(r["macs_ratio"], 3) for r in history)
+      raise UserError(f"spvit.arch = {choice!r}: no recorded architecture has a MACs ratio in "
+                      f"[{lo}, {hi}]; recorded: {ratios}")
+    best = max(rows, key=lambda r: (r["accuracy"], -r["macs_ratio"], -r["step"]))
+    arch, masks, how = from_row(best, f"best recorded in {choice}")
+  elif choice:
+    arch, masks, how = read_arch_file(choice), None, {"chosen_by": f"file {choice}"}
+  elif config.spvit.stop == "end" and any(within(config, r["macs_ratio"]) for r in history):
+    best = max((r for r in history if within(config, r["macs_ratio"])),
+               key=lambda r: (r["accuracy"], -r["step"]))
+    arch, masks, how = from_row(best, "best recorded within tolerance")
+  else:
+    arch, masks, how = derive_arch(search_model), None, {"chosen_by": "search end"}
+  check_reachable(search_model, arch, f"spvit.arch = {choice!r}")
   ratio = accounting.macs(arch) / dense_macs
-  within = met(0, {"arch_macs_ratio": ratio})
-  if not within:
+  if not within(config, ratio) and not choice:
     logging.warning("search ended without meeting the target: MACs ratio %.3f vs %.3f",
                     ratio, config.spvit.target_ratio)
-    print(f"[search] WARNING: target not met within {steps} steps: MACs ratio {ratio:.3f} vs "
-          f"{config.spvit.target_ratio} (raise search.train.epochs or spvit.budget_weight)")
-  record = {"step": int(state["step"]), "macs_ratio": ratio, "within_tolerance": within,
-            "budget_weight": weight, "search_accuracy": metrics.get("accuracy")}
-  return arch, search_model, record
+    print(f"[search] WARNING: target not met: MACs ratio {ratio:.3f} vs "
+          f"{config.spvit.target_ratio} (raise search.train.epochs or spvit.budget_weight, or "
+          "pick a recorded architecture with spvit.arch)", flush=True)
+  return arch, masks, dict(how, macs_ratio=ratio, within_tolerance=within(config, ratio))
+
+
+def read_arch_file(path: str) -> ArchSpec:
+  """An ArchSpec from a JSON file: a bare ArchSpec dict or a saved model's `arch.json`."""
+  try:
+    with open(os.path.expanduser(path)) as f:
+      d = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"spvit.arch = {path!r}: cannot read it as an ArchSpec JSON file "
+                    f"({type(e).__name__}: {e})") from None
+  return ArchSpec.from_dict(d["arch"] if "arch" in d and "blocks" not in d else d)
 
 
 def original_weights_model(dense, search_model, config):
@@ -192,7 +324,10 @@ def run_finetune(config, workdir: str, compact, dense, writer: MetricWriter):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
-  dense = common.dense_model(config, workdir, writer)
+  if config.spvit.search_dir and not config.model.init_from:
+    dense = load(os.path.join(config.spvit.search_dir, "dense"))  # the model that was searched
+  else:
+    dense = common.dense_model(config, workdir, writer)
   eval_setup = common.setup(common.phase_config(config, "finetune"))
   dense_acc = common.evaluate_model(common.phase_config(config, "finetune"), dense,
                                     eval_setup)["accuracy"]
@@ -204,13 +339,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     with open(record_path) as f:
       record = json.load(f)
   else:
-    arch, search_model, record = run_search(config, workdir, dense, writer)
+    search_dir = config.spvit.search_dir
+    if search_dir:  # fine-tune an architecture of an earlier search, without searching again
+      search_model, record = load_search(config, search_dir, dense)
+    else:
+      search_model, record = run_search(config, workdir, dense, writer)
+      search_dir = workdir
+    arch, masks, how = choose_arch(config, search_model, read_history(search_dir))
+    record.update(how)
     source = (search_model if config.spvit.finetune_from == "search"
               else original_weights_model(dense, search_model, config))
+    encode_arch(source, arch, masks)
     compact = materialise(source, arch)
     save_model(compact_dir, compact, extra={"selected": record})
     if jax.process_index() == 0:
       write_json(record_path, record, indent=2)
+      plot.spvit_search(os.path.join(workdir, "arch.png"), dense.spec, arch,
+                        read_history(search_dir), config.spvit.target_ratio)
 
   pruned, metrics = run_finetune(config, workdir, compact, dense, writer)
   save_model(os.path.join(workdir, "pruned"), pruned, extra={"test_accuracy": metrics["accuracy"]})

@@ -35,6 +35,20 @@ class SearchOptions:
   alpha: float = 1e-2       # softmax temperature of the mixing matrix
   ffn_group: int = 1        # hidden units per FFN gate
   temperature: float = 1.0  # relaxed-Bernoulli temperature of the training path
+  weight_sharing: bool = True  # False: the paper's multi-path ablation (own conv parameters)
+
+
+class ConvCandidate(nnx.Module):
+  """Multi-path ablation: a bottleneck conv candidate with its own randomly initialised weights
+  (kernel [k, k, C, d], bias [d], output [d, C] and its bias), instead of sharing the MSA's."""
+
+  def __init__(self, width: int, dim: int, size: int, *, rngs: nnx.Rngs):
+    fan_in = size * size * width
+    self.kernel = nnx.Param(jax.random.normal(rngs.params(), (size, size, width, dim))
+                            * (2.0 / fan_in)**0.5)
+    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+    self.out = nnx.Param(0.02 * jax.random.truncated_normal(rngs.params(), -2, 2, (dim, width)))
+    self.out_bias = nnx.Param(jnp.zeros((width,), jnp.float32))
 
 
 def conv_kernel_position(row: int, col: int) -> int:
@@ -93,21 +107,30 @@ class SearchBlock(nnx.Module):
     self.bn3 = nnx.BatchNorm(d, momentum=0.9, epsilon=1e-5, rngs=rngs)
     self.norm2 = layer_norm(c, spec.ln_eps, rngs)
     self.mlp = Mlp(c, block.mlp, rngs=rngs)
+    if not opts.weight_sharing:
+      self.conv1 = ConvCandidate(c, d, 1, rngs=rngs)
+      self.conv3 = ConvCandidate(c, d, 3, rngs=rngs)
     self.theta_attn = Gate(jnp.full((3,), GATE_INIT, jnp.float32))
     self.theta_mlp = Gate(jnp.full((block.mlp // opts.ffn_group,), GATE_INIT, jnp.float32))
 
   def conv_parts(self, size: int):
-    return collapse_conv(self.attn.qkv.kernel[...], self.attn.qkv.bias[...],
-                         self.attn.proj.kernel[...], self.mix[...], self.heads, self.head_dim,
-                         size, self.opts.alpha)
+    """(kernel [k, k, C, d], bias [d], out kernel [d, C], out bias [C]) of the conv candidate:
+    collapsed from (v, proj, M) with weight sharing, else the candidate's own weights."""
+    if not self.opts.weight_sharing:
+      own = self.conv1 if size == 1 else self.conv3
+      return own.kernel[...], own.bias[...], own.out[...], own.out_bias[...]
+    kernel, bias, out = collapse_conv(self.attn.qkv.kernel[...], self.attn.qkv.bias[...],
+                                      self.attn.proj.kernel[...], self.mix[...], self.heads,
+                                      self.head_dim, size, self.opts.alpha)
+    return kernel, bias, out, self.attn.proj.bias[...]
 
   def conv_op(self, y: jax.Array, size: int, train: bool) -> jax.Array:
-    kernel, bias, out = self.conv_parts(size)
+    kernel, bias, out, out_bias = self.conv_parts(size)
     bn = self.bn1 if size == 1 else self.bn3
     z = jax.nn.relu(bn(conv_on_grid(y, kernel, bias, self.num_prefix),
                        use_running_average=not train))
     b = y.shape[0]
-    patches = (z @ out + self.attn.proj.bias[...]).reshape(b, -1, y.shape[-1])
+    patches = (z @ out + out_bias).reshape(b, -1, y.shape[-1])
     return jnp.concatenate([y[:, :self.num_prefix], patches], axis=1)
 
   def gates(self, key: jax.Array | None):
