@@ -7,8 +7,11 @@ Unpack the data outside the repository first:
 Scale (chosen to run in well under an hour on the 2-core CPU): a 10,000-image class-balanced
 training subset (all 10,000 test images), 32x32, DeiT width 96, depth 6, 4 heads, MLP x4, patch 4
 (65 tokens); dense pre-training 30 epochs; SPViT search ≤ 4 epochs, fine-tune 6 epochs with hard
-distillation from the dense model; random search: 2 architectures per target, same fine-tune.
-Every run goes through `python -m jaxprune.main`; the dense model is trained once and reused.
+distillation from the dense model; per target also the multi-path ablation
+(`spvit.weight_sharing=False`, same recipe) and random search: `--random N` architectures (5 by
+default) drawn within ±2 % of the MACs ratio SPViT reached, same fine-tune, every one reported.
+Every run goes through `python -m jaxprune.main`; the dense model is trained once and reused,
+and a rerun of the script reuses every finished run (each workdir resumes).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def main() -> None:
   parser.add_argument("--data", required=True, help="folder holding train/ and test/")
   parser.add_argument("--out", default="/tmp/jaxprune_bench/spvit_cifar10")
   parser.add_argument("--targets", default="0.7,0.5")
+  parser.add_argument("--random", type=int, default=5, help="random architectures per target")
   args = parser.parse_args()
   data = [f"--config.data.source=folder:{args.data}"]
   dense = main_job("pretrain", os.path.join(args.out, "dense"), *data, *PRETRAIN)
@@ -66,9 +70,21 @@ def main() -> None:
     t = [f"--config.spvit.target_ratio={target}"]
     sp = main_job("spvit", os.path.join(args.out, f"spvit_{target}"), *data, *init, *SEARCH, *t)
     rows.append((f"SPViT {target}", sp["selected"]["macs_ratio"], sp["pruned"], sp["wall_s"]))
+    mp = main_job("spvit", os.path.join(args.out, f"multipath_{target}"), *data, *init, *SEARCH,
+                  *t, "--config.spvit.weight_sharing=False")
+    rows.append((f"multi-path {target}", mp["selected"]["macs_ratio"], mp["pruned"],
+                 mp["wall_s"]))
+    reached = sp["pruned"]["macs"] / dense["dense"]["macs"]
     rs = main_job("spvit_random", os.path.join(args.out, f"random_{target}"), *data, *init,
-                  *SEARCH, *t, "--config.random.num_archs=2")
-    rows.append((f"random search {target}", None, rs["pruned"], rs["wall_s"]))
+                  *SEARCH, f"--config.spvit.target_ratio={reached:.4f}",
+                  "--config.spvit.tolerance=0.02", f"--config.random.num_archs={args.random}")
+    rows.append((f"random best of {args.random} {target}", None, rs["pruned"], rs["wall_s"]))
+    for i, c in enumerate(rs["candidates"]):
+      print(f"random {target} candidate {i}: MACs ratio {c['macs'] / dense['dense']['macs']:.3f}"
+            f", accuracy {100 * c['accuracy']:.2f}%", flush=True)
+    search_s = [json.loads(l) for l in open(os.path.join(args.out, f"spvit_{target}",
+                                                        "metrics.jsonl"))]
+    print(f"SPViT {target}: selected {sp['selected']}; search rows {len(search_s)}", flush=True)
   base = rows[0][2]
   print("\n| model | MACs | MACs ratio | params | test acc. | latency ms (b64) | speed-up | wall |")
   print("|---|---:|---:|---:|---:|---:|---:|---:|")

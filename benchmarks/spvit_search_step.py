@@ -3,7 +3,8 @@
   python benchmarks/spvit_search_step.py [--variant deit_tiny --image 32 --patch 4 --batch 64]
 
 The search step runs all three attention candidates (msa, conv3, conv1) and the gate paths of
-every layer; the dense step runs msa only. Prints median step times and their ratio.
+every layer; the dense step runs msa only; the multi-path ablation (`spvit.weight_sharing=False`)
+runs conv candidates with their own weights. Prints median step times, timed interleaved.
 """
 
 from __future__ import annotations
@@ -56,27 +57,39 @@ def main() -> None:
                                            dtype=np.uint8), sh),
            "label": to_global(rng.integers(0, 10, args.batch).astype(np.int32), sh)}
   dense = build_model(spec)
+  multi = spvit_config.get_config()
+  multi.spvit.weight_sharing = False
   models = {
       "dense": (dense, supervised_loss(search_cfg, 10)),
       "SPViT search": (build_search_model(dense, search_options(config)),
                        search_loss(search_cfg, 10, 0.6 * macs(spec), 1.0)),
+      "multi-path": (build_search_model(dense, search_options(multi)),
+                     search_loss(search_cfg, 10, 0.6 * macs(spec), 1.0)),
   }
-  results = {}
+  steps = {}
   for name, (model, loss_fn) in models.items():
     graphdef, state, tx = init_state(model, lambda p: make_optimizer(search_cfg.optim, p, 1000))
     step_fn = make_train_step(graphdef, tx, loss_fn, mesh, seed=0)
-    holder = {"state": place(state, mesh)}
+    holder = {"state": place(state, mesh), "fn": step_fn}
 
-    def step():
-      holder["state"], metrics = step_fn(holder["state"], batch)
+    def step(holder=holder):
+      holder["state"], metrics = holder["fn"](holder["state"], batch)
       jax.block_until_ready(metrics["loss"])
 
-    results[name] = statistics.median(time_steps(step, 3, args.steps))
+    steps[name] = step
+  # Interleaved rounds (each model a few steps per round), so drifts of a shared machine hit
+  # all models alike.
+  times = {name: [] for name in steps}
+  for name, step in steps.items():
+    time_steps(step, 3, 1)  # compile + warm up
+  for _ in range(max(1, args.steps // 2)):
+    for name, step in steps.items():
+      times[name] += time_steps(step, 0, 2)
+  results = {name: statistics.median(t) for name, t in times.items()}
   print(f"\n{args.variant}, {args.image}px, patch {args.patch}, batch {args.batch}, "
-        f"{jax.devices()[0].platform}: median step over {args.steps}")
+        f"{jax.devices()[0].platform}: median step over {len(times['dense'])}, interleaved")
   for name, t in results.items():
-    print(f"| {name:<14} | {t:8.1f} ms |")
-  print(f"search / dense: {results['SPViT search'] / results['dense']:.2f}x")
+    print(f"| {name:<14} | {t:8.1f} ms | {t / results['dense']:.2f}x dense |")
 
 
 if __name__ == "__main__":

@@ -52,35 +52,27 @@ def test_missing_config_file_is_one_line():
   assert r.returncode == 2 and r.stderr.count("\n") == 1 and "configs/nope.py" in r.stderr
 
 
-def _run_to_first_checkpoint_and_kill(workdir, args):
+def _signal_at_first_checkpoint(workdir, args, sig):
+  """Starts the command, sends `sig` once its first checkpoint exists; (returncode, stderr)."""
   proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT, env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   ckpt_dir = os.path.join(workdir, "checkpoints", "pretrain")
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
     if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
       break
     time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  return proc.returncode
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=120)
+  return proc.returncode, err
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
   w = str(tmp_path / "w")
-  proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", CONFIG, f"--workdir={w}",
-                           "--config.train.steps=100000", "--config.train.checkpoint_every=5"],
-                          cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
-  ckpt_dir = os.path.join(w, "checkpoints", "pretrain")
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGINT)
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 130, err[-2000:]
+  rc, err = _signal_at_first_checkpoint(w, [CONFIG, f"--workdir={w}", "--config.train.steps="
+                                            "100000", "--config.train.checkpoint_every=5"],
+                                        signal.SIGINT)
+  assert rc == 130, err[-2000:]
   lines = [l for l in err.strip().splitlines() if l.strip()]
   assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
   assert lines[0].startswith("error: interrupted at step ") and "of phase pretrain (the last " \
@@ -92,7 +84,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
            "--config.train.eval_every_epochs=0"]
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   assert _main(CONFIG, f"--workdir={a}", *extra).returncode == 0
-  rc = _run_to_first_checkpoint_and_kill(b, [CONFIG, f"--workdir={b}", *extra])
+  rc, _ = _signal_at_first_checkpoint(b, [CONFIG, f"--workdir={b}", *extra], signal.SIGKILL)
   assert rc == -signal.SIGKILL and not os.path.exists(os.path.join(b, "summary.json"))
   r = _main(CONFIG, f"--workdir={b}", *extra)
   assert r.returncode == 0, r.stderr[-3000:]

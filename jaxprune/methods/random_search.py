@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
