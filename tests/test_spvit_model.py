@@ -236,6 +236,9 @@ def test_choose_arch_by_step_band_file_and_automatic(tmp_path):
              {"step": 8, "macs_ratio": macs(b) / macs(SPEC), "accuracy": 0.8,
               "arch": b.to_dict(), "ffn_groups": gate_masks(sm)}]
   assert choose_arch(_choice_config("step:8"), sm, history)[0] == b
+  with pytest.raises(Exception, match=r"no architecture was recorded at that step; recorded "
+                                      r"steps: \[4, 8\]"):
+    choose_arch(_choice_config("step:5"), sm, history)
   arch, masks, how = choose_arch(_choice_config("macs:0.5-1.0"), sm, history)
   assert (arch, how["step"]) == (a, 4)  # the more accurate of the two in the band
   with pytest.raises(Exception, match="no recorded architecture has a MACs ratio in"):

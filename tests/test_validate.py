@@ -74,6 +74,13 @@ def test_shipped_configs_validate_and_every_number_has_a_rule(name, arg):
     ("pretrain", {"model__variant": "vit_giant"}, "model variant 'vit_giant' is unknown"),
     ("pretrain", {"data__source": "folder:/no/such"}, "/no/such/train is not a directory"),
     ("pretrain", {"model__init_from": "/no/such/model"}, "has no arch.json"),
+    # SPViT steering fields
+    ("spvit", {"spvit__stop": "never"}, "spvit.stop = 'never': allowed are first, end"),
+    ("spvit", {"spvit__lambda_preset": "vit_huge"}, "spvit.lambda_preset = 'vit_huge'"),
+    ("spvit", {"spvit__arch": "step:x"}, "expected step:N"),
+    ("spvit", {"spvit__arch": "macs:0.6-0.5"}, "expected macs:LO-HI"),
+    ("spvit", {"spvit__arch": "/no/such.json"}, "or an ArchSpec JSON file, which does not exist"),
+    ("spvit", {"spvit__search_dir": "/no/such"}, "config.json is missing"),
 ])
 def test_bad_values_are_refused_naming_the_field(name, overrides, expected):
   with pytest.raises(UserError) as e:
