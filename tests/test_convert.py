@@ -1,6 +1,5 @@
 """Checkpoint import parity: random HF ViT/DeiT → file → jaxprune, logits within 1e-4."""
 
-import json
 import os
 import re
 

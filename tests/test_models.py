@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxprune import ArchSpec, BlockSpec, Gate, build_model, dense_spec, load, save_model
+from jaxprune import BlockSpec, Gate, build_model, dense_spec, load, save_model
 from jaxprune.models import split_model
 
 BASE = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=5, depth=1)

@@ -285,7 +285,7 @@ def load_tfds(name: str, image_size: int | None = None, data_dir: str | None = N
                     f"{str(e).splitlines()[0] if str(e) else ''}); prepare it first with "
                     "`tfds build` into data.tfds_dir") from None
   feature = builder.info.features["image"]
-  h, w, c = (feature.shape[0], feature.shape[1], feature.shape[2] or 3)
+  h, c = feature.shape[0], feature.shape[2] or 3
   size = image_size or h
   if size is None:
     raise UserError(f"data.source 'tfds:{name}' has variable image sizes: set "
