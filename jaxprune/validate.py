@@ -183,10 +183,10 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
 
 def check_devices(config: ml_collections.ConfigDict, device_count: int) -> None:
   """Every global batch size must split evenly over the devices."""
+  from jaxprune.train.mesh import check_batch
   for path, value in leaves(config.to_dict()):
-    if path.endswith("train.batch_size") and value % device_count:
-      raise UserError(f"{path} = {value} is not divisible by the {device_count} devices; use a "
-                      f"multiple of {device_count}")
+    if path.endswith("train.batch_size"):
+      check_batch(value, path, device_count)
 
 
 def planned_spec(config: ml_collections.ConfigDict):
@@ -194,15 +194,12 @@ def planned_spec(config: ml_collections.ConfigDict):
   of `model.init_from`, else the preset with the config's overrides (classes and channels are
   placeholders). Invalid model fields (unknown preset, width not divisible by heads...) fail
   here, before any work."""
-  from jaxprune.arch import dense_spec
   from jaxprune.export import read_spec
+  from jaxprune.methods.common import spec_from_config
   m = config.model
   if m.init_from:
     return read_spec(os.path.expanduser(m.init_from))
-  return dense_spec(m.variant, image_size=m.image_size or m.patch_size, patch_size=m.patch_size,
-                    num_classes=2, depth=m.depth or None, width=m.width or None,
-                    num_heads=m.num_heads or None, mlp_ratio=m.mlp_ratio or None,
-                    distilled=m.distilled)
+  return spec_from_config(m, m.patch_size, num_classes=2, in_channels=3)
 
 
 def check_paths(config: ml_collections.ConfigDict) -> None:

@@ -109,17 +109,11 @@ def load_mnist5k() -> Dataset:
 GRAYSCALE_MODES = ("L", "1", "I", "I;16", "F", "LA")
 
 
-def _image_mode(path: str) -> str:
+def _read_image(path: str) -> tuple[np.ndarray, bool]:
+  """(uint8 RGB [H, W, 3], whether the file is grayscale), decoded once."""
   from PIL import Image
   with Image.open(path) as img:
-    return img.mode
-
-
-def _read_image(path: str, channels: int) -> np.ndarray:
-  from PIL import Image
-  with Image.open(path) as img:
-    arr = np.asarray(img.convert("RGB" if channels == 3 else "L"))
-  return arr.reshape(arr.shape[0], arr.shape[1], channels)
+    return np.asarray(img.convert("RGB")), img.mode in GRAYSCALE_MODES
 
 
 def _try(fn, *args):
@@ -161,20 +155,18 @@ def load_folder(path: str, image_size: int | None = None, skip_corrupt: bool = F
   `skip_corrupt` (`data.skip_corrupt`), skipped with a warning that counts them.
   """
   classes, listed = _list_folder(path)
-  everything = listed["train"][0] + listed["test"][0]
-  with ThreadPoolExecutor(8) as pool:
-    modes = dict(zip(everything, pool.map(lambda f: _try(_image_mode, f), everything)))
-  readable = [m for m, err in modes.values() if err is None]
-  channels = 1 if readable and all(m in GRAYSCALE_MODES for m in readable) else 3
+  decoded = {}
+  for split, (files, _) in listed.items():
+    with ThreadPoolExecutor(8) as pool:
+      decoded[split] = list(pool.map(lambda f: _try(_read_image, f), files))
+  readable = [out for split in decoded.values() for out, err in split if err is None]
+  gray = bool(readable) and all(is_gray for _, is_gray in readable)
   splits, skipped = {}, []
   for split, (files, labels) in listed.items():
-    with ThreadPoolExecutor(8) as pool:
-      decoded = list(pool.map(lambda f: _try(_read_image, f, channels) if modes[f][1] is None
-                              else modes[f], files))
     imgs, keep = [], []
-    for f, label, (img, err) in zip(files, labels, decoded):
+    for f, label, (out, err) in zip(files, labels, decoded[split]):
       if err is None:
-        imgs.append(img)
+        imgs.append(out[0][..., :1] if gray else out[0])
         keep.append(label)
       elif skip_corrupt:
         skipped.append(f)

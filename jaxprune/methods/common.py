@@ -51,12 +51,16 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
 
 def model_spec(config: ml_collections.ConfigDict, ds: Dataset) -> ArchSpec:
   """The dense spec from `config.model`, sized for the data set's classes and channels."""
-  m = config.model
-  return dense_spec(m.variant, image_size=m.image_size or ds.image_shape[0],
-                    patch_size=m.patch_size, num_classes=ds.num_classes,
-                    in_channels=ds.image_shape[2], depth=m.depth or None, width=m.width or None,
-                    num_heads=m.num_heads or None, mlp_ratio=m.mlp_ratio or None,
-                    distilled=m.distilled)
+  return spec_from_config(config.model, ds.image_shape[0], ds.num_classes, ds.image_shape[2])
+
+
+def spec_from_config(m: ml_collections.ConfigDict, data_size: int, num_classes: int,
+                     in_channels: int) -> ArchSpec:
+  """`dense_spec` of the `model` section (0 = the preset's value; image size 0 = `data_size`)."""
+  return dense_spec(m.variant, image_size=m.image_size or data_size, patch_size=m.patch_size,
+                    num_classes=num_classes, in_channels=in_channels, depth=m.depth or None,
+                    width=m.width or None, num_heads=m.num_heads or None,
+                    mlp_ratio=m.mlp_ratio or None, distilled=m.distilled)
 
 
 def initial_model(config: ml_collections.ConfigDict, ds: Dataset, spec: ArchSpec):

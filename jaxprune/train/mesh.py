@@ -26,9 +26,10 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch(batch_size: int, field: str = "train.batch_size") -> None:
+def check_batch(batch_size: int, field: str = "train.batch_size",
+                device_count: int | None = None) -> None:
   """The global batch must split evenly over devices and processes."""
-  n = jax.device_count()
+  n = jax.device_count() if device_count is None else device_count
   if batch_size < 1 or batch_size % n:
     raise UserError(f"{field} = {batch_size} is not divisible by the {n} devices; use a "
                     f"multiple of {n}")
