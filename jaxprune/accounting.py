@@ -9,6 +9,11 @@ C, MLP hidden H, attention inner width D = heads·head_dim and HW patch tokens:
   norms     N·C per LayerNorm (the "small linear term"), BatchNorm none (folds into the conv)
   embedding HW·C·in_channels·p²       head   C·classes (per head)
 
+Swin: windowed msa runs its projections on the grid zero-padded to a multiple of the window w
+(N_p tokens) and its attention matmuls are 2·N_p·w²·D; patch merging to grid HW/4 and width C'
+is HW/4·4C (LayerNorm) + HW/4·4C·C'. Each layer is counted at the shape flowing into it
+(`ArchSpec.walk`); the per-layer formulas live with the layer specs in `jaxprune.arch`.
+
 `attention_matmuls=False` leaves out the 2·N²·D term, as counters that only see parametrised
 layers do (e.g. thop-style counters); the default (and what jaxprune prints) includes it, as
 fvcore does. Latency is measured, never inferred: see `measure_latency`.
@@ -24,62 +29,60 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxprune.arch import ArchSpec, BlockSpec
+from jaxprune.arch import ArchSpec, BlockSpec, Shape
 
 
 @dataclasses.dataclass(frozen=True)
 class Counts:
-  """MACs and parameters of a model, per block and in total."""
+  """MACs and parameters of a model, per block, per layer and in total."""
 
   macs: int
   params: int
   block_macs: tuple[int, ...]
   block_params: tuple[int, ...]
+  layer_macs: tuple[int, ...] = ()
+  layer_params: tuple[int, ...] = ()
 
 
-def _block_macs(spec: ArchSpec, b: BlockSpec, attention_matmuls: bool) -> int:
-  n, c, hw = spec.num_tokens, spec.width, spec.num_patches
-  total = 0
-  if b.attn == "msa":
-    d = b.heads * spec.head_dim
-    total += 3 * n * c * d + n * d * c + n * c
-    if attention_matmuls:
-      total += 2 * n * n * d
-  elif b.attn in ("conv1", "conv3"):
-    total += (b.kernel_size**2 * c * b.conv_dim + b.conv_dim * c) * hw + n * c
-  if b.mlp:
-    total += 2 * n * c * b.mlp + n * c
-  return total
+def _block_macs(spec: ArchSpec, b: BlockSpec, attention_matmuls: bool,
+                shape: Shape | None = None) -> int:
+  """MACs of block `b` at `shape` (default: the stem's shape, where every ViT block sits)."""
+  return b.macs(shape or spec.stem_shape, spec.head_dim_of(b), attention_matmuls)
 
 
-def _block_params(spec: ArchSpec, b: BlockSpec) -> int:
-  c = spec.width
-  total = 0
-  if b.attn == "msa":
-    d = b.heads * spec.head_dim
-    total += 2 * c + (c * 3 * d + 3 * d) + (d * c + c)
-  elif b.attn in ("conv1", "conv3"):
-    k2, d = b.kernel_size**2, b.conv_dim
-    total += 2 * c + (k2 * c * d + d) + 2 * d + (d * c + c)
-  if b.mlp:
-    total += 2 * c + (c * b.mlp + b.mlp) + (b.mlp * c + c)
-  elif b.mlp_bias:
-    total += c
-  return total
+def _stem(spec: ArchSpec) -> tuple[int, int]:
+  """(MACs, params) of the patch embedding and what comes with it (tokens, position
+  embedding for ViT; the patch LayerNorm for Swin)."""
+  c, p, n = spec.width, spec.patch_size, spec.num_patches
+  macs_ = n * c * spec.in_channels * p * p
+  params_ = p * p * spec.in_channels * c + c
+  if spec.family == "swin":
+    return macs_ + n * c, params_ + 2 * c
+  return macs_, params_ + spec.num_prefix * c + spec.num_tokens * c
+
+
+def _tail(spec: ArchSpec) -> tuple[int, int]:
+  """(MACs, params) of the final LayerNorm and the head(s) (pooling is not a multiply-add)."""
+  out = spec.out_shape
+  c, heads = out.width, 1 + int(spec.dist_head)
+  return (out.tokens * c + heads * c * spec.num_classes,
+          2 * c + heads * (c * spec.num_classes + spec.num_classes))
 
 
 def count(spec: ArchSpec, attention_matmuls: bool = True) -> Counts:
-  """MACs per image and parameters, per block and in total, for `spec`."""
-  c, p = spec.width, spec.patch_size
-  heads = 1 + int(spec.dist_head)
-  embed_macs = spec.num_patches * c * spec.in_channels * p * p
-  embed_params = (p * p * spec.in_channels * c + c) + spec.num_prefix * c + spec.num_tokens * c
-  tail_macs = spec.num_tokens * c + heads * c * spec.num_classes
-  tail_params = 2 * c + heads * (c * spec.num_classes + spec.num_classes)
-  bm = tuple(_block_macs(spec, b, attention_matmuls) for b in spec.blocks)
-  bp = tuple(_block_params(spec, b) for b in spec.blocks)
-  return Counts(macs=embed_macs + sum(bm) + tail_macs, params=embed_params + sum(bp) + tail_params,
-                block_macs=bm, block_params=bp)
+  """MACs per image and parameters, per block, per layer and in total, for `spec`: a walk over
+  its layers, each counted at the shape flowing into it."""
+  lm, lp, bm, bp = [], [], [], []
+  for layer, shape in spec.walk():
+    hd = spec.head_dim_of(layer) if isinstance(layer, BlockSpec) else 0
+    lm.append(layer.macs(shape, hd, attention_matmuls))
+    lp.append(layer.params(shape, hd))
+    if isinstance(layer, BlockSpec):
+      bm.append(lm[-1])
+      bp.append(lp[-1])
+  (sm, sp), (tm, tp) = _stem(spec), _tail(spec)
+  return Counts(macs=sm + sum(lm) + tm, params=sp + sum(lp) + tp, block_macs=tuple(bm),
+                block_params=tuple(bp), layer_macs=tuple(lm), layer_params=tuple(lp))
 
 
 def macs(spec: ArchSpec, attention_matmuls: bool = True) -> int:
@@ -92,9 +95,11 @@ def params(spec: ArchSpec) -> int:
   return count(spec).params
 
 
-def block_mlp_macs(spec: ArchSpec, hidden: int) -> int:
-  """MACs of one MLP sub-layer of `hidden` units (with its LayerNorm)."""
-  return 2 * spec.num_tokens * spec.width * hidden + spec.num_tokens * spec.width
+def block_mlp_macs(spec: ArchSpec, hidden: int, shape: Shape | None = None) -> int:
+  """MACs of one MLP sub-layer of `hidden` units (with its LayerNorm) at `shape` (default: the
+  stem's)."""
+  shape = shape or spec.stem_shape
+  return 2 * shape.tokens * shape.width * hidden + shape.tokens * shape.width
 
 
 def _jitted_forward(model: nnx.Module, batch: int, seed: int):
@@ -175,11 +180,13 @@ def search_macs(spec: ArchSpec, coefs, masks, conv_dims) -> jax.Array:
   With hard gates this equals `macs(derive_arch(...))` exactly.
   """
   import jax.numpy as jnp
-  total = jnp.asarray(float(macs(spec.replace(blocks=()))))
-  n, c = spec.num_tokens, spec.width
-  for b, coef, mask, d in zip(spec.blocks, coefs, masks, conv_dims):
+  dense = count(spec)
+  total = jnp.asarray(float(dense.macs - sum(dense.block_macs)))
+  for b, shape, coef, mask, d in zip(spec.blocks, spec.block_shapes(), coefs, masks, conv_dims):
+    n, c = shape.tokens, shape.width
     for op in ("msa", "conv3", "conv1"):
-      kind = BlockSpec(op, heads=b.heads if op == "msa" else 0, conv_dim=0 if op == "msa" else d)
-      total = total + coef[op] * _block_macs(spec, kind, True)
+      kind = (dataclasses.replace(b, mlp=0) if op == "msa"
+              else BlockSpec(op, conv_dim=d))
+      total = total + coef[op] * _block_macs(spec, kind, True, shape)
     total = total + 2 * n * c * jnp.sum(mask) + n * c * jnp.max(mask)
   return total

@@ -1,63 +1,185 @@
 """ArchSpec: the JSON description every jaxprune model is built from.
 
-A dense ViT/DeiT is the spec whose blocks are all `msa` at full MLP width. Pruning methods
-produce other specs (conv attention, no attention, narrower MLPs, fewer blocks); a pruned model is
+A model is a stem (patch embedding), a sequence of layers and a head. Each layer kind is a
+dataclass here that knows, from the `Shape` flowing into it, its output shape, its MACs and its
+parameters; accounting, surgery and the methods walk the sequence (`ArchSpec.walk`) instead of
+assuming one width and one token count. Families:
+
+  "vit"   ViT/DeiT: class (+distillation) token, learned position embedding, `block` layers at
+          one width with global attention, head(s) on the prefix tokens.
+  "swin"  Swin: patch embedding + LayerNorm, no prefix tokens and no position embedding, `block`
+          layers with (shifted) window attention and relative position bias, `merge` layers
+          (patch merging) between stages, average-pooled head.
+
+A dense model is the spec whose blocks are all `msa` at full MLP width. Pruning methods produce
+other specs (conv attention, no attention, narrower MLPs, fewer blocks); a pruned model is
 rebuilt from its spec alone, with no pruning code and no masks.
+
+File format 2 writes `{"format": 2, "family": ..., "layers": [{"kind": "block", ...}, ...]}`.
+Format 1 files (no "format" key, a "blocks" list: every model exported before format 2) still
+load, as ViTs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 from jaxprune.errors import UserError
 
 ATTN_KINDS = ("msa", "conv1", "conv3", "none")
+FAMILIES = ("vit", "swin")
+FORMAT = 2
+
+
+def _padded(grid: int, window: int) -> int:
+  """`grid` rounded up to a multiple of `window` (windowed attention zero-pads the grid)."""
+  return -(-grid // window) * window
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """What flows between layers: a square grid of patch tokens (plus prefix tokens) at a width."""
+
+  grid: int
+  width: int
+  prefix: int = 0
+
+  @property
+  def patches(self) -> int:
+    return self.grid**2
+
+  @property
+  def tokens(self) -> int:
+    return self.patches + self.prefix
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-  """One transformer block.
+  """One transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`, at its input width.
 
   Attributes:
     attn: attention sub-layer kind. `msa`: multi-head self-attention; `conv1`/`conv3`: bottleneck
       convolution (k×k conv width→conv_dim, BatchNorm, ReLU, 1×1 conv_dim→width) on the patch grid;
       `none`: no attention sub-layer at all (SPViT's skip, DC-ViT's compressed block).
-    heads: attention heads for `msa` (each of the model's head_dim); 0 otherwise.
+    heads: attention heads for `msa`; 0 otherwise.
     mlp: MLP hidden width; 0 = no MLP sub-layer.
     conv_dim: bottleneck width for `conv1`/`conv3`; 0 otherwise.
     mlp_bias: with `mlp` = 0 only: the block still adds a learned vector, the output bias of the
       MLP pruned away (a fully gated MLP computes fc2(0) = b_fc2, which pruning must keep).
+    head_dim: width of each head; 0 = the model's `width // num_heads` (ViT files).
+    window: `msa` inside non-overlapping window × window patches (Swin), with a learned relative
+      position bias; 0 = global attention (ViT).
+    shift: cyclic shift of the windows (Swin's shifted windows, with their attention mask); 0 = none.
   """
 
+  kind: ClassVar[str] = "block"
   attn: str = "msa"
   heads: int = 0
   mlp: int = 0
   conv_dim: int = 0
   mlp_bias: bool = False
+  head_dim: int = 0
+  window: int = 0
+  shift: int = 0
 
   @property
   def kernel_size(self) -> int:
     return {"conv1": 1, "conv3": 3}.get(self.attn, 0)
 
+  def out_shape(self, shape: Shape) -> Shape:
+    return shape
+
+  def attn_tokens(self, shape: Shape) -> int:
+    """Tokens the attention projections run on (a windowed grid is zero-padded to the window)."""
+    if self.window:
+      return _padded(shape.grid, self.window)**2
+    return shape.tokens
+
+  def macs(self, shape: Shape, head_dim: int, attention_matmuls: bool = True) -> int:
+    """Multiply-adds per image (accounting's conventions) at input `shape`."""
+    n, c, hw = shape.tokens, shape.width, shape.patches
+    total = 0
+    if self.attn == "msa":
+      d, na = self.heads * head_dim, self.attn_tokens(shape)
+      total += 3 * na * c * d + na * d * c + n * c
+      if attention_matmuls:
+        total += 2 * na * (self.window**2 if self.window else na) * d
+    elif self.attn in ("conv1", "conv3"):
+      total += (self.kernel_size**2 * c * self.conv_dim + self.conv_dim * c) * hw + n * c
+    if self.mlp:
+      total += 2 * n * c * self.mlp + n * c
+    return total
+
+  def params(self, shape: Shape, head_dim: int) -> int:
+    """Trainable parameters (BatchNorm running statistics excluded)."""
+    c = shape.width
+    total = 0
+    if self.attn == "msa":
+      d = self.heads * head_dim
+      total += 2 * c + (c * 3 * d + 3 * d) + (d * c + c)
+      if self.window:
+        total += (2 * self.window - 1)**2 * self.heads
+    elif self.attn in ("conv1", "conv3"):
+      k2, d = self.kernel_size**2, self.conv_dim
+      total += 2 * c + (k2 * c * d + d) + 2 * d + (d * c + c)
+    if self.mlp:
+      total += 2 * c + (c * self.mlp + self.mlp) + (self.mlp * c + c)
+    elif self.mlp_bias:
+      total += c
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeSpec:
+  """Swin patch merging: each 2×2 group of neighbouring tokens concatenated (4·C), LayerNorm,
+  linear 4·C → out_width without bias; the grid halves (an odd grid is zero-padded first)."""
+
+  kind: ClassVar[str] = "merge"
+  out_width: int = 0
+
+  def out_shape(self, shape: Shape) -> Shape:
+    return Shape((shape.grid + 1) // 2, self.out_width, shape.prefix)
+
+  def macs(self, shape: Shape, head_dim: int = 0, attention_matmuls: bool = True) -> int:
+    n, c4 = self.out_shape(shape).patches, 4 * shape.width
+    return n * c4 + n * c4 * self.out_width
+
+  def params(self, shape: Shape, head_dim: int = 0) -> int:
+    c4 = 4 * shape.width
+    return 2 * c4 + c4 * self.out_width
+
+
+LAYER_KINDS = {k.kind: k for k in (BlockSpec, MergeSpec)}
+LayerSpec = BlockSpec | MergeSpec
+
+
+def _int_fields(where: str, obj: Any, names: Sequence[str], minimum: int) -> None:
+  for name in names:
+    value = getattr(obj, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+      what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+      raise UserError(f"{where}.{name} = {value!r}: must be {what}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
-  """A ViT: embedding, a list of blocks, final norm and head(s).
+  """A vision transformer: stem, a sequence of layers, final norm and head(s).
 
   Attributes:
     image_size: input height = width in pixels.
     patch_size: patch height = width; must divide image_size.
-    width: embedding width C.
-    num_heads: heads of the dense model; head_dim = width // num_heads.
+    width: embedding width C (the width of the first layer; `merge` layers change it).
+    num_heads: heads at the embedding width; sets the default head_dim = width // num_heads.
     num_classes: classifier outputs.
-    blocks: the blocks in order. A block dropped whole is simply absent.
+    layers: `BlockSpec` / `MergeSpec` in order. A block dropped whole is simply absent.
     in_channels: input image channels.
-    class_token: prepend a class token (the head reads it).
+    family: "vit" or "swin" (see the module docstring).
+    class_token: prepend a class token (the head reads it); ViT only, where it is required.
     dist_token: prepend a DeiT distillation token after the class token.
     dist_head: a second head on the distillation token; eval logits are the mean of both heads.
-    ln_eps: LayerNorm epsilon (1e-6 timm/DeiT; 1e-12 in Hugging Face configs).
+    ln_eps: LayerNorm epsilon (1e-6 timm/DeiT; 1e-12 in Hugging Face ViT configs; 1e-5 Swin).
   """
 
   image_size: int
@@ -65,19 +187,24 @@ class ArchSpec:
   width: int
   num_heads: int
   num_classes: int
-  blocks: tuple[BlockSpec, ...]
+  layers: tuple[LayerSpec, ...]
   in_channels: int = 3
+  family: str = "vit"
   class_token: bool = True
   dist_token: bool = False
   dist_head: bool = False
   ln_eps: float = 1e-6
 
   def __post_init__(self):
-    object.__setattr__(self, "blocks", tuple(
-        b if isinstance(b, BlockSpec) else BlockSpec(**b) for b in self.blocks))
+    object.__setattr__(self, "layers", tuple(self.layers))
     self.validate()
 
   # Derived sizes ---------------------------------------------------------------------------------
+  @property
+  def blocks(self) -> tuple[BlockSpec, ...]:
+    """The transformer blocks, in order (every layer but the `merge` ones)."""
+    return tuple(layer for layer in self.layers if isinstance(layer, BlockSpec))
+
   @property
   def head_dim(self) -> int:
     return self.width // self.num_heads
@@ -96,54 +223,120 @@ class ArchSpec:
 
   @property
   def num_tokens(self) -> int:
+    """Tokens after the stem (what the first layer sees)."""
     return self.num_patches + self.num_prefix
 
   @property
   def depth(self) -> int:
     return len(self.blocks)
 
+  @property
+  def stem_shape(self) -> Shape:
+    return Shape(self.grid, self.width, self.num_prefix)
+
+  def head_dim_of(self, block: BlockSpec) -> int:
+    return block.head_dim or self.head_dim
+
+  def walk(self) -> Iterator[tuple[LayerSpec, Shape]]:
+    """Each layer with the shape flowing into it."""
+    shape = self.stem_shape
+    for layer in self.layers:
+      yield layer, shape
+      shape = layer.out_shape(shape)
+
+  @property
+  def out_shape(self) -> Shape:
+    """The shape after the last layer (what the final norm and head see)."""
+    shape = self.stem_shape
+    for layer in self.layers:
+      shape = layer.out_shape(shape)
+    return shape
+
+  def block_shapes(self) -> tuple[Shape, ...]:
+    """The input shape of every block (in `blocks` order)."""
+    return tuple(s for layer, s in self.walk() if isinstance(layer, BlockSpec))
+
   # Validation ------------------------------------------------------------------------------------
   def validate(self) -> None:
     """Raises `UserError` naming the field, its value and what is allowed."""
-    for name in ("image_size", "patch_size", "width", "num_heads", "num_classes", "in_channels"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"ArchSpec.{name} = {value!r}: must be a positive integer")
+    _int_fields("ArchSpec", self, ("image_size", "patch_size", "width", "num_heads",
+                                   "num_classes", "in_channels"), 1)
+    if self.family not in FAMILIES:
+      raise UserError(f"ArchSpec.family = {self.family!r}: allowed are {', '.join(FAMILIES)}")
     if self.image_size % self.patch_size:
       raise UserError(f"ArchSpec: image_size {self.image_size} is not divisible by "
                       f"patch_size {self.patch_size}")
     if self.width % self.num_heads:
       raise UserError(f"ArchSpec: width {self.width} is not divisible by "
                       f"num_heads {self.num_heads}")
-    if not self.class_token:
-      raise UserError("ArchSpec.class_token = False: only class-token models are supported")
+    if self.family == "vit" and not self.class_token:
+      raise UserError("ArchSpec.class_token = False: ViT models need a class token")
+    if self.family == "swin" and (self.class_token or self.dist_token):
+      raise UserError("ArchSpec: Swin models have no class or distillation token "
+                      "(class_token and dist_token must be False)")
     if self.dist_head and not self.dist_token:
       raise UserError("ArchSpec.dist_head = True needs dist_token = True")
     if not self.ln_eps > 0:
       raise UserError(f"ArchSpec.ln_eps = {self.ln_eps!r}: must be > 0")
-    for i, b in enumerate(self.blocks):
-      where = f"ArchSpec.blocks[{i}]"
-      if b.attn not in ATTN_KINDS:
-        raise UserError(f"{where}.attn = {b.attn!r}: allowed are {', '.join(ATTN_KINDS)}")
-      for name in ("heads", "mlp", "conv_dim"):
-        value = getattr(b, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-          raise UserError(f"{where}.{name} = {value!r}: must be an integer >= 0")
-      if b.attn == "msa" and b.heads < 1:
-        raise UserError(f"{where}: attn 'msa' needs heads >= 1, got {b.heads}")
-      if b.attn != "msa" and b.heads:
-        raise UserError(f"{where}: heads = {b.heads} is only allowed with attn 'msa'")
-      if b.attn in ("conv1", "conv3") and b.conv_dim < 1:
-        raise UserError(f"{where}: attn {b.attn!r} needs conv_dim >= 1, got {b.conv_dim}")
-      if not isinstance(b.mlp_bias, bool) or (b.mlp_bias and b.mlp):
-        raise UserError(f"{where}.mlp_bias = {b.mlp_bias!r}: must be a bool, and True only "
-                        f"with mlp = 0 (got mlp = {b.mlp})")
-      if b.attn not in ("conv1", "conv3") and b.conv_dim:
-        raise UserError(f"{where}: conv_dim = {b.conv_dim} is only allowed with attn "
-                        "'conv1' or 'conv3'")
+    block_index = 0
+    for i, (layer, shape) in enumerate(self.walk()):
+      where = f"ArchSpec.layers[{i}]"
+      if isinstance(layer, MergeSpec):
+        if self.family != "swin":
+          raise UserError(f"{where}: 'merge' layers are only allowed in family 'swin'")
+        _int_fields(where, layer, ("out_width",), 1)
+        continue
+      if not isinstance(layer, BlockSpec):
+        raise UserError(f"{where} = {layer!r}: must be a BlockSpec or MergeSpec")
+      where = f"ArchSpec.blocks[{block_index}]"
+      block_index += 1
+      self._validate_block(where, layer, shape)
+
+  def _validate_block(self, where: str, b: BlockSpec, shape: Shape) -> None:
+    if b.attn not in ATTN_KINDS:
+      raise UserError(f"{where}.attn = {b.attn!r}: allowed are {', '.join(ATTN_KINDS)}")
+    _int_fields(where, b, ("heads", "mlp", "conv_dim", "head_dim", "window", "shift"), 0)
+    if b.attn == "msa" and b.heads < 1:
+      raise UserError(f"{where}: attn 'msa' needs heads >= 1, got {b.heads}")
+    if b.attn != "msa" and b.heads:
+      raise UserError(f"{where}: heads = {b.heads} is only allowed with attn 'msa'")
+    if b.attn in ("conv1", "conv3") and b.conv_dim < 1:
+      raise UserError(f"{where}: attn {b.attn!r} needs conv_dim >= 1, got {b.conv_dim}")
+    if not isinstance(b.mlp_bias, bool) or (b.mlp_bias and b.mlp):
+      raise UserError(f"{where}.mlp_bias = {b.mlp_bias!r}: must be a bool, and True only "
+                      f"with mlp = 0 (got mlp = {b.mlp})")
+    if b.attn not in ("conv1", "conv3") and b.conv_dim:
+      raise UserError(f"{where}: conv_dim = {b.conv_dim} is only allowed with attn "
+                      "'conv1' or 'conv3'")
+    if b.attn == "msa" and not b.head_dim and shape.width != self.width:
+      raise UserError(f"{where}: head_dim is needed at width {shape.width} (the default "
+                      f"width // num_heads only holds at width {self.width})")
+    if self.family == "swin":
+      if b.attn == "msa" and not 1 <= b.window <= shape.grid:
+        raise UserError(f"{where}.window = {b.window}: Swin attention needs 1 <= window <= "
+                        f"the grid at this block ({shape.grid})")
+    elif b.window or b.shift:
+      raise UserError(f"{where}: window/shift are only allowed in family 'swin'")
+    if b.attn != "msa" and (b.window or b.shift):
+      raise UserError(f"{where}: window/shift are only allowed with attn 'msa'")
+    if b.shift and not b.shift < b.window:
+      raise UserError(f"{where}.shift = {b.shift}: must be < window ({b.window})")
 
   # Editing and serialisation ---------------------------------------------------------------------
   def replace(self, **changes: Any) -> ArchSpec:
+    """`dataclasses.replace`, plus `blocks=`: the new blocks take the old ones' places (any
+    number of them when the spec has no `merge` layers, one for one otherwise)."""
+    if "blocks" in changes:
+      blocks = tuple(changes.pop("blocks"))
+      if any(isinstance(layer, MergeSpec) for layer in self.layers):
+        if len(blocks) != self.depth:
+          raise UserError(f"ArchSpec.replace(blocks=...): {len(blocks)} blocks for a spec with "
+                          f"{self.depth} and merge layers; use drop_blocks to remove blocks")
+        it = iter(blocks)
+        changes["layers"] = tuple(next(it) if isinstance(layer, BlockSpec) else layer
+                                  for layer in self.layers)
+      else:
+        changes["layers"] = blocks
     return dataclasses.replace(self, **changes)
 
   def replace_block(self, index: int, **changes: Any) -> ArchSpec:
@@ -151,9 +344,21 @@ class ArchSpec:
     blocks[index] = dataclasses.replace(blocks[index], **changes)
     return self.replace(blocks=tuple(blocks))
 
+  def drop_blocks(self, indices: Sequence[int]) -> ArchSpec:
+    """The spec without the given blocks (indices into `blocks`); merge layers stay."""
+    drop, out, i = set(indices), [], 0
+    for layer in self.layers:
+      if isinstance(layer, BlockSpec):
+        i += 1
+        if i - 1 in drop:
+          continue
+      out.append(layer)
+    return dataclasses.replace(self, layers=tuple(out))
+
   def to_dict(self) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    d["blocks"] = [dataclasses.asdict(b) for b in self.blocks]
+    d = {"format": FORMAT}
+    d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+    d["layers"] = [{"kind": layer.kind, **dataclasses.asdict(layer)} for layer in self.layers]
     return d
 
   def to_json(self, indent: int | None = 2) -> str:
@@ -161,6 +366,17 @@ class ArchSpec:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+    """Reads format 2, and format 1 (no "format" key, ViT "blocks") as written before."""
+    d = dict(d)
+    version = d.pop("format", 1)
+    if version == 1:
+      if "layers" in d or not isinstance(d.get("blocks"), list):
+        raise UserError("ArchSpec: a file without \"format\" must be format 1, with a "
+                        "\"blocks\" list")
+      d["layers"] = [{"kind": "block", **b} if isinstance(b, dict) else b
+                     for b in d.pop("blocks")]
+    elif version != FORMAT:
+      raise UserError(f"ArchSpec format {version!r}: this jaxprune reads formats 1 and {FORMAT}")
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)
     if unknown:
@@ -169,15 +385,22 @@ class ArchSpec:
                      if f.name not in d and f.default is dataclasses.MISSING)
     if missing:
       raise UserError(f"ArchSpec: missing fields {missing}")
-    block_fields = {f.name for f in dataclasses.fields(BlockSpec)}
-    blocks = []
-    for i, b in enumerate(d["blocks"]):
-      bad = sorted(set(b) - block_fields)
+    if not isinstance(d["layers"], list):
+      raise UserError(f"ArchSpec.layers = {d['layers']!r}: must be a list")
+    layers = []
+    for i, layer in enumerate(d["layers"]):
+      if not isinstance(layer, dict) or layer.get("kind") not in LAYER_KINDS:
+        raise UserError(f"ArchSpec.layers[{i}]: must be an object with \"kind\" one of "
+                        f"{', '.join(LAYER_KINDS)}")
+      layer = dict(layer)
+      kind = LAYER_KINDS[layer.pop("kind")]
+      allowed = {f.name for f in dataclasses.fields(kind)}
+      bad = sorted(set(layer) - allowed)
       if bad:
-        raise UserError(f"ArchSpec.blocks[{i}]: unknown fields {bad}; "
-                        f"allowed are {sorted(block_fields)}")
-      blocks.append(BlockSpec(**b))
-    return cls(**{**d, "blocks": tuple(blocks)})
+        raise UserError(f"ArchSpec.layers[{i}]: unknown fields {bad} for kind "
+                        f"{kind.kind!r}; allowed are {sorted(allowed)}")
+      layers.append(kind(**layer))
+    return cls(**{**d, "layers": tuple(layers)})
 
   @classmethod
   def from_json(cls, text: str) -> ArchSpec:
@@ -193,27 +416,84 @@ _VARIANTS = {
     "test_micro": (32, 2, 2, 2),
     "test_small": (64, 4, 2, 2),
 }
-VARIANTS: Sequence[str] = tuple(_VARIANTS)
+_SWIN_VARIANTS = {
+    # name: (embed width, blocks per stage, heads per stage, window, mlp_ratio)
+    "swin_tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 4),
+    "swin_small": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 4),
+    "swin_base": (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 4),
+    "swin_test": (32, (2, 2), (2, 4), 7, 2),   # tests and CPU runs (28 px, patch 2)
+}
+VARIANTS: Sequence[str] = tuple(_VARIANTS) + tuple(_SWIN_VARIANTS)
 
 
-def dense_spec(variant: str = "deit_tiny", *, image_size: int = 224, patch_size: int = 16,
+def swin_spec(variant: str = "swin_tiny", *, image_size: int = 224, patch_size: int = 4,
+              num_classes: int = 1000, in_channels: int = 3, width: int | None = None,
+              depths: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+              window: int | None = None, mlp_ratio: float | None = None,
+              ln_eps: float = 1e-5) -> ArchSpec:
+  """A dense Swin spec: stages of blocks alternating regular and shifted windows, patch merging
+  (width doubles, grid halves) between stages; heads keep one head_dim = width // heads[0].
+
+  As in the reference implementations, a stage whose grid is not larger than the window uses one
+  window covering the whole grid and no shift.
+  """
+  if variant not in _SWIN_VARIANTS:
+    raise UserError(f"Swin variant {variant!r} is unknown; allowed are "
+                    f"{', '.join(_SWIN_VARIANTS)}")
+  w0, d0, h0, win0, r0 = _SWIN_VARIANTS[variant]
+  w, depths, heads = width or w0, tuple(depths or d0), tuple(heads or h0)
+  window, r = window or win0, mlp_ratio or r0
+  if len(depths) != len(heads):
+    raise UserError(f"Swin: depths {depths} and heads {heads} must have one entry per stage")
+  if image_size % patch_size:
+    raise UserError(f"ArchSpec: image_size {image_size} is not divisible by "
+                    f"patch_size {patch_size}")
+  if w % heads[0]:
+    raise UserError(f"Swin: width {w} is not divisible by heads[0] = {heads[0]}")
+  head_dim, grid, layers = w // heads[0], image_size // patch_size, []
+  for s, (depth, h) in enumerate(zip(depths, heads)):
+    width_s = w * 2**s
+    win = min(window, grid)
+    for i in range(depth):
+      layers.append(BlockSpec("msa", heads=h, mlp=int(round(width_s * r)), head_dim=head_dim,
+                              window=win, shift=win // 2 if i % 2 and grid > window else 0))
+    if s < len(depths) - 1:
+      layers.append(MergeSpec(out_width=2 * width_s))
+      grid = (grid + 1) // 2
+  return ArchSpec(image_size=image_size, patch_size=patch_size, width=w, num_heads=heads[0],
+                  num_classes=num_classes, in_channels=in_channels, layers=tuple(layers),
+                  family="swin", class_token=False, ln_eps=ln_eps)
+
+
+def dense_spec(variant: str = "deit_tiny", *, image_size: int = 224, patch_size: int | None = None,
                num_classes: int = 1000, in_channels: int = 3, depth: int | None = None,
                width: int | None = None, num_heads: int | None = None,
                mlp_ratio: float | None = None, distilled: bool = False,
-               ln_eps: float = 1e-6) -> ArchSpec:
-  """A dense ViT/DeiT spec from a named variant, any field overridable.
+               ln_eps: float | None = None) -> ArchSpec:
+  """A dense ViT/DeiT or Swin spec from a named variant, any field overridable.
 
   Args:
     variant: one of `VARIANTS` (deit_tiny/small/base: 192/384/768 wide, 3/6/12 heads, depth 12,
-      MLP x4; test_micro/test_small for tests and CPU runs).
-    distilled: DeiT-distilled: distillation token and head.
+      MLP x4; swin_tiny/small/base; test_micro/test_small/swin_test for tests and CPU runs).
+    patch_size: default 16 (ViT) / 4 (Swin).
+    depth, num_heads: ViT only (Swin stages: `swin_spec`).
+    distilled: DeiT-distilled: distillation token and head (ViT only).
+    ln_eps: default 1e-6 (ViT) / 1e-5 (Swin).
   """
+  if variant in _SWIN_VARIANTS:
+    for name, value in (("depth", depth), ("num_heads", num_heads), ("distilled", distilled)):
+      if value:
+        raise UserError(f"model.{name} = {value!r} does not apply to Swin variant {variant!r} "
+                        "(its stages are set by the variant)")
+    return swin_spec(variant, image_size=image_size, patch_size=patch_size or 4,
+                     num_classes=num_classes, in_channels=in_channels, width=width,
+                     mlp_ratio=mlp_ratio, ln_eps=ln_eps or 1e-5)
   if variant not in _VARIANTS:
     raise UserError(f"model variant {variant!r} is unknown; allowed are {', '.join(VARIANTS)}")
   w, dep, h, r = _VARIANTS[variant]
   w, dep, h, r = width or w, depth or dep, num_heads or h, mlp_ratio or r
   mlp = int(round(w * r))
-  return ArchSpec(image_size=image_size, patch_size=patch_size, width=w, num_heads=h,
+  return ArchSpec(image_size=image_size, patch_size=patch_size or 16, width=w, num_heads=h,
                   num_classes=num_classes, in_channels=in_channels,
-                  blocks=tuple(BlockSpec("msa", heads=h, mlp=mlp) for _ in range(dep)),
-                  dist_token=distilled, dist_head=distilled, ln_eps=ln_eps)
+                  layers=tuple(BlockSpec("msa", heads=h, mlp=mlp) for _ in range(dep)),
+                  dist_token=distilled, dist_head=distilled, ln_eps=ln_eps or 1e-6)

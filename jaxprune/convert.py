@@ -1,4 +1,5 @@
-"""Checkpoint import: Hugging Face, timm and big_vision/vit_jax ViT/DeiT weights → jaxprune.
+"""Checkpoint import: Hugging Face, timm and big_vision/vit_jax ViT/DeiT weights, and Hugging
+Face / timm Swin weights (`convert_swin`) → jaxprune.
 
 No untrusted code is executed: `.safetensors` and `.npz` are read as arrays, `.pth` through
 `torch.load(weights_only=True)` (only when torch is installed). Every format is first renamed to
@@ -24,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxprune import convert_swin
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.errors import UserError
-from jaxprune.models import ViT, build_model
+from jaxprune.models import build_model
 
 FORMATS = ("auto", "hf", "timm", "big_vision")
 
@@ -83,11 +85,11 @@ def _read_file(path: str, ext: str) -> dict[str, np.ndarray]:
 
 def detect_format(sd: Mapping[str, Any]) -> str:
   keys = list(sd)
-  if any(k.startswith(("vit.", "deit.")) for k in keys):
+  if any(k.startswith(("vit.", "deit.", "swin.")) for k in keys):
     return "hf"
   if any(k.startswith("Transformer/") for k in keys):
     return "big_vision"
-  if any(k.startswith("blocks.") for k in keys):
+  if any(k.startswith(("blocks.", "layers.")) for k in keys):
     return "timm"
   raise UserError(f"cannot tell the checkpoint format from its keys (first: {keys[:5]}); pass "
                   f"--format, one of {', '.join(FORMATS[1:])}")
@@ -210,7 +212,7 @@ def infer_spec(sd: Mapping[str, np.ndarray], *, num_heads: int | None = None,
   mlp = sd["blocks.0.mlp.fc1.weight"].shape[0] if depth else 0
   return ArchSpec(image_size=grid * p, patch_size=p, width=width, num_heads=num_heads,
                   num_classes=sd["head.weight"].shape[0], in_channels=in_ch,
-                  blocks=tuple(BlockSpec("msa", heads=num_heads, mlp=mlp) for _ in range(depth)),
+                  layers=tuple(BlockSpec("msa", heads=num_heads, mlp=mlp) for _ in range(depth)),
                   dist_token=dist, dist_head="head_dist.weight" in sd, ln_eps=ln_eps)
 
 
@@ -270,15 +272,16 @@ def timm_to_state(sd: Mapping[str, np.ndarray], spec: ArchSpec) -> dict[str, Any
 def import_checkpoint(path_or_sd: str | Mapping[str, np.ndarray], fmt: str = "auto", *,
                       num_heads: int | None = None, image_size: int | None = None,
                       ln_eps: float | None = None, hf_config: Mapping[str, Any] | None = None
-                      ) -> ViT:
-  """A jaxprune `ViT` holding the weights of a ViT/DeiT checkpoint.
+                      ) -> nnx.Module:
+  """A jaxprune `ViT` (or `Swin`) holding the weights of a ViT/DeiT (or Swin) checkpoint.
 
   Args:
     path_or_sd: a file (`.safetensors`, `.npz`, `.pth`), an HF model folder, or a state dict.
     fmt: `hf`, `timm`, `big_vision`, or `auto` (guess from the key names).
     num_heads: attention heads; read from the HF config or the big_vision kernels when not given
       (the weights alone do not determine it: an error asks for it otherwise).
-    image_size: resize position embeddings (bilinear) to this input size.
+    image_size: resize position embeddings (bilinear) to this input size; for a Swin, the input
+      size (required unless an HF config gives it).
     ln_eps: LayerNorm epsilon; default 1e-12 for HF (its config's default), 1e-6 otherwise.
     hf_config: an HF `config.json` dict; read from the model folder when not given.
   """
@@ -297,6 +300,8 @@ def import_checkpoint(path_or_sd: str | Mapping[str, np.ndarray], fmt: str = "au
   else:
     sd = dict(path_or_sd)
   fmt = detect_format(sd) if fmt == "auto" else fmt
+  if convert_swin.is_swin(sd):
+    return _import_swin(sd, fmt, image_size=image_size, ln_eps=ln_eps, hf_config=hf_config)
   if fmt == "hf":
     sd = hf_to_timm(sd)
     hf_config = hf_config or {}
@@ -310,7 +315,36 @@ def import_checkpoint(path_or_sd: str | Mapping[str, np.ndarray], fmt: str = "au
   spec = infer_spec(sd, num_heads=num_heads, ln_eps=1e-6 if ln_eps is None else ln_eps)
   if image_size is not None and image_size != spec.image_size:
     spec = spec.replace(image_size=image_size)
-  state = timm_to_state(sd, spec)
+  return _fill(spec, timm_to_state(sd, spec))
+
+
+def _import_swin(sd: dict[str, np.ndarray], fmt: str, *, image_size: int | None,
+                 ln_eps: float | None, hf_config: Mapping[str, Any] | None) -> nnx.Module:
+  """`import_checkpoint` for a Swin state dict (HF or timm layout)."""
+  hf_config = hf_config or {}
+  if fmt == "big_vision":
+    raise UserError("big_vision checkpoints hold ViTs, but these weights are a Swin")
+  if fmt == "hf":
+    act = hf_config.get("hidden_act", "gelu")
+    if act != "gelu":
+      raise UserError(f"HF config hidden_act = {act!r}: only exact 'gelu' is supported")
+    if hf_config.get("use_absolute_embeddings"):
+      raise UserError("HF Swin config use_absolute_embeddings = True is not supported")
+    sd = convert_swin.hf_to_canonical(sd)
+  else:
+    sd = convert_swin.timm_to_canonical(sd)
+  spec = convert_swin.infer_spec(
+      sd, image_size=image_size or hf_config.get("image_size"),
+      ln_eps=ln_eps if ln_eps is not None else hf_config.get("layer_norm_eps", 1e-5))
+  try:
+    state = convert_swin.canonical_to_state(sd, spec)
+  except KeyError as e:
+    raise UserError(f"Swin checkpoint is missing key {e.args[0]!r}") from None
+  return _fill(spec, state)
+
+
+def _fill(spec: ArchSpec, state: dict[str, Any]) -> nnx.Module:
+  """The model of `spec` holding `state` (a pure dict), after checking every shape."""
   model = nnx.eval_shape(lambda: build_model(spec))
   graphdef, abstract = nnx.split(model)
   want = jax.tree.map(lambda x: tuple(x.shape), abstract.to_pure_dict())

@@ -16,13 +16,13 @@ from flax import nnx
 from jaxprune.arch import ArchSpec
 from jaxprune.atomic import write_json
 from jaxprune.errors import UserError
-from jaxprune.models import ViT, build_model
+from jaxprune.models import build_model
 
 ARCH_FILE = "arch.json"
 STATE_DIR = "state"
 
 
-def save_model(directory: str, model: ViT, extra: dict[str, Any] | None = None) -> str:
+def save_model(directory: str, model: nnx.Module, extra: dict[str, Any] | None = None) -> str:
   """Writes the model state and `directory/arch.json` (plus `extra` metadata); returns the path.
 
   `arch.json` is written last and atomically, so a folder that has one holds a whole model
@@ -82,12 +82,13 @@ def check_weights(directory: str, spec: ArchSpec, saved: dict[str, tuple[int, ..
     raise UserError(f"{where}: unexpected saved arrays {extra[:5]}")
 
 
-def load(directory: str) -> ViT:
+def load(directory: str) -> nnx.Module:
   """Rebuilds the model saved in `directory` (by `save_model` or `python -m jaxprune.convert`).
 
   Every saved array is checked against the shapes `arch.json` implies before it is read, so a
-  spec and weights that disagree fail here, naming the first mismatch. The returned `ViT`,
-  called on float NHWC images normalised as in training, returns class logits.
+  spec and weights that disagree fail here, naming the first mismatch. The returned model
+  (`ViT` or `Swin`, by the spec's family), called on float NHWC images normalised as in
+  training, returns class logits.
   """
   spec = read_spec(directory)
   abstract = nnx.eval_shape(lambda: build_model(spec))

@@ -202,11 +202,21 @@ def planned_spec(config: ml_collections.ConfigDict):
   return spec_from_config(m, m.patch_size, num_classes=2, in_channels=3)
 
 
+# Model families each method runs on (SPViT, DC-ViT and PRACTISE on Swin: not built yet).
+METHOD_FAMILIES = {"pretrain": ("vit", "swin")}
+
+
 def check_paths(config: ml_collections.ConfigDict) -> None:
-  """The data source names a known kind (and existing folders); the model can be built."""
+  """The data source names a known kind (and existing folders); the model can be built, and is
+  of a family the method runs on."""
   from jaxprune.data.sources import check_source
   check_source(config.data.source)
-  planned_spec(config)
+  family = planned_spec(config).family
+  allowed = METHOD_FAMILIES.get(config.method, ("vit",))
+  if family not in allowed:
+    raise UserError(f"method {config.method!r} does not run on {family!r} models yet (the "
+                    f"model from model.variant / model.init_from); it runs on: "
+                    f"{', '.join(allowed)}")
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:

@@ -54,3 +54,25 @@ def test_files_written_before_mlp_bias_still_load():
   assert [b.mlp_bias for b in spec.blocks] == [False, False]
   with pytest.raises(UserError, match=r"blocks\[0\].mlp_bias = True: .*only with mlp = 0"):
     spec.replace_block(0, mlp_bias=True)
+
+
+def test_models_saved_in_format_1_still_load(tmp_path):
+  """Every model exported before format 2 wrote a flat ViT arch.json: it must load unchanged."""
+  import json
+
+  import numpy as np
+
+  from jaxprune import build_model, load, save_model
+  spec = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=3)
+  model = build_model(spec.replace_block(1, attn="none", heads=0, mlp=0, mlp_bias=True), seed=2)
+  save_model(str(tmp_path / "m"), model)
+  meta = json.load(open(tmp_path / "m" / "arch.json"))
+  arch = meta["arch"]
+  del arch["format"], arch["family"]
+  arch["blocks"] = [{k: b[k] for k in ("attn", "heads", "mlp", "conv_dim", "mlp_bias")}
+                    for b in arch.pop("layers")]
+  json.dump(meta, open(tmp_path / "m" / "arch.json", "w"))
+  loaded = load(str(tmp_path / "m"))
+  assert loaded.spec == model.spec
+  x = np.ones((1, 16, 16, 3), np.float32)
+  np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)

@@ -229,7 +229,8 @@ def test_resumed_phase_logs_each_step_once(tmp_path):  # case 15
 @pytest.mark.parametrize("field, value, message", [
     ("num_classes", 5, "head/bias has shape (4,) but the spec"),
     ("width", 64, "has shape"),
-    ("blocks", [{"attn": "msa", "heads": 2, "mlp": 32}] * 2, "mlp/fc1/bias has shape (64,)"),
+    ("layers", [{"kind": "block", "attn": "msa", "heads": 2, "mlp": 32}] * 2,
+     "mlp/fc1/bias has shape (64,)"),
 ])
 def test_load_checks_every_shape_against_arch_json(tmp_path, field, value, message):
   save_model(str(tmp_path / "m"), build_model(SPEC, seed=0))

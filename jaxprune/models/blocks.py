@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxprune.arch import ArchSpec, BlockSpec
+from jaxprune.arch import ArchSpec, BlockSpec, Shape
 
 _kernel_init = nnx.initializers.xavier_uniform()
 _zeros = nnx.initializers.zeros_init()
@@ -47,6 +47,80 @@ class Attention(nnx.Module):
     weights = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     return self.proj(out.reshape(b, n, self.heads * self.head_dim))
+
+
+def relative_position_index(window: int) -> np.ndarray:
+  """[w², w²] index into the (2w-1)² relative position bias table: query i, key j →
+  (dy + w - 1)·(2w - 1) + (dx + w - 1), with (dy, dx) the offset of i from j."""
+  ys, xs = np.meshgrid(np.arange(window), np.arange(window), indexing="ij")
+  coords = np.stack([ys.ravel(), xs.ravel()])            # [2, w²]
+  rel = coords[:, :, None] - coords[:, None, :] + window - 1
+  return rel[0] * (2 * window - 1) + rel[1]
+
+
+def shift_mask(grid: int, window: int, shift: int) -> np.ndarray:
+  """[windows, w², w²] additive mask of shifted-window attention on a `grid`² map (already padded
+  to a multiple of `window`): after the cyclic shift a window may hold patches from up to four
+  regions that were not neighbours; pairs from different regions get -100 (as in Swin)."""
+  idx = np.arange(grid)
+  region = (idx >= grid - window).astype(int) + (idx >= grid - shift)
+  labels = region[:, None] * 3 + region[None, :]
+  n = grid // window
+  labels = labels.reshape(n, window, n, window).transpose(0, 2, 1, 3).reshape(n * n, -1)
+  return np.where(labels[:, None, :] != labels[:, :, None], -100.0, 0.0).astype(np.float32)
+
+
+def to_windows(x: jax.Array, window: int) -> jax.Array:
+  """[B, H, W, C] → [B, windows, w², C] (row-major windows, row-major patches inside)."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // window, window, w // window, window, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, window * window, c)
+
+
+def from_windows(x: jax.Array, grid: int, window: int) -> jax.Array:
+  """Inverse of `to_windows` for a `grid`² map."""
+  b, _, _, c = x.shape
+  n = grid // window
+  x = x.reshape(b, n, n, window, window, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, grid, grid, c)
+
+
+class WindowAttention(Attention):
+  """Swin's (shifted) window attention: self-attention inside non-overlapping window² patches
+  with a learned relative position bias per head; with `shift`, the map is rolled by -shift first
+  (and back after), with the mask that keeps formerly distant patches apart. A grid that is not
+  a multiple of the window is zero-padded at the bottom/right (as the reference does)."""
+
+  def __init__(self, width: int, heads: int, head_dim: int, window: int, shift: int, grid: int,
+               *, rngs: nnx.Rngs):
+    super().__init__(width, heads, head_dim, rngs=rngs)
+    self.window, self.shift, self.grid = window, shift, grid
+    self.relative_position_bias_table = nnx.Param(nnx.initializers.truncated_normal(0.02)(
+        rngs.params(), ((2 * window - 1)**2, heads), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, c = x.shape
+    g, w, s = self.grid, self.window, self.shift
+    gp = -(-g // w) * w
+    x = x.reshape(b, g, g, c)
+    if gp != g:
+      x = jnp.pad(x, ((0, 0), (0, gp - g), (0, gp - g), (0, 0)))
+    if s:
+      x = jnp.roll(x, (-s, -s), axis=(1, 2))
+    win = to_windows(x, w)                                            # [B, nw, w², C]
+    qkv = self.qkv(win).reshape(*win.shape[:3], 3, self.heads, self.head_dim)
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    logits = jnp.einsum("bnqhd,bnkhd->bnhqk", q * self.head_dim**-0.5, k)
+    bias = self.relative_position_bias_table[...][relative_position_index(w)]  # [w², w², h]
+    logits = logits + bias.transpose(2, 0, 1)
+    if s:
+      logits = logits + shift_mask(gp, w, s)[None, :, None]
+    out = jnp.einsum("bnhqk,bnkhd->bnqhd", jax.nn.softmax(logits, axis=-1), v)
+    out = self.proj(out.reshape(*win.shape[:3], self.heads * self.head_dim))
+    x = from_windows(out, gp, w)
+    if s:
+      x = jnp.roll(x, (s, s), axis=(1, 2))
+    return x[:, :g, :g].reshape(b, n, c)
 
 
 class ConvAttention(nnx.Module):
@@ -99,17 +173,26 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm block `x + attn(norm1(x))` then `x + mlp(norm2(x))`; either sub-layer may be absent."""
+  """Pre-norm block `x + attn(norm1(x))` then `x + mlp(norm2(x))`; either sub-layer may be absent.
 
-  def __init__(self, spec: ArchSpec, block: BlockSpec, *, rngs: nnx.Rngs):
-    c = spec.width
+  `shape` is the input shape the block sits at (default: the stem's, where every ViT block is).
+  """
+
+  def __init__(self, spec: ArchSpec, block: BlockSpec, *, rngs: nnx.Rngs,
+               shape: Shape | None = None):
+    shape = shape or spec.stem_shape
+    c = shape.width
     self.attn_kind = block.attn
     if block.attn == "msa":
       self.norm1 = layer_norm(c, spec.ln_eps, rngs)
-      self.attn = Attention(c, block.heads, spec.head_dim, rngs=rngs)
+      if block.window:
+        self.attn = WindowAttention(c, block.heads, spec.head_dim_of(block), block.window,
+                                    block.shift, shape.grid, rngs=rngs)
+      else:
+        self.attn = Attention(c, block.heads, spec.head_dim_of(block), rngs=rngs)
     elif block.attn in ("conv1", "conv3"):
       self.norm1 = layer_norm(c, spec.ln_eps, rngs)
-      self.attn = ConvAttention(c, block.conv_dim, block.kernel_size, spec.num_prefix, rngs=rngs)
+      self.attn = ConvAttention(c, block.conv_dim, block.kernel_size, shape.prefix, rngs=rngs)
     else:
       self.norm1 = self.attn = None
     if block.mlp:
@@ -141,3 +224,25 @@ class LinearAdaptor(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     return self.adaptor(x)
+
+
+class PatchMerging(nnx.Module):
+  """Swin patch merging (`MergeSpec`): [B, g², C] → [B, ⌈g/2⌉², out_width]. The four tokens of
+  each 2×2 cell are concatenated in the order (0,0), (1,0), (0,1), (1,1) (row, column offsets),
+  as in the reference; an odd grid is zero-padded at the bottom/right."""
+
+  def __init__(self, width: int, out_width: int, grid: int, eps: float, *, rngs: nnx.Rngs):
+    self.grid = grid
+    self.norm = layer_norm(4 * width, eps, rngs)
+    self.reduction = nnx.Linear(4 * width, out_width, use_bias=False, kernel_init=_kernel_init,
+                                rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool = False, **unused) -> jax.Array:
+    b, _, c = x.shape
+    g = self.grid
+    x = x.reshape(b, g, g, c)
+    if g % 2:
+      x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
+                        axis=-1)
+    return self.reduction(self.norm(x.reshape(b, -1, 4 * c)))

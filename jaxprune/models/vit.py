@@ -24,6 +24,8 @@ class ViT(nnx.Module):
 
   def __init__(self, spec: ArchSpec, *, rngs: nnx.Rngs, make_block=None):
     """`make_block(spec, block_spec, index, rngs)` builds each block (default: `Block`)."""
+    if spec.family != "vit":
+      raise ValueError(f"ViT needs an ArchSpec of family 'vit', got {spec.family!r}")
     self.spec = spec
     make_block = make_block or (lambda spec, b, i, rngs: Block(spec, b, rngs=rngs))
     c, p = spec.width, spec.patch_size
@@ -79,8 +81,11 @@ class ViT(nnx.Module):
                        return_dist=return_dist)
 
 
-def build_model(spec: ArchSpec, seed: int = 0) -> ViT:
-  """A randomly initialised model for `spec`."""
+def build_model(spec: ArchSpec, seed: int = 0) -> nnx.Module:
+  """A randomly initialised model for `spec`: `ViT` or `Swin` by `spec.family`."""
+  if spec.family == "swin":
+    from jaxprune.models.swin import Swin  # noqa: PLC0415 (swin builds on this module's peers)
+    return Swin(spec, rngs=nnx.Rngs(seed))
   return ViT(spec, rngs=nnx.Rngs(seed))
 
 

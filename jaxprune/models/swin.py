@@ -1,0 +1,78 @@
+"""Swin Transformer built from an ArchSpec of family "swin" (timm-style parameter names).
+
+Stem: patch embedding (p×p conv, stride p) and LayerNorm; then the spec's layers in order —
+blocks with (shifted) window attention (`blocks.WindowAttention`) and patch merging between
+stages (`blocks.PatchMerging`); final LayerNorm, average over tokens, linear head. No class
+token and no absolute position embedding (Swin's defaults).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+
+from jaxprune.arch import ArchSpec, MergeSpec
+from jaxprune.models.blocks import Block, PatchMerging, layer_norm, linear
+
+
+class Swin(nnx.Module):
+  """Called on float NHWC images (already normalised) it returns class logits `[batch, classes]`.
+
+  `layers` mirrors `spec.layers` one for one; `blocks` lists the transformer blocks among them.
+  """
+
+  def __init__(self, spec: ArchSpec, *, rngs: nnx.Rngs, make_block=None):
+    """`make_block(spec, block_spec, index, rngs, shape)` builds each block (default: `Block`)."""
+    if spec.family != "swin":
+      raise ValueError(f"Swin needs an ArchSpec of family 'swin', got {spec.family!r}")
+    self.spec = spec
+    make_block = make_block or (lambda spec, b, i, rngs, shape: Block(spec, b, rngs=rngs,
+                                                                       shape=shape))
+    c, p = spec.width, spec.patch_size
+    self.patch_embed = nnx.Conv(spec.in_channels, c, (p, p), strides=(p, p), padding="VALID",
+                                rngs=rngs)
+    self.patch_norm = layer_norm(c, spec.ln_eps, rngs)
+    layers, index = [], 0
+    for layer, shape in spec.walk():
+      if isinstance(layer, MergeSpec):
+        layers.append(PatchMerging(shape.width, layer.out_width, shape.grid, spec.ln_eps,
+                                   rngs=rngs))
+      else:
+        layers.append(make_block(spec, layer, index, rngs, shape))
+        index += 1
+    self.layers = nnx.List(layers)
+    out = spec.out_shape.width
+    self.norm = layer_norm(out, spec.ln_eps, rngs)
+    self.head = linear(out, spec.num_classes, rngs)
+
+  @property
+  def blocks(self) -> list[nnx.Module]:
+    return [m for m in self.layers if not isinstance(m, PatchMerging)]
+
+  def embed(self, images: jax.Array) -> jax.Array:
+    """Images [B,H,W,C_in] → patch tokens [B, N, C] after the patch LayerNorm."""
+    spec = self.spec
+    if images.shape[1:] != (spec.image_size, spec.image_size, spec.in_channels):
+      raise ValueError(f"Swin expects NHWC images of shape [batch, {spec.image_size}, "
+                       f"{spec.image_size}, {spec.in_channels}], got {list(images.shape)}")
+    x = self.patch_embed(images)
+    return self.patch_norm(x.reshape(x.shape[0], -1, spec.width))
+
+  def features(self, images: jax.Array, train: bool = False, **block_kwargs) -> jax.Array:
+    """All tokens of the last stage after the final LayerNorm, [B, N, C_last]."""
+    x = self.embed(images)
+    for layer in self.layers:
+      x = layer(x, train=train, **block_kwargs)
+    return self.norm(x)
+
+  def logits(self, feats: jax.Array, return_dist: bool = False) -> Any:
+    """Head on the token average (one head: `return_dist` gives it twice, as ViT does)."""
+    logits = self.head(feats.mean(axis=1))
+    return (logits, logits) if return_dist else logits
+
+  def __call__(self, images: jax.Array, train: bool = False, return_dist: bool = False,
+               **block_kwargs) -> Any:
+    return self.logits(self.features(images, train=train, **block_kwargs),
+                       return_dist=return_dist)
