@@ -69,6 +69,7 @@ class BlockSpec:
     mlp_bias: with `mlp` = 0 only: the block still adds a learned vector, the output bias of the
       MLP pruned away (a fully gated MLP computes fc2(0) = b_fc2, which pruning must keep).
     head_dim: width of each head; 0 = the model's `width // num_heads` (ViT files).
+      head_dim, window and shift are set to 0 in a block without `msa`.
     window: `msa` inside non-overlapping window × window patches (Swin), with a learned relative
       position bias; 0 = global attention (ViT).
     shift: cyclic shift of the windows (Swin's shifted windows, with their attention mask); 0 = none.
@@ -196,7 +197,13 @@ class ArchSpec:
   ln_eps: float = 1e-6
 
   def __post_init__(self):
-    object.__setattr__(self, "layers", tuple(self.layers))
+    # Attention dimensions mean nothing without attention: a block turned into conv or none
+    # (by any method) drops them, so that equal structures compare equal.
+    object.__setattr__(self, "layers", tuple(
+        dataclasses.replace(layer, head_dim=0, window=0, shift=0)
+        if isinstance(layer, BlockSpec) and layer.attn != "msa"
+        and (layer.head_dim or layer.window or layer.shift) else layer
+        for layer in self.layers))
     self.validate()
 
   # Derived sizes ---------------------------------------------------------------------------------
@@ -317,8 +324,6 @@ class ArchSpec:
                         f"the grid at this block ({shape.grid})")
     elif b.window or b.shift:
       raise UserError(f"{where}: window/shift are only allowed in family 'swin'")
-    if b.attn != "msa" and (b.window or b.shift):
-      raise UserError(f"{where}: window/shift are only allowed with attn 'msa'")
     if b.shift and not b.shift < b.window:
       raise UserError(f"{where}.shift = {b.shift}: must be < window ({b.window})")
 

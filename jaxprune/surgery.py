@@ -16,7 +16,7 @@ from flax import nnx
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.errors import UserError
 from jaxprune.models import ViT, build_model
-from jaxprune.models.spvit import GATE_INIT
+from jaxprune.models.gates import GATE_INIT
 
 OPS_BY_DEPTH = ("none", "conv1", "conv3", "msa")  # how many nested gates are on
 
@@ -94,13 +94,9 @@ def materialise(search_model: ViT, arch: ArchSpec | None = None) -> ViT:
   """The compact model of `arch` (default: `derive_arch(search_model)`), weights taken from the
   search model. Its eval outputs equal the gated model's eval outputs."""
   arch = derive_arch(search_model) if arch is None else arch
-  compact = nnx.eval_shape(lambda: build_model(arch))
-  graphdef, state = nnx.split(compact)
-  src = nnx.state(search_model).to_pure_dict()
-  out = {k: v for k, v in src.items() if k != "blocks"}
-  out["blocks"] = {}
-  for i, (block, b) in enumerate(zip(search_model.blocks, arch.blocks)):
-    s = src["blocks"][i]
+  states = []
+  for i, (block, b, s) in enumerate(zip(search_model.blocks, arch.blocks,
+                                        block_states(search_model))):
     op, keep = block_choices(block)
     if (op, int(keep.sum())) != (b.attn, b.mlp):
       raise ValueError(f"arch block {i} is ({b.attn}, mlp {b.mlp}) but the gates choose "
@@ -122,23 +118,74 @@ def materialise(search_model: ViT, arch: ArchSpec | None = None) -> ViT:
                     "fc2": {"kernel": fc2["kernel"][idx], "bias": fc2["bias"]}}
     elif b.mlp_bias:  # every unit gated off: the search block still adds fc2's bias
       dst["mlp_bias"] = s["mlp"]["fc2"]["bias"]
-    out["blocks"][i] = dst
+    states.append(dst)
+  return transplant(search_model, nnx.eval_shape(lambda: build_model(arch)), states)
+
+
+# Moving weights between models --------------------------------------------------------------------
+def _block_slots(spec: ArchSpec) -> tuple[str, list[int]]:
+  """Where the blocks live in a model's state: (collection, index of each block in it)."""
+  if spec.family == "swin":
+    return "layers", [j for j, layer in enumerate(spec.layers) if isinstance(layer, BlockSpec)]
+  return "blocks", list(range(spec.depth))
+
+
+def block_states(model: nnx.Module) -> list[dict]:
+  """The state (a pure dict) of each block of `model`, in `spec.blocks` order."""
+  coll, slots = _block_slots(model.spec)
+  src = nnx.state(model).to_pure_dict()[coll]
+  return [src[j] for j in slots]
+
+
+def _fill(dst: dict, src: dict, where: str) -> None:
+  for k, v in src.items():
+    if k not in dst:
+      raise ValueError(f"transplant: {where}/{k} has no place in the target model")
+    if isinstance(v, dict):
+      _fill(dst[k], v, f"{where}/{k}")
+    elif tuple(dst[k].shape) != tuple(np.shape(v)):
+      raise ValueError(f"transplant: {where}/{k} has shape {np.shape(v)}, the target "
+                       f"{tuple(dst[k].shape)}")
+    else:
+      dst[k] = v
+
+
+def transplant(model: nnx.Module, target: nnx.Module, blocks=None) -> nnx.Module:
+  """The one way weights move between models of different structure.
+
+  Fills `target` (a model, or an abstract one from `nnx.eval_shape`) with `model`'s weights:
+  everything outside the blocks (stem, patch merging layers in order, final norm, head) and, for
+  target block i, the state `blocks[i]` (default: `model`'s blocks one for one). A given entry
+  overrides the target's; entries not given keep the target's own values (a search model's
+  gates, a fresh adaptor), which an abstract target does not have: that is an error.
+  """
+  graphdef, state = nnx.split(target)
+  out = state.to_pure_dict()
+  src = nnx.state(model).to_pure_dict()
+  s_coll, s_slots = _block_slots(model.spec)
+  t_coll, t_slots = _block_slots(target.spec)
+  blocks = block_states(model) if blocks is None else list(blocks)
+  if len(blocks) != len(t_slots):
+    raise ValueError(f"transplant: {len(blocks)} block states for {len(t_slots)} target blocks")
+  _fill(out, {k: v for k, v in src.items() if k != s_coll}, "")
+  s_rest = [src[s_coll][j] for j in sorted(src[s_coll]) if j not in s_slots]
+  t_rest = [j for j in sorted(out[t_coll]) if j not in t_slots]
+  if len(s_rest) != len(t_rest):
+    raise ValueError(f"transplant: {len(s_rest)} non-block layers (patch merging) in the "
+                     f"source, {len(t_rest)} in the target")
+  for j, s in zip(t_rest, s_rest):
+    _fill(out[t_coll][j], s, f"{t_coll}/{j}")
+  for j, s in zip(t_slots, blocks):
+    _fill(out[t_coll][j], s, f"{t_coll}/{j}")
+  missing = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(out)
+             if isinstance(v, jax.ShapeDtypeStruct)]
+  if missing:
+    raise ValueError(f"transplant: no weights given for {missing[:5]} of an abstract target")
   state.replace_by_pure_dict(jax.tree.map(jnp.asarray, out))
   return nnx.merge(graphdef, state)
 
 
 # DC-ViT and PRACTISE -------------------------------------------------------------------------------
-def _rebuild(model: ViT, arch: ArchSpec, blocks_state: dict) -> ViT:
-  """A model of `arch` holding `model`'s non-block weights and the given block states."""
-  target = nnx.eval_shape(lambda: build_model(arch))
-  graphdef, state = nnx.split(target)
-  src = nnx.state(model).to_pure_dict()
-  out = {k: v for k, v in src.items() if k != "blocks"}
-  out["blocks"] = blocks_state
-  state.replace_by_pure_dict(out)
-  return nnx.merge(graphdef, state)
-
-
 def compress_block(model: ViT, index: int, hidden: int, seed: int) -> ViT:
   """DC-ViT's compressed block at `index`: attention and its LayerNorm removed, MLP cut to a
   seeded uniformly random subset of `hidden` units (fc1 rows and bias, fc2 columns; fc2 bias
@@ -149,9 +196,8 @@ def compress_block(model: ViT, index: int, hidden: int, seed: int) -> ViT:
     raise ValueError(f"hidden {hidden} is outside 0..{b.mlp} for block {index}")
   arch = spec.replace_block(index, attn="none", heads=0, conv_dim=0, mlp=hidden,
                             mlp_bias=hidden == 0)
-  src = nnx.state(model).to_pure_dict()["blocks"]
-  blocks = dict(src)
-  s = src[index]
+  blocks = block_states(model)
+  s = blocks[index]
   keep = np.sort(np.random.default_rng([seed, index]).choice(b.mlp, hidden, replace=False))
   new = {}
   if hidden:
@@ -163,13 +209,13 @@ def compress_block(model: ViT, index: int, hidden: int, seed: int) -> ViT:
   else:  # no unit kept: fc2(0) = its bias, kept as the block's learned vector
     new["mlp_bias"] = s["mlp"]["fc2"]["bias"]
   blocks[index] = new
-  return _rebuild(model, arch, blocks)
+  return transplant(model, nnx.eval_shape(lambda: build_model(arch)), blocks)
 
 
 def drop_blocks(model: ViT, indices) -> ViT:
   """PRACTISE: the model without the blocks at `indices` (they vanish from the ArchSpec)."""
   drop = set(indices)
-  keep = [i for i in range(model.spec.depth) if i not in drop]
-  arch = model.spec.replace(blocks=tuple(model.spec.blocks[i] for i in keep))
-  src = nnx.state(model).to_pure_dict()["blocks"]
-  return _rebuild(model, arch, {j: src[i] for j, i in enumerate(keep)})
+  states = block_states(model)
+  arch = model.spec.drop_blocks(drop)
+  return transplant(model, nnx.eval_shape(lambda: build_model(arch)),
+                    [s for i, s in enumerate(states) if i not in drop])

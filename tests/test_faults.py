@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 
 import jax
 import numpy as np
@@ -212,6 +213,25 @@ def test_ctrl_c_names_the_step_and_the_checkpoint(tmp_path):  # case 14
   with pytest.raises(Interrupted, match="interrupted at step 3 of phase p \\(the last "
                                         "checkpoint is step 2\\); rerun the same command"):
     _phase(tmp_path, total=4, batches=batches)
+
+
+def test_first_ctrl_c_stops_between_steps_and_saves_them(tmp_path):
+  """A real SIGINT (the handler, not a raised KeyboardInterrupt): the phase stops after the
+  step in flight, saves it, and a rerun resumes there."""
+  base = _batches(make_mesh())
+
+  def batches(step):
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGINT)  # arrives while step 3 is being prepared
+    return base(step)
+
+  with pytest.raises(Interrupted, match="interrupted at step 3 of phase p \\(the last "
+                                        "checkpoint is step 3\\)"):
+    _phase(tmp_path, total=6, checkpoint_every=100, batches=batches)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  starts = []
+  _phase(tmp_path, total=6, checkpoint_every=100, on_start=starts.append)
+  assert starts == [3]
 
 
 def test_resumed_phase_logs_each_step_once(tmp_path):  # case 15

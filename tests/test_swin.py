@@ -88,6 +88,37 @@ def test_drop_blocks_keeps_merges():
   assert count(spec).params < count(ODD).params
 
 
+# Surgery on Swin ----------------------------------------------------------------------------------
+X30 = jax.random.normal(jax.random.key(3), (2, 30, 30, 3))
+
+
+def test_adaptor_swap_equals_dropping_and_keeps_every_other_weight():
+  from jaxprune.methods.practise import with_adaptor
+  from jaxprune.surgery import block_states, drop_blocks
+  dense = build_model(ODD, seed=4)
+  for i in (1, 2):  # the block before and the block after the patch merging
+    dropped = drop_blocks(dense, [i])
+    assert dropped.spec == ODD.drop_blocks([i])
+    kept = [s for j, s in enumerate(block_states(dense)) if j != i]
+    for a, b in zip(jax.tree.leaves(block_states(dropped)), jax.tree.leaves(kept)):
+      np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(with_adaptor(dense, i)(X30), dropped(X30), atol=1e-5)
+
+
+def test_compress_block_on_swin_removes_attention_only():
+  from jaxprune.surgery import compress_block
+  dense = build_model(ODD, seed=5)
+  i = 2  # first block after the merge: width 64
+  compressed = compress_block(dense, i, ODD.blocks[i].mlp, seed=0)
+  assert compressed.spec.blocks[i].attn == "none"
+  no_attn = nnx.state(dense).to_pure_dict()
+  proj = no_attn["layers"][3]["attn"]["proj"]  # layers: block, block, merge, block, block
+  proj["kernel"], proj["bias"] = 0 * proj["kernel"], 0 * proj["bias"]
+  graphdef, state = nnx.split(dense)
+  state.replace_by_pure_dict(no_attn)
+  np.testing.assert_allclose(compressed(X30), nnx.merge(graphdef, state)(X30), atol=1e-5)
+
+
 # Import parity ------------------------------------------------------------------------------------
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

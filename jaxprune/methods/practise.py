@@ -23,30 +23,21 @@ from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import common
 from jaxprune.methods.mimicking import mimic
-from jaxprune.models import ViT
+from jaxprune.models import ViT, build_model
 from jaxprune.models.blocks import Block, LinearAdaptor
-from jaxprune.surgery import drop_blocks
+from jaxprune.surgery import block_states, drop_blocks, transplant
 from jaxprune.train.logging import MetricWriter
 from jaxprune.validate import planned_spec
 
 
-def with_adaptor(dense: ViT, index: int) -> ViT:
+def with_adaptor(dense, index: int):
   """`dense` with block `index` replaced by an identity linear adaptor."""
-  spec = dense.spec
-  model = ViT(spec, rngs=nnx.Rngs(0), make_block=lambda s, b, i, rngs: (
-      LinearAdaptor(s.width, rngs=rngs) if i == index else Block(s, b, rngs=rngs)))
-  src = nnx.state(dense).to_pure_dict()
-  state = nnx.state(model)
-  pure = state.to_pure_dict()
-  for k, v in src.items():
-    if k != "blocks":
-      pure[k] = v
-  for i, b in src["blocks"].items():
-    if i != index:
-      pure["blocks"][i] = b
-  state.replace_by_pure_dict(pure)
-  nnx.update(model, state)
-  return model
+  model = build_model(dense.spec, make_block=lambda s, b, i, rngs, shape: (
+      LinearAdaptor(shape.width, rngs=rngs) if i == index
+      else Block(s, b, rngs=rngs, shape=shape)))
+  blocks = block_states(dense)
+  blocks[index] = {}
+  return transplant(dense, model, blocks)
 
 
 def latency_saved(dense: ViT, batch: int) -> dict[int, float]:

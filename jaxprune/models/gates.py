@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+GATE_INIT = 1.5  # initial gate logit θ: every op and unit on, with margin
+
 
 class Gate(nnx.Variable):
   """A gate logit (e.g. SPViT's θ). Not an `nnx.Param`: weight optimizers never see it."""

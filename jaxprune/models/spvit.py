@@ -23,11 +23,10 @@ from flax import nnx
 
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.models.blocks import Attention, Mlp, gelu, layer_norm
-from jaxprune.models.gates import (Gate, flops_path, op_coefficients, sample_st, single_path,
-                                   threshold_surrogate)
+from jaxprune.models.gates import (GATE_INIT, Gate, flops_path, op_coefficients, sample_st,
+                                   single_path, threshold_surrogate)
 from jaxprune.models.vit import ViT
-
-GATE_INIT = 1.5
+from jaxprune.surgery import transplant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,21 +156,6 @@ class SearchBlock(nnx.Module):
 
 def build_search_model(dense: ViT, opts: SearchOptions) -> ViT:
   """A search model over `dense`'s spec, holding `dense`'s weights (mix, BN and gates fresh)."""
-  spec = dense.spec
-  model = ViT(spec, rngs=nnx.Rngs(0),
-              make_block=lambda s, b, i, rngs: SearchBlock(s, b, i, opts, rngs=rngs))
-  dense_params = nnx.state(dense, nnx.Param).to_pure_dict()
-  search_params = nnx.state(model, nnx.Param)
-  flat = search_params.to_pure_dict()
-
-  def copy(dst, src):
-    for k, v in src.items():
-      if isinstance(v, dict):
-        copy(dst[k], v)
-      else:
-        dst[k] = v
-
-  copy(flat, dense_params)
-  search_params.replace_by_pure_dict(flat)
-  nnx.update(model, search_params)
-  return model
+  model = ViT(dense.spec, rngs=nnx.Rngs(0),
+              make_block=lambda s, b, i, rngs, shape: SearchBlock(s, b, i, opts, rngs=rngs))
+  return transplant(dense, model)

@@ -23,11 +23,11 @@ class ViT(nnx.Module):
   """
 
   def __init__(self, spec: ArchSpec, *, rngs: nnx.Rngs, make_block=None):
-    """`make_block(spec, block_spec, index, rngs)` builds each block (default: `Block`)."""
+    """`make_block(spec, block_spec, index, rngs, shape)` builds each block (default: `Block`)."""
     if spec.family != "vit":
       raise ValueError(f"ViT needs an ArchSpec of family 'vit', got {spec.family!r}")
     self.spec = spec
-    make_block = make_block or (lambda spec, b, i, rngs: Block(spec, b, rngs=rngs))
+    make_block = make_block or (lambda spec, b, i, rngs, shape: Block(spec, b, rngs=rngs))
     c, p = spec.width, spec.patch_size
     self.patch_embed = nnx.Conv(spec.in_channels, c, (p, p), strides=(p, p), padding="VALID",
                                 rngs=rngs)
@@ -36,7 +36,8 @@ class ViT(nnx.Module):
     self.dist_token = (nnx.Param(normal(rngs.params(), (1, 1, c), jnp.float32))
                        if spec.dist_token else None)
     self.pos_embed = nnx.Param(normal(rngs.params(), (1, spec.num_tokens, c), jnp.float32))
-    self.blocks = nnx.List([make_block(spec, b, i, rngs) for i, b in enumerate(spec.blocks)])
+    self.blocks = nnx.List([make_block(spec, b, i, rngs, spec.stem_shape)
+                            for i, b in enumerate(spec.blocks)])
     self.norm = layer_norm(c, spec.ln_eps, rngs)
     self.head = linear(c, spec.num_classes, rngs)
     self.head_dist = linear(c, spec.num_classes, rngs) if spec.dist_head else None
@@ -81,12 +82,15 @@ class ViT(nnx.Module):
                        return_dist=return_dist)
 
 
-def build_model(spec: ArchSpec, seed: int = 0) -> nnx.Module:
-  """A randomly initialised model for `spec`: `ViT` or `Swin` by `spec.family`."""
+def build_model(spec: ArchSpec, seed: int = 0, make_block=None) -> nnx.Module:
+  """A randomly initialised model for `spec`: `ViT` or `Swin` by `spec.family`.
+
+  `make_block(spec, block_spec, index, rngs, shape)` builds each block (default: `Block`).
+  """
   if spec.family == "swin":
     from jaxprune.models.swin import Swin  # noqa: PLC0415 (swin builds on this module's peers)
-    return Swin(spec, rngs=nnx.Rngs(seed))
-  return ViT(spec, rngs=nnx.Rngs(seed))
+    return Swin(spec, rngs=nnx.Rngs(seed), make_block=make_block)
+  return ViT(spec, rngs=nnx.Rngs(seed), make_block=make_block)
 
 
 def split_model(model: nnx.Module):

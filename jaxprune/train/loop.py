@@ -8,6 +8,8 @@ checkpoint intact, and saves at the end.
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 from typing import Any, Callable
 
 import jax
@@ -17,6 +19,29 @@ from absl import logging
 from jaxprune.errors import UserError
 from jaxprune.train.checkpoint import PhaseCheckpoints, all_finite
 from jaxprune.train.logging import MetricWriter, Progress
+
+
+class _CtrlC:
+  """Within `with`: a first Ctrl-C only sets `requested`, which the loop checks between steps,
+  so it never lands inside a checkpoint write or an XLA call; a second one interrupts at once.
+  (Signal handlers can only be set from the main thread; elsewhere Ctrl-C is left as it is.)"""
+
+  def __enter__(self):
+    self.requested, self._previous = False, None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    print("\n[interrupt] stopping after this step and saving a checkpoint (Ctrl-C again to stop "
+          "at once)", flush=True)
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
 
 
 @dataclasses.dataclass
@@ -100,35 +125,41 @@ def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: 
     pending.clear()
 
   step = start
-  try:
-    while step < schedule.total_steps and not done:
-      state, metrics = train_step(state, batches(step))
-      step += 1
-      pending.append((step, metrics))
-      log_now = schedule.log_every and step % schedule.log_every == 0
-      ckpt_now = schedule.checkpoint_every and step % schedule.checkpoint_every == 0
-      eval_now = schedule.eval_every and step % schedule.eval_every == 0
-      if log_now or ckpt_now or eval_now or step == schedule.total_steps:
-        last = jax.device_get(pending[-1][1])
-        check_pending()
-        if log_now:
-          writer.write(phase, step, last)
-          progress.update(step, {k: last[k] for k in show if k in last})
-        if (eval_now or step == schedule.total_steps) and evaluate is not None:
-          eval_metrics = evaluate(state)
-          writer.write(phase + "/eval", step, eval_metrics)
-          progress.update(step, eval_metrics, label="eval ")
-          done = bool(stop_when and stop_when(step, eval_metrics))
-        done = done or step == schedule.total_steps
-        if ckpt_now or done:
-          # The loss of step s is computed before its update: the state after it may still
-          # have overflowed. A non-finite state is never saved.
-          if not all_finite(state):
-            stop("the weights became non-finite (the loss was still finite)", step)
-          ckpts.save(step, state, dict(meta, step=step, data_position=step, done=done))
-  except KeyboardInterrupt:
-    ckpts.close()
-    raise Interrupted(phase, step, ckpts.latest_step()) from None
+  with _CtrlC() as ctrl_c:
+    try:
+      while step < schedule.total_steps and not done:
+        if ctrl_c.requested:
+          raise KeyboardInterrupt
+        state, metrics = train_step(state, batches(step))
+        step += 1
+        pending.append((step, metrics))
+        log_now = schedule.log_every and step % schedule.log_every == 0
+        ckpt_now = schedule.checkpoint_every and step % schedule.checkpoint_every == 0
+        eval_now = schedule.eval_every and step % schedule.eval_every == 0
+        if log_now or ckpt_now or eval_now or step == schedule.total_steps:
+          last = jax.device_get(pending[-1][1])
+          check_pending()
+          if log_now:
+            writer.write(phase, step, last)
+            progress.update(step, {k: last[k] for k in show if k in last})
+          if (eval_now or step == schedule.total_steps) and evaluate is not None:
+            eval_metrics = evaluate(state)
+            writer.write(phase + "/eval", step, eval_metrics)
+            progress.update(step, eval_metrics, label="eval ")
+            done = bool(stop_when and stop_when(step, eval_metrics))
+          done = done or step == schedule.total_steps
+          if ckpt_now or done:
+            # The loss of step s is computed before its update: the state after it may still
+            # have overflowed. A non-finite state is never saved.
+            if not all_finite(state):
+              stop("the weights became non-finite (the loss was still finite)", step)
+            ckpts.save(step, state, dict(meta, step=step, data_position=step, done=done))
+    except KeyboardInterrupt:
+      # A first Ctrl-C stops between steps: the state is whole, so it is saved (when finite).
+      if ctrl_c.requested and step > (ckpts.latest_step() or 0) and all_finite(state):
+        ckpts.save(step, state, dict(meta, step=step, data_position=step, done=False))
+      ckpts.close()
+      raise Interrupted(phase, step, ckpts.latest_step()) from None
   if evaluate is not None and not eval_metrics:
     eval_metrics = evaluate(state)
   ckpts.close()
