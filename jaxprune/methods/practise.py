@@ -15,7 +15,6 @@ from typing import Any
 
 import jax
 import ml_collections
-from flax import nnx
 
 from jaxprune import accounting
 from jaxprune.atomic import write_json
