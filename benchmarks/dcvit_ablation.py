@@ -100,7 +100,7 @@ def run_variant(base: ml_collections.ConfigDict, dense, v: dict) -> dict:
                  if v["select"] == "activation" else
                  compress_block(model, b, v["width"], config.seed))
         model, info = mimic(config, wd, f"step{j}", model, dense,
-                            freeze_after(max(done), dense.spec.depth), v["steps"], writer, s)
+                            freeze_after(max(done), dense.spec), v["steps"], writer, s)
     writer.close()
   return {"variant": v["name"], "macs_ratio": accounting.macs(model.spec) /
           accounting.macs(dense.spec), "feature_mse": info["feature_mse"],

@@ -65,7 +65,7 @@ def main() -> None:
     for block in range(1, dense.spec.depth - 1):
       student = compress_block(dense, block, hidden, config.seed)
       student, _ = mimic(config, out, f"trial_b{block}_h{hidden}", student, dense,
-                         freeze_after(block, dense.spec.depth), config.dcvit.trial_steps, writer)
+                         freeze_after(block, dense.spec), config.dcvit.trial_steps, writer)
       rows.append({"block": block, "hidden": hidden,
                    "kl_synthetic": kl_metric(dense, student, synthetic),
                    "kl_real": kl_metric(dense, student, real),

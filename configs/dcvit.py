@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       trial_steps=60,         # feature-mimicking steps of one block trial
       finetune_steps=100,     # per progressive compression step
       width_multiple=8,
+      group=0,                # blocks per candidate unit; 0 = 1 on ViT, 2 (pairs) on Swin
       trial_accuracy=False,   # also record each trial's real test accuracy (rank studies)
   ))
   config.practise = ml_collections.ConfigDict(dict(num_drop=(2,), adaptor_steps=30))

@@ -427,6 +427,7 @@ _SWIN_VARIANTS = {
     "swin_small": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 4),
     "swin_base": (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 4),
     "swin_test": (32, (2, 2), (2, 4), 7, 2),   # tests and CPU runs (28 px, patch 2)
+    "swin_mini": (32, (2, 6, 2), (2, 4, 8), 7, 2),  # CPU runs of DC-ViT/PRACTISE (3 stages)
 }
 VARIANTS: Sequence[str] = tuple(_VARIANTS) + tuple(_SWIN_VARIANTS)
 

@@ -123,7 +123,7 @@ def materialise(search_model: ViT, arch: ArchSpec | None = None) -> ViT:
 
 
 # Moving weights between models --------------------------------------------------------------------
-def _block_slots(spec: ArchSpec) -> tuple[str, list[int]]:
+def block_slots(spec: ArchSpec) -> tuple[str, list[int]]:
   """Where the blocks live in a model's state: (collection, index of each block in it)."""
   if spec.family == "swin":
     return "layers", [j for j, layer in enumerate(spec.layers) if isinstance(layer, BlockSpec)]
@@ -132,7 +132,7 @@ def _block_slots(spec: ArchSpec) -> tuple[str, list[int]]:
 
 def block_states(model: nnx.Module) -> list[dict]:
   """The state (a pure dict) of each block of `model`, in `spec.blocks` order."""
-  coll, slots = _block_slots(model.spec)
+  coll, slots = block_slots(model.spec)
   src = nnx.state(model).to_pure_dict()[coll]
   return [src[j] for j in slots]
 
@@ -162,8 +162,8 @@ def transplant(model: nnx.Module, target: nnx.Module, blocks=None) -> nnx.Module
   graphdef, state = nnx.split(target)
   out = state.to_pure_dict()
   src = nnx.state(model).to_pure_dict()
-  s_coll, s_slots = _block_slots(model.spec)
-  t_coll, t_slots = _block_slots(target.spec)
+  s_coll, s_slots = block_slots(model.spec)
+  t_coll, t_slots = block_slots(target.spec)
   blocks = block_states(model) if blocks is None else list(blocks)
   if len(blocks) != len(t_slots):
     raise ValueError(f"transplant: {len(blocks)} block states for {len(t_slots)} target blocks")

@@ -137,7 +137,7 @@ RULES: list[tuple[str, Check]] = [
     ("synthetic.l2_weight", number(0)), ("synthetic.jitter", integer(-1)),
     ("dcvit.targets", each(FRACTION)), ("dcvit.num_targets", POSITIVE),
     ("dcvit.trial_steps", POSITIVE), ("dcvit.finetune_steps", POSITIVE),
-    ("dcvit.width_multiple", POSITIVE),
+    ("dcvit.width_multiple", POSITIVE), ("dcvit.group", NONNEG),
     ("practise.num_drop", each(POSITIVE, 1)), ("practise.adaptor_steps", POSITIVE),
     ("random.num_archs", POSITIVE), ("random.seed", NONNEG),
 ]
@@ -202,8 +202,9 @@ def planned_spec(config: ml_collections.ConfigDict):
   return spec_from_config(m, m.patch_size, num_classes=2, in_channels=3)
 
 
-# Model families each method runs on (SPViT, DC-ViT and PRACTISE on Swin: not built yet).
-METHOD_FAMILIES = {"pretrain": ("vit", "swin")}
+# Model families each method runs on (SPViT on Swin: not built yet).
+METHOD_FAMILIES = {"pretrain": ("vit", "swin"), "dcvit": ("vit", "swin"),
+                   "practise": ("vit", "swin")}
 
 
 def check_paths(config: ml_collections.ConfigDict) -> None:

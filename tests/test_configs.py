@@ -15,7 +15,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OWN_TEST = {"spvit", "dcvit"}
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                  if os.path.basename(p) not in ("__init__.py", "common.py"))
-SMOKE = [c for c in CONFIGS if c not in OWN_TEST]
+# Run by hand, not in CI: its runlocal form alone takes minutes on the 2-core CI machine (many
+# distinct Swin graphs to compile); its pieces are tested in tests/test_swin.py.
+BY_HAND = {"dcvit_swin"}
+SMOKE = [c for c in CONFIGS if c not in OWN_TEST | BY_HAND]
 
 
 def run_config(name, workdir, *overrides):

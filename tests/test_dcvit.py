@@ -99,7 +99,7 @@ def test_identity_adaptor_starts_as_dropping_the_block():
 def test_freeze_after_leaves_embeddings_and_early_blocks_trainable():
   model = build_model(SPEC)
   params = {"weights": nnx.state(model, nnx.Param), "gates": {}}
-  labels = group_labels(params, cfgs.optim_config(frozen=freeze_after(2, SPEC.depth)))
+  labels = group_labels(params, cfgs.optim_config(frozen=freeze_after(2, SPEC)))
   flat = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(labels)}
   frozen = {k for k, v in flat.items() if v == "frozen"}
   assert all(k.startswith(("weights/blocks/4/", "weights/blocks/5/", "weights/head/"))
@@ -138,11 +138,12 @@ def test_practise_latency_saved_replaces_non_positive_measurements(monkeypatch, 
   from jaxprune import accounting
   from jaxprune.methods import practise
   dense = build_model(SPEC, seed=0)
-  fake = {"dense": 10.0, **{i: 8.0 for i in range(6)}}
-  fake[3] = 10.2  # timer noise: dropping block 3 "costs" time
+  units = [(i,) for i in range(6)]
+  fake = {"dense": 10.0, **{u: 8.0 for u in units}}
+  fake[(3,)] = 10.2  # timer noise: dropping block 3 "costs" time
   monkeypatch.setattr(accounting, "compare_latency", lambda models, batch: fake)
-  saved = practise.latency_saved(dense, batch=4)
-  assert [saved[i] for i in (0, 1, 2, 4, 5)] == [2.0] * 5
+  saved = practise.latency_saved(dense, 4, units)
+  assert [saved[(i,)] for i in (0, 1, 2, 4, 5)] == [2.0] * 5
   share = 1 - macs(drop_blocks(dense, [3]).spec) / macs(SPEC)
-  assert saved[3] == pytest.approx(10.0 * share) and saved[3] > 0
-  assert "dropping block 3 measured -0.200 ms" in capsys.readouterr().out
+  assert saved[(3,)] == pytest.approx(10.0 * share) and saved[(3,)] > 0
+  assert "dropping block(s) [3] measured -0.200 ms" in capsys.readouterr().out

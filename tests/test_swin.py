@@ -119,6 +119,45 @@ def test_compress_block_on_swin_removes_attention_only():
   np.testing.assert_allclose(compressed(X30), nnx.merge(graphdef, state)(X30), atol=1e-5)
 
 
+# DC-ViT and PRACTISE on Swin: pairs ----------------------------------------------------------------
+MINI = swin_spec("swin_mini", image_size=28, patch_size=2, num_classes=10, in_channels=1)
+
+
+def test_dcvit_candidates_are_pairs_of_the_longest_stage():
+  from jaxprune.methods.structure import candidate_units, stages, units
+  assert stages(MINI) == [[0, 1], [2, 3, 4, 5, 6, 7], [8, 9]]
+  assert candidate_units(MINI, 2) == [(2, 3), (4, 5), (6, 7)]
+  assert units(MINI, 2) == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+  assert candidate_units(ODD, 2) == []  # every pair holds the first or the last block
+
+
+def test_structure_for_pairs_lands_on_the_target():
+  from jaxprune.methods.structure import compressed_spec, structure_for
+  dense = count(MINI).macs
+  for target in (0.85, 0.75, 0.6):
+    st = structure_for(MINI, target, 3, width_multiple=8, unit=(2, 3))
+    blocks = [b for u in [(2, 3), (4, 5), (6, 7)][:st.k] for b in u]
+    got = count(compressed_spec(MINI, blocks, st.hidden)).macs / dense
+    step = len(blocks) * 2 * 49 * 64 * 8 / dense  # one width_multiple in every block (7x7, 64)
+    assert target - step <= got <= target + 1e-9  # the width rounds down: at or just below
+
+
+def test_freeze_after_on_swin_freezes_later_layers_and_merges():
+  from jaxprune.methods.mimicking import freeze_after
+  from jaxprune.train.optim import group_labels, path_str
+  from configs import common as cfgs
+  model = build_model(MINI)
+  params = {"weights": nnx.state(model, nnx.Param), "gates": {}}
+  labels = group_labels(params, cfgs.optim_config(frozen=freeze_after(3, MINI)))
+  frozen = {path_str(p) for p, v in jax.tree_util.tree_leaves_with_path(labels)
+            if v == "frozen"}
+  # layers: 0 1 | merge 2 | blocks 2..7 at 3..8 | merge 9 | 10 11; block 4 (layer 5) trains
+  assert any(k.startswith("weights/layers/6/") for k in frozen)
+  assert any(k.startswith("weights/layers/9/") for k in frozen)  # the later patch merging
+  assert not any(k.startswith(("weights/layers/5/", "weights/layers/2/", "weights/norm/"))
+                 for k in frozen)
+
+
 # Import parity ------------------------------------------------------------------------------------
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -3,11 +3,12 @@
 Phases (each resumable; finished work is found on disk and reused):
   1. dense      the pretrained model (`model.init_from`, or pre-trained here)
   2. synthetic  the metric set: the dense model inverted from noise (`synth.py`)
-  3. per target ratio: structure (k blocks, MLP width) → block trials: each candidate block (not
-     the first or last) compressed alone and recovered by feature mimicking on the few-shot
-     images → metric KL(original ‖ candidate) on the synthetic set → rank ascending →
-     progressive compression of the top-k, each step fine-tuned from the previous one.
-     Trials are shared across targets whose (block, width) coincide.
+  3. per target ratio: structure (k units, MLP width) → unit trials: each candidate unit (a
+     block; a pair of consecutive blocks on Swin; never the first or last block) compressed
+     alone and recovered by feature mimicking on the few-shot images → metric
+     KL(original ‖ candidate) on the synthetic set → rank ascending → progressive compression
+     of the top-k, each step fine-tuned from the previous one. Trials are shared across
+     targets whose (unit, width) coincide.
   4. PRACTISE at matched MACs (`methods/practise.py`), evaluation, latency, table, plot.
 """
 
@@ -29,7 +30,8 @@ from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import common, practise
 from jaxprune.methods.mimicking import freeze_after, mimic
-from jaxprune.methods.structure import block_costs, structure_for
+from jaxprune.methods.structure import (block_costs, candidate_units, group_of, stages,
+                                        structure_for)
 from jaxprune.surgery import compress_block
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.mesh import make_mesh
@@ -75,20 +77,26 @@ def synthetic_set(config, workdir: str, dense) -> dict[str, Any]:
   return result
 
 
-def sweep_targets(config, spec, num_candidates: int) -> list[float]:
+def unit_name(unit) -> str:
+  return "-".join(str(b) for b in unit)
+
+
+def sweep_targets(config, spec, candidates) -> list[float]:
   """`dcvit.targets`, or `dcvit.num_targets` evenly from 0.95 to 0.5 clipped to what is
   reachable."""
   if config.dcvit.targets:
     return [float(t) for t in config.dcvit.targets]
   dense = accounting.macs(spec)
-  m_attn, m_mlp, _ = block_costs(spec)
+  costs = [block_costs(spec, b) for b in candidates[0]]
+  m_attn, m_mlp = sum(c[0] for c in costs), sum(c[1] for c in costs)
+  num_candidates = len(candidates)
   hi = min(0.95, (dense - m_attn) / dense - 1e-3)
   lo = max(0.5, (dense - num_candidates * (m_attn + m_mlp)) / dense + 1e-3)
   return [float(t) for t in np.linspace(hi, lo, config.dcvit.num_targets)]
 
 
 class Trials:
-  """Block trials keyed by (block, width), on disk under `workdir/trials/` and shared."""
+  """Unit trials keyed by (unit, width), on disk under `workdir/trials/` and shared."""
 
   def __init__(self, config, workdir, dense, synthetic, writer):
     self.config, self.workdir, self.dense = config, workdir, dense
@@ -96,16 +104,19 @@ class Trials:
     self.dir = os.path.join(workdir, "trials")
     os.makedirs(self.dir, exist_ok=True)
 
-  def metric(self, block: int, hidden: int) -> dict[str, Any]:
-    path = os.path.join(self.dir, f"b{block}_h{hidden}.json")
+  def metric(self, unit: tuple[int, ...], hidden: int) -> dict[str, Any]:
+    name = f"b{unit_name(unit)}_h{hidden}"
+    path = os.path.join(self.dir, f"{name}.json")
     if os.path.exists(path):
       with open(path) as f:
-        return json.load(f)
-    student = compress_block(self.dense, block, hidden, self.config.seed)
-    student, info = mimic(self.config, self.workdir, f"trial_b{block}_h{hidden}", student,
-                          self.dense, freeze_after(block, self.dense.spec.depth),
+        return {**json.load(f), "unit": list(unit)}
+    student = self.dense
+    for b in unit:
+      student = compress_block(student, b, hidden, self.config.seed)
+    student, info = mimic(self.config, self.workdir, f"trial_{name}", student,
+                          self.dense, freeze_after(max(unit), self.dense.spec),
                           self.config.dcvit.trial_steps, self.writer)
-    record = {"block": block, "hidden": hidden, **info,
+    record = {"block": unit[0], "unit": list(unit), "hidden": hidden, **info,
               "kl": kl_metric(self.dense, student, self.synthetic["images"])}
     if self.config.dcvit.trial_accuracy:  # for rank-quality studies: real test accuracy
       s = common.setup(common.phase_config(self.config, "mimic"))
@@ -118,29 +129,36 @@ class Trials:
 
 def compress_to(config, workdir: str, dense, target: float, trials: Trials, candidates,
                 writer) -> tuple[Any, dict[str, Any]]:
-  """Ranks the candidates for `target` and compresses the top-k progressively."""
-  st = structure_for(dense.spec, target, len(candidates), config.dcvit.width_multiple)
-  records = [trials.metric(b, st.hidden) for b in candidates]
-  ranked = [r["block"] for r in sorted(records, key=lambda r: (r["kl"], r["block"]))]
+  """Ranks the candidate units for `target` and compresses the top-k progressively."""
+  st = structure_for(dense.spec, target, len(candidates), config.dcvit.width_multiple,
+                     unit=candidates[0])
+  records = [trials.metric(u, st.hidden) for u in candidates]
+  ranked = [tuple(r["unit"]) for r in sorted(records, key=lambda r: (r["kl"], r["unit"]))]
   chosen = ranked[:st.k]
   model, done = dense, []
-  for j, b in enumerate(chosen):
-    done.append(b)
-    model = compress_block(model, b, st.hidden, config.seed)
+  for j, unit in enumerate(chosen):
+    for b in unit:
+      done.append(b)
+      model = compress_block(model, b, st.hidden, config.seed)
     model, _ = mimic(config, workdir, f"target{target:.3f}_step{j}", model, dense,
-                     freeze_after(max(done), dense.spec.depth), config.dcvit.finetune_steps,
+                     freeze_after(max(done), dense.spec), config.dcvit.finetune_steps,
                      writer)
-  info = {"target_ratio": target, "blocks": chosen, "mlp_width": st.hidden, "rd": st.rd,
-          "ranking": {str(r["block"]): r["kl"] for r in records}}
+  info = {"target_ratio": target, "blocks": done, "units": [list(u) for u in chosen],
+          "mlp_width": st.hidden, "rd": st.rd,
+          "ranking": {unit_name(r["unit"]): r["kl"] for r in records}}
   return model, info
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """Before any work: the dense model must have depth >= 3 and only MSA blocks."""
+  """Before any work: the dense model has candidate units and only MSA blocks."""
   spec = planned_spec(config)
-  if spec.depth < 3:
-    raise UserError(f"DC-ViT needs a model of depth >= 3 (candidates exclude the first and last "
-                    f"block); the model has depth {spec.depth} (model.depth / model.init_from)")
+  group = group_of(config, spec)
+  if not candidate_units(spec, group):
+    raise UserError(f"DC-ViT finds no candidate unit of {group} block(s) in this model "
+                    f"(stages {[len(s) for s in stages(spec)]} blocks; a candidate lies in the "
+                    "longest stage and holds neither the first nor the last block): use a "
+                    "deeper model (model.depth / model.variant / model.init_from) or a smaller "
+                    "dcvit.group")
   if any(b.attn != "msa" for b in spec.blocks):
     raise UserError("DC-ViT compresses a dense model: every block of model.init_from must be "
                     f"'msa', got {[b.attn for b in spec.blocks]}")
@@ -150,8 +168,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
   dense = common.dense_model(config, workdir, writer)
-  depth = dense.spec.depth
-  candidates = list(range(1, depth - 1))
+  candidates = candidate_units(dense.spec, group_of(config, dense.spec))
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
   evaluate = lambda m: common.evaluate_model(mcfg, m, s)["accuracy"]  # noqa: E731
@@ -163,7 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   pruned = practise.run_family(config, workdir, dense, writer)
   dense_macs = accounting.macs(dense.spec)
   matched = [accounting.macs(m.spec) / dense_macs for m, _ in pruned]
-  targets = sorted(set(sweep_targets(config, dense.spec, len(candidates)) + matched),
+  targets = sorted(set(sweep_targets(config, dense.spec, candidates) + matched),
                    reverse=True)
   family, entries = [], []
   for target in targets:

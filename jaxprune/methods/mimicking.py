@@ -19,20 +19,26 @@ import numpy as np
 import ml_collections
 from flax import nnx
 
+from jaxprune.arch import ArchSpec
 from jaxprune.methods import common
+from jaxprune.surgery import block_slots
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.loop import Schedule, fit
 from jaxprune.train.optim import make_optimizer
 from jaxprune.train.step import init_state, make_train_step, merge, place
 
 
-def freeze_after(last: int, depth: int) -> str:
-  """Regex freezing the blocks after `last + 1` and the head(s): DC-ViT's trainable set is the
-  embeddings, blocks 0..last+1 and the final norm."""
-  later = [str(j) for j in range(last + 2, depth)]
+def freeze_after(last: int, spec: ArchSpec) -> str:
+  """Regex freezing everything after block `last + 1` (later blocks, later patch merging) and
+  the head(s): DC-ViT's trainable set is the embeddings, the layers up to block last+1 and the
+  final norm."""
+  coll, slots = block_slots(spec)
+  first_frozen = slots[last + 2] if last + 2 < len(slots) else None
   rules = [r"^weights/head"]
-  if later:
-    rules.append(rf"^weights/blocks/({'|'.join(later)})/")
+  if first_frozen is not None:
+    later = [str(j) for j in range(first_frozen, len(spec.layers) if coll == "layers"
+                                   else spec.depth)]
+    rules.append(rf"^weights/{coll}/({'|'.join(later)})/")
   return "|".join(rules)
 
 

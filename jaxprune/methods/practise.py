@@ -1,8 +1,9 @@
 """PRACTISE (block dropping), DC-ViT's baseline.
 
-Score every block: replace it by an identity-initialised linear adaptor, train the adaptor alone
-by feature mimicking, and divide the recovered feature error by the measured latency saved by
-dropping the block; drop the n best-scoring blocks; fine-tune the pruned model end to end with
+Score every block (on Swin: every pair of consecutive blocks of a stage, as DC-ViT compares):
+replace it by an identity-initialised linear adaptor, train the adaptor alone by feature
+mimicking, and divide the recovered feature error by the measured latency saved by dropping the
+block; drop the n best-scoring blocks; fine-tune the pruned model end to end with
 the same feature-mimicking recipe, for as many steps as DC-ViT spends at the matched MACs
 ((n + 1) progressive steps).
 """
@@ -22,59 +23,71 @@ from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import common
 from jaxprune.methods.mimicking import mimic
-from jaxprune.models import ViT, build_model
+from jaxprune.models import build_model
 from jaxprune.models.blocks import Block, LinearAdaptor
-from jaxprune.surgery import block_states, drop_blocks, transplant
+from jaxprune.methods.structure import group_of, units
+from jaxprune.surgery import block_slots, block_states, drop_blocks, transplant
 from jaxprune.train.logging import MetricWriter
 from jaxprune.validate import planned_spec
 
 
-def with_adaptor(dense, index: int):
-  """`dense` with block `index` replaced by an identity linear adaptor."""
+def drop_units(config, spec) -> list[tuple[int, ...]]:
+  """What PRACTISE scores and drops: single blocks, or on Swin pairs of consecutive blocks of
+  a stage (`dcvit.group`, shared with DC-ViT so that the two stay comparable)."""
+  return units(spec, group_of(config, spec))
+
+
+def with_adaptor(dense, unit):
+  """`dense` with the blocks of `unit` (an index or a tuple) each replaced by an identity
+  linear adaptor."""
+  unit = (unit,) if isinstance(unit, int) else tuple(unit)
   model = build_model(dense.spec, make_block=lambda s, b, i, rngs, shape: (
-      LinearAdaptor(shape.width, rngs=rngs) if i == index
+      LinearAdaptor(shape.width, rngs=rngs) if i in unit
       else Block(s, b, rngs=rngs, shape=shape)))
-  blocks = block_states(dense)
-  blocks[index] = {}
+  blocks = [{} if i in unit else s for i, s in enumerate(block_states(dense))]
   return transplant(dense, model, blocks)
 
 
-def latency_saved(dense: ViT, batch: int) -> dict[int, float]:
-  """Measured latency saved by dropping each block alone (ms, batch `batch`).
+def latency_saved(dense, batch: int, unit_list) -> dict[tuple[int, ...], float]:
+  """Measured latency saved by dropping each unit alone (ms, batch `batch`).
 
   All models are timed interleaved (`accounting.compare_latency`), so machine drift cancels in
   the differences. A saving that still measures <= 0 (timer noise on a tiny model) is replaced
-  by the dense latency scaled by the block's share of the MACs, with a warning: a score divided
-  by ~0 would otherwise rank that block as never droppable.
+  by the dense latency scaled by the unit's share of the MACs, with a warning: a score divided
+  by ~0 would otherwise rank that unit as never droppable.
   """
-  models = {"dense": dense, **{i: drop_blocks(dense, [i]) for i in range(dense.spec.depth)}}
+  models = {"dense": dense, **{u: drop_blocks(dense, u) for u in unit_list}}
   ms = accounting.compare_latency(models, batch=batch)
   dense_macs = accounting.macs(dense.spec)
   saved = {}
-  for i in range(dense.spec.depth):
-    saved[i] = ms["dense"] - ms[i]
-    if saved[i] <= 0:
-      estimate = ms["dense"] * (1 - accounting.macs(models[i].spec) / dense_macs)
-      print(f"[practise] warning: dropping block {i} measured {saved[i]:+.3f} ms of "
+  for u in unit_list:
+    saved[u] = ms["dense"] - ms[u]
+    if saved[u] <= 0:
+      estimate = ms["dense"] * (1 - accounting.macs(models[u].spec) / dense_macs)
+      print(f"[practise] warning: dropping block(s) {list(u)} measured {saved[u]:+.3f} ms of "
             f"{ms['dense']:.3f} ms saved (timer noise); using the MACs estimate "
             f"{estimate:.3f} ms", flush=True)
-      saved[i] = estimate
+      saved[u] = estimate
   return saved
 
 
 def block_scores(config, workdir: str, dense, writer: MetricWriter) -> list[dict[str, Any]]:
-  """Per block: recovered feature error, measured latency saved, score (lower = drop first)."""
+  """Per unit: recovered feature error, measured latency saved, score (lower = drop first)."""
   path = os.path.join(workdir, "practise", "scores.json")
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
-  saved = latency_saved(dense, config.latency_batch)
+  unit_list = drop_units(config, dense.spec)
+  saved = latency_saved(dense, config.latency_batch, unit_list)
+  coll, slots = block_slots(dense.spec)
   rows = []
-  for i in range(dense.spec.depth):
-    _, info = mimic(config, workdir, f"practise_adaptor{i}", with_adaptor(dense, i), dense,
-                    rf"^weights/(?!blocks/{i}/)", config.practise.adaptor_steps, writer)
-    rows.append({"block": i, "recovered_error": info["feature_mse"],
-                 "latency_saved_ms": saved[i], "score": info["feature_mse"] / saved[i]})
+  for u in unit_list:
+    name = "-".join(str(b) for b in u)
+    trainable = "|".join(f"{coll}/{slots[b]}/" for b in u)
+    _, info = mimic(config, workdir, f"practise_adaptor{name}", with_adaptor(dense, u), dense,
+                    rf"^weights/(?!{trainable})", config.practise.adaptor_steps, writer)
+    rows.append({"block": u[0], "unit": list(u), "recovered_error": info["feature_mse"],
+                 "latency_saved_ms": saved[u], "score": info["feature_mse"] / saved[u]})
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json(path, rows, indent=2)
@@ -82,11 +95,13 @@ def block_scores(config, workdir: str, dense, writer: MetricWriter) -> list[dict
 
 
 def prune(config, workdir: str, dense, n: int, scores, writer) -> tuple[Any, list[int]]:
+  """Drops the `n` best-scoring units and fine-tunes; (model, dropped blocks)."""
   out = os.path.join(workdir, "practise", f"drop{n}")
   if os.path.exists(os.path.join(out, "arch.json")):
     with open(os.path.join(out, "arch.json")) as f:
       return load(out), json.load(f)["dropped"]
-  dropped = sorted(r["block"] for r in sorted(scores, key=lambda r: (r["score"], r["block"]))[:n])
+  best = sorted(scores, key=lambda r: (r["score"], r["block"]))[:n]
+  dropped = sorted(b for r in best for b in r.get("unit", [r["block"]]))
   model = drop_blocks(dense, dropped)
   model, _ = mimic(config, workdir, f"practise_drop{n}", model, dense, r"^weights/head",
                    (n + 1) * config.dcvit.finetune_steps, writer)
@@ -95,19 +110,21 @@ def prune(config, workdir: str, dense, n: int, scores, writer) -> tuple[Any, lis
 
 
 def run_family(config, workdir, dense, writer) -> list[tuple[Any, list[int]]]:
-  """PRACTISE models for each `practise.num_drop`: (model, dropped blocks) pairs."""
+  """PRACTISE models for each `practise.num_drop` (units): (model, dropped blocks) pairs."""
   scores = block_scores(config, workdir, dense, writer)
   return [prune(config, workdir, dense, n, scores, writer) for n in config.practise.num_drop]
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """Before any work: each `practise.num_drop` leaves at least one block."""
-  depth = planned_spec(config).depth
-  too_many = [n for n in config.practise.num_drop if n >= depth]
+  """Before any work: each `practise.num_drop` leaves at least one unit."""
+  spec = planned_spec(config)
+  count = len(drop_units(config, spec))
+  what = "blocks" if count == spec.depth else "units (block pairs)"
+  too_many = [n for n in config.practise.num_drop if n >= count]
   if too_many:
     raise UserError(f"practise.num_drop = {tuple(config.practise.num_drop)}: {too_many[0]} "
-                    f"blocks cannot be dropped from a depth-{depth} model; allowed are 1.."
-                    f"{depth - 1}")
+                    f"{what} cannot be dropped from a model of {count} {what}; allowed are 1.."
+                    f"{count - 1}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

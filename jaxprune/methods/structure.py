@@ -6,6 +6,12 @@ rd = ((R − k·M_attn) / k) / M_mlp, i.e. hidden width int(H·(1 − rd)) round
 of `width_multiple` (CPU-friendly; the MACs then land at or just below the target). A compressed
 block keeps its MLP LayerNorm, so matching "n blocks dropped" needs k = n + 1, as in DC-ViT.
 Any R from M_attn up to what the candidate blocks hold is reachable: the family is dense.
+
+Units: on Swin the paper compresses (and PRACTISE drops) pairs of consecutive blocks — a regular
+and a shifted-window block — so a candidate is a *unit* of `group` consecutive blocks of one
+stage, and the rule above counts units, each costing `group` blocks. Candidates come from the
+stage with the most blocks (all of one cost: Swin-T/S/B's third stage; a ViT's only stage) and
+never include the model's first or last block; patch merging is never a candidate.
 """
 
 from __future__ import annotations
@@ -21,31 +27,69 @@ from jaxprune.errors import UserError
 @dataclasses.dataclass(frozen=True)
 class Structure:
   target_macs: int
-  k: int          # blocks to compress
+  k: int          # units (blocks, or pairs on Swin) to compress
   rd: float       # fraction of MLP MACs removed in each
   hidden: int     # MLP width kept in each compressed block
 
 
-def block_costs(spec: ArchSpec) -> tuple[int, int, int]:
-  """(M_attn, M_mlp, H) of the dense blocks (all alike in a dense ViT)."""
-  b = spec.blocks[0]
-  m_attn = accounting.count(spec.replace(blocks=(BlockSpec("msa", heads=b.heads),))).block_macs[0]
-  m_mlp = 2 * spec.num_tokens * spec.width * b.mlp
+def stages(spec: ArchSpec) -> list[list[int]]:
+  """Block indices per stage (blocks between patch-merging layers; a ViT has one stage)."""
+  out, current, i = [], [], 0
+  for layer in spec.layers:
+    if isinstance(layer, BlockSpec):
+      current.append(i)
+      i += 1
+    elif current:
+      out.append(current)
+      current = []
+  return out + [current] if current else out
+
+
+def units(spec: ArchSpec, group: int, stage_blocks: list[int] | None = None
+          ) -> list[tuple[int, ...]]:
+  """Consecutive `group`-block units of each stage (or of `stage_blocks`), from each stage's
+  start; a stage's leftover blocks (fewer than `group`) form a last, smaller unit."""
+  chosen = [stage_blocks] if stage_blocks is not None else stages(spec)
+  return [tuple(s[i:i + group]) for s in chosen for i in range(0, len(s), group)]
+
+
+def group_of(config, spec: ArchSpec) -> int:
+  """Blocks per unit: `dcvit.group`, or by family (1 on ViT, 2 on Swin, as the paper)."""
+  return config.dcvit.get("group", 0) or (2 if spec.family == "swin" else 1)
+
+
+def candidate_units(spec: ArchSpec, group: int) -> list[tuple[int, ...]]:
+  """DC-ViT's candidates: full `group`-block units of the longest stage (the later one on a
+  tie), none holding the model's first or last block."""
+  longest = max(reversed(stages(spec)), key=len)
+  last = spec.depth - 1
+  return [u for u in units(spec, group, longest)
+          if len(u) == group and 0 not in u and last not in u]
+
+
+def block_costs(spec: ArchSpec, block: int = 0) -> tuple[int, int, int]:
+  """(M_attn, M_mlp, H) of dense block `block`, at the shape it sits at."""
+  b, shape = spec.blocks[block], spec.block_shapes()[block]
+  attn_only = dataclasses.replace(b, mlp=0, mlp_bias=False)
+  m_attn = attn_only.macs(shape, spec.head_dim_of(b))
+  m_mlp = 2 * shape.tokens * shape.width * b.mlp
   return m_attn, m_mlp, b.mlp
 
 
 def structure_for(spec: ArchSpec, target_ratio: float, num_candidates: int,
-                  width_multiple: int = 8) -> Structure:
-  """k and rd for a target of `target_ratio` × dense MACs; errors name the reachable range."""
+                  width_multiple: int = 8, unit: tuple[int, ...] = (0,)) -> Structure:
+  """k (units) and rd for a target of `target_ratio` × dense MACs, each candidate unit costing
+  what `unit` costs; errors name the reachable range."""
   dense = accounting.macs(spec)
-  m_attn, m_mlp, h = block_costs(spec)
+  costs = [block_costs(spec, b) for b in unit]
+  m_attn, m_mlp, h = sum(c[0] for c in costs), sum(c[1] for c in costs), costs[0][2]
   lo = (dense - num_candidates * (m_attn + m_mlp)) / dense
   hi = (dense - m_attn) / dense
   r = dense * (1 - target_ratio)
   if not lo <= target_ratio <= hi:
     raise UserError(f"MACs target {target_ratio:.3f} x dense is unreachable by compressing "
-                    f"{num_candidates} candidate blocks: reachable are {lo:.3f} to {hi:.3f} "
-                    "x dense MACs")
+                    f"{num_candidates} candidate units of {len(unit)} block(s): reachable are "
+                    f"{lo:.3f} to {hi:.3f} x dense MACs")
   k = min(math.ceil(r / (m_attn + m_mlp) - 1e-9), num_candidates)
   rd = min(max(((r - k * m_attn) / k) / m_mlp, 0.0), 1.0)
   hidden = int(h * (1 - rd)) // width_multiple * width_multiple
