@@ -158,25 +158,6 @@ def evaluate_model(config: ml_collections.ConfigDict, model, s: Setup) -> dict[s
   return evaluator(config, graphdef, s)(place(state, s.mesh))
 
 
-def dense_model(config: ml_collections.ConfigDict, workdir: str, writer) -> Any:
-  """The dense model a compression method starts from: `config.model.init_from` when set, else
-  the model pre-trained (once; reused on reruns) into `workdir/dense` with `config.pretrain`
-  (its own `pretrain.fewshot`, 0 = the whole training set)."""
-  from jaxprune.export import load, save_model
-  from jaxprune.methods import pretrain
-  cfg = phase_config(config, "pretrain")
-  cfg.data.fewshot = config.pretrain.get("fewshot", 0)  # few-shot sets are for compression only
-  if config.model.init_from:
-    s = setup(cfg)
-    return initial_model(config, s.data, model_spec(config, s.data))
-  out = os.path.join(workdir, "dense")
-  if os.path.exists(os.path.join(out, "arch.json")):
-    return load(out)
-  model, _ = pretrain.train_dense(cfg, workdir, writer, phase="pretrain")
-  save_model(out, model)
-  return model
-
-
 def distillation_loss(student_logits, teacher_logits, targets, kind: str, weight: float,
                       temperature: float, label_smoothing: float):
   """Cross-entropy on `targets`, mixed with distillation from the teacher's logits.

@@ -27,8 +27,8 @@ import optax
 from jaxprune import accounting, synth
 from jaxprune.atomic import write_json
 from jaxprune.errors import UserError
-from jaxprune.export import load, save_model
-from jaxprune.methods import common, practise
+from jaxprune.methods import common, practise, pretrain
+from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import freeze_after, mimic
 from jaxprune.methods.structure import (block_costs, candidate_units, group_of, stages,
                                         structure_for)
@@ -106,25 +106,23 @@ class Trials:
 
   def metric(self, unit: tuple[int, ...], hidden: int) -> dict[str, Any]:
     name = f"b{unit_name(unit)}_h{hidden}"
-    path = os.path.join(self.dir, f"{name}.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        return {**json.load(f), "unit": list(unit)}
-    student = self.dense
-    for b in unit:
-      student = compress_block(student, b, hidden, self.config.seed)
-    student, info = mimic(self.config, self.workdir, f"trial_{name}", student,
-                          self.dense, freeze_after(max(unit), self.dense.spec),
-                          self.config.dcvit.trial_steps, self.writer)
-    record = {"block": unit[0], "unit": list(unit), "hidden": hidden, **info,
-              "kl": kl_metric(self.dense, student, self.synthetic["images"])}
-    if self.config.dcvit.trial_accuracy:  # for rank-quality studies: real test accuracy
-      s = common.setup(common.phase_config(self.config, "mimic"))
-      record["test_accuracy"] = common.evaluate_model(
-          common.phase_config(self.config, "mimic"), student, s)["accuracy"]
-    if jax.process_index() == 0:
-      write_json(path, record)
-    return record
+
+    def compute():
+      student = self.dense
+      for b in unit:
+        student = compress_block(student, b, hidden, self.config.seed)
+      student, info = mimic(self.config, self.workdir, f"trial_{name}", student, self.dense,
+                            freeze_after(max(unit), self.dense.spec),
+                            self.config.dcvit.trial_steps, self.writer)
+      record = {"block": unit[0], "unit": list(unit), "hidden": hidden, **info,
+                "kl": kl_metric(self.dense, student, self.synthetic["images"])}
+      if self.config.dcvit.trial_accuracy:  # for rank-quality studies: real test accuracy
+        cfg = common.phase_config(self.config, "mimic")
+        record["test_accuracy"] = common.evaluate_model(cfg, student,
+                                                        common.setup(cfg))["accuracy"]
+      return record
+
+    return {**cached_json(os.path.join(self.dir, f"{name}.json"), compute), "unit": list(unit)}
 
 
 def compress_to(config, workdir: str, dense, target: float, trials: Trials, candidates,
@@ -167,7 +165,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
-  dense = common.dense_model(config, workdir, writer)
+  dense = pretrain.dense_model(config, workdir, writer)
   candidates = candidate_units(dense.spec, group_of(config, dense.spec))
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
@@ -185,13 +183,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   family, entries = [], []
   for target in targets:
     out = os.path.join(workdir, "family", f"{target:.3f}")
-    if os.path.exists(os.path.join(out, "arch.json")):
-      model = load(out)
-      with open(os.path.join(out, "arch.json")) as f:
-        info = json.load(f)["dcvit"]
-    else:
-      model, info = compress_to(config, workdir, dense, target, trials, candidates, writer)
-      save_model(out, model, extra={"dcvit": info})
+    model, extra = cached_model(out, lambda: (lambda m, i: (m, {"dcvit": i}))(
+        *compress_to(config, workdir, dense, target, trials, candidates, writer)))
+    info = extra["dcvit"]
     accuracy = evaluate(model)
     family.append({**info, "model_dir": out})
     entries.append((model, accuracy))

@@ -22,10 +22,8 @@ from flax import nnx
 from jaxprune.arch import ArchSpec
 from jaxprune.methods import common
 from jaxprune.surgery import block_slots
+from jaxprune.methods.phase import train_phase
 from jaxprune.train.logging import MetricWriter
-from jaxprune.train.loop import Schedule, fit
-from jaxprune.train.optim import make_optimizer
-from jaxprune.train.step import init_state, make_train_step, merge, place
 
 
 def freeze_after(last: int, spec: ArchSpec) -> str:
@@ -72,15 +70,9 @@ def mimic(config: ml_collections.ConfigDict, workdir: str, phase: str, student, 
   cfg = common.phase_config(config, "mimic")
   cfg.optim.frozen = frozen
   s = setup or common.setup(cfg)
-  graphdef, state, tx = init_state(student, lambda p: make_optimizer(cfg.optim, p, steps))
-  state = place(state, s.mesh)
   teacher_graphdef, teacher_state = nnx.split(teacher)
-  step_fn = make_train_step(graphdef, tx, mimic_loss(cfg, s.data.num_classes, teacher_graphdef),
-                            s.mesh, config.seed, aux=teacher_state)
-  schedule = Schedule(total_steps=steps, log_every=cfg.train.log_every, eval_every=0,
-                      checkpoint_every=cfg.train.checkpoint_every)
-  state, _ = fit(workdir=workdir, phase=phase, state=state, train_step=step_fn,
-                 batches=s.batches, schedule=schedule, writer=writer,
-                 meta={"arch": student.spec.to_dict()}, show=("loss",))
-  model = merge(graphdef, jax.device_get(state))
-  return model, {"feature_mse": feature_mse(cfg, model, teacher, s)}
+  t = train_phase(cfg, workdir, phase, student,
+                  mimic_loss(cfg, s.data.num_classes, teacher_graphdef), s, writer, steps=steps,
+                  aux=teacher_state, evaluate=False, meta={"arch": student.spec.to_dict()},
+                  show=("loss",))
+  return t.model, {"feature_mse": feature_mse(cfg, t.model, teacher, s)}

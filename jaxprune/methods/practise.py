@@ -10,18 +10,15 @@ the same feature-mimicking recipe, for as many steps as DC-ViT spends at the mat
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
-import jax
 import ml_collections
 
 from jaxprune import accounting
-from jaxprune.atomic import write_json
 from jaxprune.errors import UserError
-from jaxprune.export import load, save_model
-from jaxprune.methods import common
+from jaxprune.methods import common, pretrain
+from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import mimic
 from jaxprune.models import build_model
 from jaxprune.models.blocks import Block, LinearAdaptor
@@ -73,40 +70,36 @@ def latency_saved(dense, batch: int, unit_list) -> dict[tuple[int, ...], float]:
 
 def block_scores(config, workdir: str, dense, writer: MetricWriter) -> list[dict[str, Any]]:
   """Per unit: recovered feature error, measured latency saved, score (lower = drop first)."""
-  path = os.path.join(workdir, "practise", "scores.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  unit_list = drop_units(config, dense.spec)
-  saved = latency_saved(dense, config.latency_batch, unit_list)
-  coll, slots = block_slots(dense.spec)
-  rows = []
-  for u in unit_list:
-    name = "-".join(str(b) for b in u)
-    trainable = "|".join(f"{coll}/{slots[b]}/" for b in u)
-    _, info = mimic(config, workdir, f"practise_adaptor{name}", with_adaptor(dense, u), dense,
-                    rf"^weights/(?!{trainable})", config.practise.adaptor_steps, writer)
-    rows.append({"block": u[0], "unit": list(u), "recovered_error": info["feature_mse"],
-                 "latency_saved_ms": saved[u], "score": info["feature_mse"] / saved[u]})
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_json(path, rows, indent=2)
-  return rows
+
+  def compute():
+    unit_list = drop_units(config, dense.spec)
+    saved = latency_saved(dense, config.latency_batch, unit_list)
+    coll, slots = block_slots(dense.spec)
+    rows = []
+    for u in unit_list:
+      name = "-".join(str(b) for b in u)
+      trainable = "|".join(f"{coll}/{slots[b]}/" for b in u)
+      _, info = mimic(config, workdir, f"practise_adaptor{name}", with_adaptor(dense, u), dense,
+                      rf"^weights/(?!{trainable})", config.practise.adaptor_steps, writer)
+      rows.append({"block": u[0], "unit": list(u), "recovered_error": info["feature_mse"],
+                   "latency_saved_ms": saved[u], "score": info["feature_mse"] / saved[u]})
+    return rows
+
+  return cached_json(os.path.join(workdir, "practise", "scores.json"), compute)
 
 
 def prune(config, workdir: str, dense, n: int, scores, writer) -> tuple[Any, list[int]]:
   """Drops the `n` best-scoring units and fine-tunes; (model, dropped blocks)."""
-  out = os.path.join(workdir, "practise", f"drop{n}")
-  if os.path.exists(os.path.join(out, "arch.json")):
-    with open(os.path.join(out, "arch.json")) as f:
-      return load(out), json.load(f)["dropped"]
-  best = sorted(scores, key=lambda r: (r["score"], r["block"]))[:n]
-  dropped = sorted(b for r in best for b in r.get("unit", [r["block"]]))
-  model = drop_blocks(dense, dropped)
-  model, _ = mimic(config, workdir, f"practise_drop{n}", model, dense, r"^weights/head",
-                   (n + 1) * config.dcvit.finetune_steps, writer)
-  save_model(out, model, extra={"dropped": dropped})
-  return model, dropped
+
+  def compute():
+    best = sorted(scores, key=lambda r: (r["score"], r["block"]))[:n]
+    dropped = sorted(b for r in best for b in r.get("unit", [r["block"]]))
+    model, _ = mimic(config, workdir, f"practise_drop{n}", drop_blocks(dense, dropped), dense,
+                     r"^weights/head", (n + 1) * config.dcvit.finetune_steps, writer)
+    return model, {"dropped": dropped}
+
+  model, extra = cached_model(os.path.join(workdir, "practise", f"drop{n}"), compute)
+  return model, extra["dropped"]
 
 
 def run_family(config, workdir, dense, writer) -> list[tuple[Any, list[int]]]:
@@ -130,7 +123,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """PRACTISE alone (`configs/practise.py`)."""
   writer = MetricWriter(workdir)
-  dense = common.dense_model(config, workdir, writer)
+  dense = pretrain.dense_model(config, workdir, writer)
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
   evaluate = lambda m: common.evaluate_model(mcfg, m, s)["accuracy"]  # noqa: E731

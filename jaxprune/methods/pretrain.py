@@ -15,33 +15,34 @@ from flax import nnx
 from jaxprune import accounting
 from jaxprune.export import save_model
 from jaxprune.methods import common
+from jaxprune.methods.cache import cached_model
+from jaxprune.methods.phase import train_phase
 from jaxprune.train.logging import MetricWriter
-from jaxprune.train.loop import Schedule, fit
-from jaxprune.train.optim import make_optimizer
-from jaxprune.train.step import init_state, make_train_step, merge, place
 
 
 def train_dense(config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter,
                 phase: str = "pretrain") -> tuple[nnx.Module, dict[str, Any]]:
   """Trains the dense model of `config`; returns (model, test metrics)."""
   s = common.setup(config)
-  spec = common.model_spec(config, s.data)
-  steps = common.total_steps(config, s)
-  model = common.initial_model(config, s.data, spec)
-  spec = model.spec
-  graphdef, state, tx = init_state(model, lambda p: make_optimizer(config.optim, p, steps))
-  state = place(state, s.mesh)
-  train_step = make_train_step(graphdef, tx, common.supervised_loss(config, spec.num_classes),
-                               s.mesh, config.seed)
-  spe = s.batches.steps_per_epoch
-  schedule = Schedule(total_steps=steps, log_every=config.train.log_every,
-                      eval_every=config.train.eval_every_epochs * spe,
-                      checkpoint_every=config.train.checkpoint_every)
-  state, metrics = fit(workdir=workdir, phase=phase, state=state, train_step=train_step,
-                       batches=s.batches, schedule=schedule, writer=writer,
-                       meta={"arch": spec.to_dict(), "config": config.to_dict()},
-                       evaluate=common.evaluator(config, graphdef, s))
-  return merge(graphdef, jax.device_get(state)), metrics
+  model = common.initial_model(config, s.data, common.model_spec(config, s.data))
+  t = train_phase(config, workdir, phase, model,
+                  common.supervised_loss(config, model.spec.num_classes), s, writer,
+                  meta={"arch": model.spec.to_dict(), "config": config.to_dict()})
+  return t.model, t.metrics
+
+
+def dense_model(config: ml_collections.ConfigDict, workdir: str, writer) -> Any:
+  """The dense model a compression method starts from: `config.model.init_from` when set, else
+  the model pre-trained (once; reused on reruns) into `workdir/dense` with `config.pretrain`
+  (its own `pretrain.fewshot`, 0 = the whole training set)."""
+  cfg = common.phase_config(config, "pretrain")
+  cfg.data.fewshot = config.pretrain.get("fewshot", 0)  # few-shot sets are for compression only
+  if config.model.init_from:
+    s = common.setup(cfg)
+    return common.initial_model(config, s.data, common.model_spec(config, s.data))
+  model, _ = cached_model(os.path.join(workdir, "dense"),
+                          lambda: (train_dense(cfg, workdir, writer, phase="pretrain")[0], {}))
+  return model
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

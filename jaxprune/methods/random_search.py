@@ -18,7 +18,7 @@ import numpy as np
 from jaxprune import accounting
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.errors import UserError
-from jaxprune.methods import common, spvit
+from jaxprune.methods import common, pretrain, spvit
 from jaxprune.models.spvit import build_search_model
 from jaxprune.surgery import OPS_BY_DEPTH, encode_arch, materialise
 from jaxprune.train.logging import MetricWriter
@@ -48,7 +48,7 @@ def sample_arch(dense: ArchSpec, rng: np.random.Generator, target_ratio: float, 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
-  dense = common.dense_model(config, workdir, writer)
+  dense = pretrain.dense_model(config, workdir, writer)
   eval_setup = common.setup(common.phase_config(config, "finetune"))
   dense_acc = common.evaluate_model(common.phase_config(config, "finetune"), dense,
                                     eval_setup)["accuracy"]

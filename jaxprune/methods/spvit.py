@@ -32,15 +32,15 @@ from jaxprune.atomic import write_json
 from jaxprune.arch import ArchSpec
 from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
-from jaxprune.methods import common
+from jaxprune.methods import common, pretrain
+from jaxprune.methods.phase import train_phase
 from jaxprune.models.gates import Gate, op_coefficients
 from jaxprune.models.spvit import SearchOptions, build_search_model
 from jaxprune.surgery import check_reachable, derive_arch, encode_arch, gate_masks, materialise
 from jaxprune.train.logging import MetricWriter, truncate_jsonl
 from jaxprune.train.checkpoint import PhaseCheckpoints
-from jaxprune.train.loop import Schedule, fit
 from jaxprune.train.optim import make_optimizer
-from jaxprune.train.step import init_state, make_train_step, merge, place
+from jaxprune.train.step import init_state, merge, place
 
 
 HISTORY = os.path.join("search", "archs.jsonl")
@@ -141,62 +141,54 @@ def check(config: ml_collections.ConfigDict) -> None:
 LAMBDA_PRESETS = {"deit_tiny": 20.0, "deit_small": 3.0, "deit_base": 0.06}
 
 
-def _search_state(config, dense):
-  """The search phase's config, data, graphdef, fresh placed train state, optimizer, steps."""
-  scfg = common.phase_config(config, "search")
-  s = common.setup(scfg)
-  model = build_search_model(dense, search_options(config))
-  steps = common.total_steps(scfg, s)
-  graphdef, state, tx = init_state(model, lambda p: make_optimizer(scfg.optim, p, steps))
-  return scfg, s, model, graphdef, place(state, s.mesh), tx, steps
-
-
 def run_search(config, workdir: str, dense, writer: MetricWriter) -> tuple[Any, dict]:
   """Searches (resumably); returns (search-end model, record). Every evaluation appends the
   derived architecture, its MACs, accuracy and kept FFN groups to `search/archs.jsonl`; with
   `spvit.stop = "first"` the search ends at the first one within tolerance of the target."""
-  scfg, s, model, graphdef, state, tx, steps = _search_state(config, dense)
+  scfg = common.phase_config(config, "search")
+  s = common.setup(scfg)
+  model = build_search_model(dense, search_options(config))
   dense_macs = accounting.macs(dense.spec)
   target = config.spvit.target_ratio * dense_macs
   weight = (LAMBDA_PRESETS[config.spvit.lambda_preset] if config.spvit.lambda_preset else
             config.spvit.budget_weight or auto_budget_weight(scfg, model, s, target, dense_macs))
-  step_fn = make_train_step(graphdef, tx, search_loss(scfg, s.data.num_classes, target, weight),
-                            s.mesh, config.seed)
-  accuracy = common.evaluator(scfg, graphdef, s)
   history_path = os.path.join(workdir, HISTORY)
   os.makedirs(os.path.dirname(history_path), exist_ok=True)
   tol = config.spvit.tolerance
 
-  def evaluate(st) -> dict[str, float]:
-    search_model = merge(graphdef, jax.device_get(st))
-    arch = derive_arch(search_model)
-    ratio = accounting.macs(arch) / dense_macs
-    out = dict(accuracy(st), arch_macs_ratio=ratio)
-    if jax.process_index() == 0:
-      with open(history_path, "a") as f:
-        f.write(json.dumps({"step": int(st["step"]), "macs_ratio": ratio,
-                            "accuracy": out["accuracy"], "arch": arch.to_dict(),
-                            "ffn_groups": gate_masks(search_model)}) + "\n")
-      print(f"[search] derived arch (attn/mlp per block): {arch_summary(arch)} | MACs ratio "
-            f"{ratio:.3f} (target {config.spvit.target_ratio} ± {tol:.0%})", flush=True)
-    return out
+  def make_evaluate(graphdef):
+    accuracy = common.evaluator(scfg, graphdef, s)
+
+    def evaluate(st) -> dict[str, float]:
+      search_model = merge(graphdef, jax.device_get(st))
+      arch = derive_arch(search_model)
+      ratio = accounting.macs(arch) / dense_macs
+      out = dict(accuracy(st), arch_macs_ratio=ratio)
+      if jax.process_index() == 0:
+        with open(history_path, "a") as f:
+          f.write(json.dumps({"step": int(st["step"]), "macs_ratio": ratio,
+                              "accuracy": out["accuracy"], "arch": arch.to_dict(),
+                              "ffn_groups": gate_masks(search_model)}) + "\n")
+        print(f"[search] derived arch (attn/mlp per block): {arch_summary(arch)} | MACs ratio "
+              f"{ratio:.3f} (target {config.spvit.target_ratio} ± {tol:.0%})", flush=True)
+      return out
+
+    return evaluate
 
   def met(step, metrics) -> bool:
     return within(config, metrics["arch_macs_ratio"])
 
-  schedule = Schedule(total_steps=steps, log_every=scfg.train.log_every,
-                      eval_every=config.spvit.eval_every, checkpoint_every=scfg.train.checkpoint_every)
-  state, metrics = fit(workdir=workdir, phase="search", state=state, train_step=step_fn,
-                       batches=s.batches, schedule=schedule, writer=writer, evaluate=evaluate,
-                       stop_when=met if config.spvit.stop == "first" else None,
-                       show=("task_loss", "budget_loss", "macs_ratio"),
-                       on_start=lambda start: truncate_jsonl(
-                           history_path, lambda row: row["step"] <= start),
-                       meta={"arch": dense.spec.to_dict(), "budget_weight": weight})
-  search_model = merge(graphdef, jax.device_get(state))
-  record = {"search_steps": int(state["step"]), "budget_weight": weight,
-            "search_accuracy": metrics.get("accuracy")}
-  return search_model, record
+  t = train_phase(scfg, workdir, "search", model,
+                  search_loss(scfg, s.data.num_classes, target, weight), s, writer,
+                  evaluate=make_evaluate, eval_every=config.spvit.eval_every,
+                  stop_when=met if config.spvit.stop == "first" else None,
+                  show=("task_loss", "budget_loss", "macs_ratio"),
+                  on_start=lambda start: truncate_jsonl(
+                      history_path, lambda row: row["step"] <= start),
+                  meta={"arch": dense.spec.to_dict(), "budget_weight": weight})
+  record = {"search_steps": t.step, "budget_weight": weight,
+            "search_accuracy": t.metrics.get("accuracy")}
+  return t.model, record
 
 
 def within(config, ratio: float) -> bool:
@@ -205,9 +197,13 @@ def within(config, ratio: float) -> bool:
 
 def load_search(config, search_dir: str, dense) -> tuple[Any, dict]:
   """The search-end model of a finished SPViT run in `search_dir` (no new search)."""
-  _, _, _, graphdef, state, _, _ = _search_state(config, dense)
+  scfg = common.phase_config(config, "search")
+  s = common.setup(scfg)
+  model = build_search_model(dense, search_options(config))
+  steps = common.total_steps(scfg, s)
+  graphdef, state, _ = init_state(model, lambda p: make_optimizer(scfg.optim, p, steps))
   ckpts = PhaseCheckpoints(search_dir, "search")
-  state, meta = ckpts.restore(state)
+  state, meta = ckpts.restore(place(state, s.mesh))
   ckpts.close()
   return merge(graphdef, jax.device_get(state)), {
       "search_dir": os.path.abspath(search_dir), "search_steps": int(meta["step"]),
@@ -304,22 +300,11 @@ def finetune_loss(config, num_classes: int, teacher_graphdef):
 def run_finetune(config, workdir: str, compact, dense, writer: MetricWriter):
   fcfg = common.phase_config(config, "finetune")
   s = common.setup(fcfg)
-  steps = common.total_steps(fcfg, s)
-  graphdef, state, tx = init_state(compact, lambda p: make_optimizer(fcfg.optim, p, steps))
-  state = place(state, s.mesh)
   teacher_graphdef, teacher_state = nnx.split(dense)
-  step_fn = make_train_step(graphdef, tx, finetune_loss(config, s.data.num_classes,
-                                                        teacher_graphdef),
-                            s.mesh, config.seed + 1, aux=teacher_state)
-  spe = s.batches.steps_per_epoch
-  schedule = Schedule(total_steps=steps, log_every=fcfg.train.log_every,
-                      eval_every=fcfg.train.eval_every_epochs * spe,
-                      checkpoint_every=fcfg.train.checkpoint_every)
-  state, metrics = fit(workdir=workdir, phase="finetune", state=state, train_step=step_fn,
-                       batches=s.batches, schedule=schedule, writer=writer,
-                       evaluate=common.evaluator(fcfg, graphdef, s),
-                       meta={"arch": compact.spec.to_dict()})
-  return merge(graphdef, jax.device_get(state)), metrics
+  t = train_phase(fcfg, workdir, "finetune", compact,
+                  finetune_loss(config, s.data.num_classes, teacher_graphdef), s, writer,
+                  seed=config.seed + 1, aux=teacher_state, meta={"arch": compact.spec.to_dict()})
+  return t.model, t.metrics
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -327,7 +312,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if config.spvit.search_dir and not config.model.init_from:
     dense = load(os.path.join(config.spvit.search_dir, "dense"))  # the model that was searched
   else:
-    dense = common.dense_model(config, workdir, writer)
+    dense = pretrain.dense_model(config, workdir, writer)
   eval_setup = common.setup(common.phase_config(config, "finetune"))
   dense_acc = common.evaluate_model(common.phase_config(config, "finetune"), dense,
                                     eval_setup)["accuracy"]

@@ -1,0 +1,66 @@
+"""`train_phase`: the one pipeline every training phase of every method runs.
+
+Optimizer state for the model (weights and gates trained, BatchNorm statistics carried), the
+jitted step of the phase's loss sharded over the mesh, `train.loop.fit` (resumable, checkpointed,
+logged), and the trained model back on the host. Pre-training, SPViT's search and fine-tune, and
+feature mimicking (DC-ViT's trials and steps, PRACTISE's adaptors and fine-tune) differ only in
+the loss, the evaluation and the schedule knobs they pass here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import ml_collections
+
+from jaxprune.methods import common
+from jaxprune.train.logging import MetricWriter
+from jaxprune.train.loop import Schedule, fit
+from jaxprune.train.optim import make_optimizer
+from jaxprune.train.step import init_state, make_train_step, merge, place
+
+
+class Trained(NamedTuple):
+  model: Any
+  metrics: dict[str, Any]   # the last evaluation's ({} without one)
+  step: int                 # the step the phase ended at (early stop included)
+
+
+def train_phase(cfg: ml_collections.ConfigDict, workdir: str, phase: str, model, loss_fn,
+                s: common.Setup, writer: MetricWriter, *, steps: int | None = None,
+                seed: int | None = None, aux: Any = None, evaluate: bool | Callable = True,
+                eval_every: int | None = None, meta: dict[str, Any] | None = None,
+                show=("loss", "accuracy"), stop_when=None, on_start=None) -> Trained:
+  """Trains `model` on `loss_fn(model, batch, key[, aux]) -> (loss, metrics)` as phase `phase`.
+
+  Args:
+    cfg: the phase's config (`common.phase_config`): its `train` and `optim` sections.
+    s: the phase's data and mesh (`common.setup(cfg)`).
+    steps: default `common.total_steps(cfg, s)`.
+    seed: the step keys' seed (default `cfg.seed`).
+    aux: a pytree every step receives after the key (a teacher's state).
+    evaluate: True = test accuracy every `train.eval_every_epochs`; a callable
+      `evaluate(graphdef) -> (state -> metrics)` for the phase's own evaluation; False = none.
+    eval_every: in steps, overriding `train.eval_every_epochs`.
+    meta, show, stop_when, on_start: as `fit`.
+  """
+  steps = steps or common.total_steps(cfg, s)
+  graphdef, state, tx = init_state(model, lambda p: make_optimizer(cfg.optim, p, steps))
+  step_fn = make_train_step(graphdef, tx, loss_fn, s.mesh, cfg.seed if seed is None else seed,
+                            aux=aux)
+  if evaluate is True:
+    evaluate_fn = common.evaluator(cfg, graphdef, s)
+  else:
+    evaluate_fn = evaluate(graphdef) if evaluate else None
+  if eval_every is None:
+    eval_every = cfg.train.eval_every_epochs * s.batches.steps_per_epoch
+  schedule = Schedule(total_steps=steps, log_every=cfg.train.log_every,
+                      eval_every=eval_every if evaluate_fn else 0,
+                      checkpoint_every=cfg.train.checkpoint_every)
+  state, metrics = fit(workdir=workdir, phase=phase, state=place(state, s.mesh),
+                       train_step=step_fn, batches=s.batches, schedule=schedule, writer=writer,
+                       evaluate=evaluate_fn, meta=meta, show=show, stop_when=stop_when,
+                       on_start=on_start)
+  state = jax.device_get(state)
+  return Trained(merge(graphdef, state), metrics, int(state["step"]))
