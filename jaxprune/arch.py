@@ -69,7 +69,7 @@ class BlockSpec:
     mlp_bias: with `mlp` = 0 only: the block still adds a learned vector, the output bias of the
       MLP pruned away (a fully gated MLP computes fc2(0) = b_fc2, which pruning must keep).
     head_dim: width of each head; 0 = the model's `width // num_heads` (ViT files).
-      head_dim, window and shift are set to 0 in a block without `msa`.
+      head_dim is set to 0 in a block without `msa`, window and shift in one without attention.
     window: `msa` inside non-overlapping window × window patches (Swin), with a learned relative
       position bias; 0 = global attention (ViT).
     shift: cyclic shift of the windows (Swin's shifted windows, with their attention mask); 0 = none.
@@ -164,6 +164,15 @@ def _int_fields(where: str, obj: Any, names: Sequence[str], minimum: int) -> Non
       raise UserError(f"{where}.{name} = {value!r}: must be {what}")
 
 
+def _normalised(layer):
+  if not isinstance(layer, BlockSpec) or layer.attn == "msa":
+    return layer
+  changes = {"head_dim": 0} if layer.head_dim else {}
+  if layer.attn == "none" and (layer.window or layer.shift):
+    changes.update(window=0, shift=0)
+  return dataclasses.replace(layer, **changes) if changes else layer
+
+
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
   """A vision transformer: stem, a sequence of layers, final norm and head(s).
@@ -197,13 +206,10 @@ class ArchSpec:
   ln_eps: float = 1e-6
 
   def __post_init__(self):
-    # Attention dimensions mean nothing without attention: a block turned into conv or none
-    # (by any method) drops them, so that equal structures compare equal.
-    object.__setattr__(self, "layers", tuple(
-        dataclasses.replace(layer, head_dim=0, window=0, shift=0)
-        if isinstance(layer, BlockSpec) and layer.attn != "msa"
-        and (layer.head_dim or layer.window or layer.shift) else layer
-        for layer in self.layers))
+    # Dimensions that mean nothing for the block's kind are dropped, so that a block turned into
+    # conv or none by any method compares equal to one written directly: head_dim without msa,
+    # window/shift without an attention sub-layer.
+    object.__setattr__(self, "layers", tuple(_normalised(layer) for layer in self.layers))
     self.validate()
 
   # Derived sizes ---------------------------------------------------------------------------------
@@ -324,6 +330,10 @@ class ArchSpec:
                         f"the grid at this block ({shape.grid})")
     elif b.window or b.shift:
       raise UserError(f"{where}: window/shift are only allowed in family 'swin'")
+    if b.attn in ("conv1", "conv3") and (b.window or b.shift):
+      raise UserError(f"{where}: a convolution inside (shifted) windows, as SPViT on Swin "
+                      "makes, is not supported yet; a conv block convolves the whole grid "
+                      "(window = shift = 0)")
     if b.shift and not b.shift < b.window:
       raise UserError(f"{where}.shift = {b.shift}: must be < window ({b.window})")
 

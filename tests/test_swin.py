@@ -72,6 +72,8 @@ def test_save_load_and_format_round_trip(tmp_path):
     (lambda s: s.replace_block(1, shift=4), "blocks[1].shift = 4: must be < window (4)"),
     (lambda s: s.replace(blocks=s.blocks[:2]), "use drop_blocks"),
     (lambda s: s.replace(class_token=True), "no class or distillation token"),
+    (lambda s: s.replace_block(0, attn="conv3", heads=0, conv_dim=8),
+     "convolution inside (shifted) windows, as SPViT on Swin makes, is not supported yet"),
     (lambda s: ArchSpec.from_dict({**s.to_dict(), "format": 3}), "reads formats 1 and 2"),
     (lambda s: dense_spec("test_micro", image_size=16, patch_size=4).replace(
         layers=(MergeSpec(out_width=64),)), "'merge' layers are only allowed in family 'swin'"),
