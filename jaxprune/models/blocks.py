@@ -19,6 +19,13 @@ _kernel_init = nnx.initializers.xavier_uniform()
 _zeros = nnx.initializers.zeros_init()
 
 
+def check_images(images: jax.Array, spec: ArchSpec, model: str) -> None:
+  """Raises ValueError unless `images` is [batch, H, W, C_in] as `spec` expects."""
+  if images.shape[1:] != (spec.image_size, spec.image_size, spec.in_channels):
+    raise ValueError(f"{model} expects NHWC images of shape [batch, {spec.image_size}, "
+                     f"{spec.image_size}, {spec.in_channels}], got {list(images.shape)}")
+
+
 def linear(din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(din, dout, kernel_init=_kernel_init, bias_init=_zeros, rngs=rngs)
 

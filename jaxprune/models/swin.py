@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 
 from jaxprune.arch import ArchSpec, MergeSpec
-from jaxprune.models.blocks import Block, PatchMerging, layer_norm, linear
+from jaxprune.models.blocks import Block, PatchMerging, check_images, layer_norm, linear
 
 
 class Swin(nnx.Module):
@@ -54,9 +54,7 @@ class Swin(nnx.Module):
   def embed(self, images: jax.Array) -> jax.Array:
     """Images [B,H,W,C_in] → patch tokens [B, N, C] after the patch LayerNorm."""
     spec = self.spec
-    if images.shape[1:] != (spec.image_size, spec.image_size, spec.in_channels):
-      raise ValueError(f"Swin expects NHWC images of shape [batch, {spec.image_size}, "
-                       f"{spec.image_size}, {spec.in_channels}], got {list(images.shape)}")
+    check_images(images, spec, "Swin")
     x = self.patch_embed(images)
     return self.patch_norm(x.reshape(x.shape[0], -1, spec.width))
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxprune.arch import ArchSpec
-from jaxprune.models.blocks import Block, layer_norm, linear
+from jaxprune.models.blocks import Block, check_images, layer_norm, linear
 from jaxprune.models.gates import Gate
 
 
@@ -45,9 +45,7 @@ class ViT(nnx.Module):
   def embed(self, images: jax.Array) -> jax.Array:
     """Images [B,H,W,C_in] → tokens [B, N, C] with position embedding added."""
     spec = self.spec
-    if images.shape[1:] != (spec.image_size, spec.image_size, spec.in_channels):
-      raise ValueError(f"ViT expects NHWC images of shape [batch, {spec.image_size}, "
-                       f"{spec.image_size}, {spec.in_channels}], got {list(images.shape)}")
+    check_images(images, spec, "ViT")
     x = self.patch_embed(images)
     b = x.shape[0]
     x = x.reshape(b, -1, spec.width)
