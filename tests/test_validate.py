@@ -67,9 +67,11 @@ def test_shipped_configs_validate_and_every_number_has_a_rule(name, arg):
     ("dcvit", {"synthetic__steps": 0}, "synthetic.steps = 0"),
     ("spvit_random", {"random__num_archs": 0}, "random.num_archs = 0"),
     # structural checks run before any work (DC-ViT used to pre-train first)
-    ("dcvit", {"model__depth": 2}, "DC-ViT needs a model of depth >= 3"),
+    ("dcvit", {"model__depth": 2}, "DC-ViT finds no candidate unit of 1 block(s) in this model "
+                                   "(stages [2] blocks"),
     ("practise", {"practise__num_drop": (6,)}, "practise.num_drop = (6,): 6 blocks cannot be "
-                                               "dropped from a depth-6 model"),
+                                               "dropped from a model of 6 blocks; allowed are "
+                                               "1..5"),
     ("pretrain", {"model__num_heads": 3}, "width 64 is not divisible"),
     ("pretrain", {"model__variant": "vit_giant"}, "model variant 'vit_giant' is unknown"),
     ("pretrain", {"data__source": "folder:/no/such"}, "/no/such/train is not a directory"),

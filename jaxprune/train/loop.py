@@ -24,11 +24,14 @@ from jaxprune.train.logging import MetricWriter, Progress
 class _CtrlC:
   """Within `with`: a first Ctrl-C only sets `requested`, which the loop checks between steps,
   so it never lands inside a checkpoint write or an XLA call; a second one interrupts at once.
-  (Signal handlers can only be set from the main thread; elsewhere Ctrl-C is left as it is.)"""
+  Only where Ctrl-C would raise KeyboardInterrupt anyway: in the main thread (the only one that
+  may set handlers), and not where SIGINT is ignored (`nohup`, background jobs) or handled by
+  the caller."""
 
   def __enter__(self):
     self.requested, self._previous = False, None
-    if threading.current_thread() is threading.main_thread():
+    if (threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
       self._previous = signal.signal(signal.SIGINT, self._handle)
     return self
 
