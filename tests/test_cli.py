@@ -82,7 +82,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
-  extra = ["--config.train.steps=150", "--config.train.checkpoint_every=10",
+  extra = ["--config.train.steps=60", "--config.train.checkpoint_every=10",
            "--config.train.eval_every_epochs=0"]
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   assert _main(CONFIG, f"--workdir={a}", *extra).returncode == 0
