@@ -86,7 +86,7 @@ def build_model(spec: ArchSpec, seed: int = 0, make_block=None) -> nnx.Module:
   `make_block(spec, block_spec, index, rngs, shape)` builds each block (default: `Block`).
   """
   if spec.family == "swin":
-    from jaxprune.models.swin import Swin  # noqa: PLC0415 (swin builds on this module's peers)
+    from jaxprune.models.swin import Swin  # noqa: PLC0415 (a sibling; imported where used)
     return Swin(spec, rngs=nnx.Rngs(seed), make_block=make_block)
   return ViT(spec, rngs=nnx.Rngs(seed), make_block=make_block)
 
