@@ -305,3 +305,16 @@ def test_an_export_without_arch_json_is_incomplete_and_redone(tmp_path):
   finally:
     ocp.StandardCheckpointer.save = real
   assert calls == [False] and os.path.exists(tmp_path / "m" / "arch.json")
+
+
+def test_stage_cache_computes_once_and_leaves_no_temporary_file(tmp_path):
+  from jaxprune.methods.cache import cached_json, cached_model
+  calls = []
+  path = str(tmp_path / "stage" / "scores.json")
+  for _ in range(2):
+    assert cached_json(path, lambda: calls.append(1) or {"x": [1, 2]}) == {"x": [1, 2]}
+  assert calls == [1] and os.listdir(tmp_path / "stage") == ["scores.json"]
+  model = build_model(SPEC, seed=3)
+  for _ in range(2):
+    got, extra = cached_model(str(tmp_path / "m"), lambda: calls.append(2) or (model, {"k": 5}))
+  assert calls == [1, 2] and extra == {"k": 5} and got.spec == model.spec
