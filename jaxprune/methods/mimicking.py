@@ -34,8 +34,7 @@ def freeze_after(last: int, spec: ArchSpec) -> str:
   first_frozen = slots[last + 2] if last + 2 < len(slots) else None
   rules = [r"^weights/head"]
   if first_frozen is not None:
-    later = [str(j) for j in range(first_frozen, len(spec.layers) if coll == "layers"
-                                   else spec.depth)]
+    later = [str(j) for j in range(first_frozen, len(spec.layers))]  # a ViT's layers = blocks
     rules.append(rf"^weights/{coll}/({'|'.join(later)})/")
   return "|".join(rules)
 
