@@ -29,7 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       temperature=1.0,        # relaxed-Bernoulli temperature
       eval_every=62,          # steps between derive/select evaluations
       finetune_from="search",  # "search": search-end weights; "original": the dense weights
-      lambda_preset="",       # the reference's fixed λ: deit_tiny 20, deit_small 3, deit_base 0.06
+      lambda_preset="",       # the reference's fixed λ: deit_tiny 20, deit_small 3, deit_base 0.06,
+                              # swin_tiny 2.8, swin_small 0.4, swin_base 0.1
       stop="first",           # "first": end the search at the first arch within tolerance;
                               # "end": search to the end, recording every derived arch
       arch="",                # what to fine-tune: "" = the first within tolerance (stop=first) or

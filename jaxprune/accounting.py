@@ -11,7 +11,8 @@ C, MLP hidden H, attention inner width D = heads·head_dim and HW patch tokens:
 
 Swin: windowed msa runs its projections on the grid zero-padded to a multiple of the window w
 (N_p tokens) and its attention matmuls are 2·N_p·w²·D; patch merging to grid HW/4 and width C'
-is HW/4·4C (LayerNorm) + HW/4·4C·C'. Each layer is counted at the shape flowing into it
+is HW/4·4C (LayerNorm) + HW/4·4C·C'. A conv inside windows (SPViT on Swin) runs on the padded
+grid too: HW becomes N_p. Each layer is counted at the shape flowing into it
 (`ArchSpec.walk`); the per-layer formulas live with the layer specs in `jaxprune.arch`.
 
 `attention_matmuls=False` leaves out the 2·N²·D term, as counters that only see parametrised
@@ -185,8 +186,8 @@ def search_macs(spec: ArchSpec, coefs, masks, conv_dims) -> jax.Array:
   for b, shape, coef, mask, d in zip(spec.blocks, spec.block_shapes(), coefs, masks, conv_dims):
     n, c = shape.tokens, shape.width
     for op in ("msa", "conv3", "conv1"):
-      kind = (dataclasses.replace(b, mlp=0) if op == "msa"
-              else BlockSpec(op, conv_dim=d))
+      kind = (dataclasses.replace(b, mlp=0) if op == "msa" else
+              dataclasses.replace(b, attn=op, heads=0, head_dim=0, conv_dim=d, mlp=0))
       total = total + coef[op] * _block_macs(spec, kind, True, shape)
     total = total + 2 * n * c * jnp.sum(mask) + n * c * jnp.max(mask)
   return total

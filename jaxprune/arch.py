@@ -71,8 +71,11 @@ class BlockSpec:
     head_dim: width of each head; 0 = the model's `width // num_heads` (ViT files).
       head_dim is set to 0 in a block without `msa`, window and shift in one without attention.
     window: `msa` inside non-overlapping window × window patches (Swin), with a learned relative
-      position bias; 0 = global attention (ViT).
-    shift: cyclic shift of the windows (Swin's shifted windows, with their attention mask); 0 = none.
+      position bias; 0 = global attention (ViT). With `conv1`/`conv3` (Swin only): the
+      convolution runs inside each window, zero-padded at window borders, as SPViT's search on
+      Swin computes it; 0 = on the whole grid.
+    shift: cyclic shift of the windows (Swin's shifted windows, with their attention mask; a
+      windowed convolution sees the shifted windows, with no mask); 0 = none.
   """
 
   kind: ClassVar[str] = "block"
@@ -108,7 +111,8 @@ class BlockSpec:
       if attention_matmuls:
         total += 2 * na * (self.window**2 if self.window else na) * d
     elif self.attn in ("conv1", "conv3"):
-      total += (self.kernel_size**2 * c * self.conv_dim + self.conv_dim * c) * hw + n * c
+      positions = _padded(shape.grid, self.window)**2 if self.window else hw
+      total += (self.kernel_size**2 * c * self.conv_dim + self.conv_dim * c) * positions + n * c
     if self.mlp:
       total += 2 * n * c * self.mlp + n * c
     return total
@@ -164,7 +168,8 @@ def _int_fields(where: str, obj: Any, names: Sequence[str], minimum: int) -> Non
       raise UserError(f"{where}.{name} = {value!r}: must be {what}")
 
 
-def _normalised(layer):
+def normalised(layer):
+  """The layer without dimensions that mean nothing for its kind (see `ArchSpec`)."""
   if not isinstance(layer, BlockSpec) or layer.attn == "msa":
     return layer
   changes = {"head_dim": 0} if layer.head_dim else {}
@@ -209,7 +214,7 @@ class ArchSpec:
     # Dimensions that mean nothing for the block's kind are dropped, so that a block turned into
     # conv or none by any method compares equal to one written directly: head_dim without msa,
     # window/shift without an attention sub-layer.
-    object.__setattr__(self, "layers", tuple(_normalised(layer) for layer in self.layers))
+    object.__setattr__(self, "layers", tuple(normalised(layer) for layer in self.layers))
     self.validate()
 
   # Derived sizes ---------------------------------------------------------------------------------
@@ -328,12 +333,12 @@ class ArchSpec:
       if b.attn == "msa" and not 1 <= b.window <= shape.grid:
         raise UserError(f"{where}.window = {b.window}: Swin attention needs 1 <= window <= "
                         f"the grid at this block ({shape.grid})")
+      if b.attn in ("conv1", "conv3") and b.window > shape.grid:
+        raise UserError(f"{where}.window = {b.window}: a convolution inside windows needs "
+                        f"window <= the grid at this block ({shape.grid}), or 0 for the whole "
+                        "grid")
     elif b.window or b.shift:
       raise UserError(f"{where}: window/shift are only allowed in family 'swin'")
-    if b.attn in ("conv1", "conv3") and (b.window or b.shift):
-      raise UserError(f"{where}: a convolution inside (shifted) windows, as SPViT on Swin "
-                      "makes, is not supported yet; a conv block convolves the whole grid "
-                      "(window = shift = 0)")
     if b.shift and not b.shift < b.window:
       raise UserError(f"{where}.shift = {b.shift}: must be < window ({b.window})")
 

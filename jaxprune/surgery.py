@@ -8,14 +8,16 @@ kind `none`. The result rebuilds from its ArchSpec alone.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxprune.arch import ArchSpec, BlockSpec
+from jaxprune.arch import ArchSpec, BlockSpec, normalised
 from jaxprune.errors import UserError
-from jaxprune.models import ViT, build_model
+from jaxprune.models import build_model
 from jaxprune.models.gates import GATE_INIT
 
 OPS_BY_DEPTH = ("none", "conv1", "conv3", "msa")  # how many nested gates are on
@@ -29,32 +31,39 @@ def block_choices(block) -> tuple[str, np.ndarray]:
   return op, keep
 
 
-def gate_masks(search_model: ViT) -> list[str]:
+def gate_masks(search_model: nnx.Module) -> list[str]:
   """Per block, the kept FFN gate groups (θ > 0) as a string of 0/1: what `search/archs.jsonl`
   records so that a logged architecture can be materialised later with the same units."""
   return ["".join("1" if t > 0 else "0" for t in np.asarray(b.theta_mlp[...]))
           for b in search_model.blocks]
 
 
-def check_reachable(search_model: ViT, arch: ArchSpec, where: str) -> None:
+def searched_block(dense: BlockSpec, op: str, mlp: int, conv_dim: int) -> BlockSpec:
+  """The point of a dense block's search space that keeps `op` (one of `OPS_BY_DEPTH`) in the
+  attention slot and `mlp` FFN units. A conv keeps the block's window and shift (on Swin it
+  convolves inside them); a block whose FFN is pruned away keeps fc2's bias (`mlp_bias`)."""
+  return normalised(dataclasses.replace(
+      dense, attn=op, heads=dense.heads if op == "msa" else 0, mlp=mlp,
+      conv_dim=conv_dim if op in ("conv1", "conv3") else 0, mlp_bias=mlp == 0))
+
+
+def check_reachable(search_model, arch: ArchSpec, where: str) -> None:
   """Raises `UserError` unless `arch` is a point of the search space of `search_model`."""
   dense = search_model.spec
   if arch.replace(blocks=dense.blocks) != dense or arch.depth != dense.depth:
     raise UserError(f"{where}: the architecture does not prune this model (it must keep the "
                     f"dense model's fields and its {dense.depth} blocks)")
-  for i, (block, b) in enumerate(zip(search_model.blocks, arch.blocks)):
+  for i, (block, b, d) in enumerate(zip(search_model.blocks, arch.blocks, dense.blocks)):
     g = block.opts.ffn_group
-    want = BlockSpec(b.attn, heads=block.heads if b.attn == "msa" else 0, mlp=b.mlp,
-                     conv_dim=block.head_dim if b.attn in ("conv1", "conv3") else 0,
-                     mlp_bias=b.mlp == 0)
-    if b.attn not in OPS_BY_DEPTH or b.mlp % g or b.mlp > dense.blocks[i].mlp or b != want:
+    if (b.attn not in OPS_BY_DEPTH or b.mlp % g or b.mlp > d.mlp
+        or b != searched_block(d, b.attn, b.mlp, block.head_dim)):
       raise UserError(f"{where}: block {i} {b} is not in the search space (attention one of "
                       f"{', '.join(OPS_BY_DEPTH)} with heads {block.heads} / conv_dim "
                       f"{block.head_dim}, MLP a multiple of spvit.ffn_group = {g} up to "
-                      f"{dense.blocks[i].mlp}, mlp_bias only with MLP 0)")
+                      f"{d.mlp}, mlp_bias only with MLP 0, the dense block's window/shift)")
 
 
-def encode_arch(search_model: ViT, arch: ArchSpec, masks: list[str] | None = None,
+def encode_arch(search_model: nnx.Module, arch: ArchSpec, masks: list[str] | None = None,
                 rng: np.random.Generator | None = None) -> None:
   """Sets the search model's gates so that `derive_arch` returns `arch`. Which FFN groups are
   kept: `masks` (as recorded by `gate_masks`), else random ones from `rng`, else the groups
@@ -78,19 +87,17 @@ def encode_arch(search_model: ViT, arch: ArchSpec, masks: list[str] | None = Non
     block.theta_mlp.value = jnp.where(jnp.asarray(keep), GATE_INIT, -GATE_INIT)
 
 
-def derive_arch(search_model: ViT) -> ArchSpec:
+def derive_arch(search_model: nnx.Module) -> ArchSpec:
   """The ArchSpec the search model's gates choose (eval-mode thresholds, no noise)."""
   spec = search_model.spec
   blocks = []
-  for block in search_model.blocks:
+  for block, dense in zip(search_model.blocks, spec.blocks):
     op, keep = block_choices(block)
-    blocks.append(BlockSpec(op, heads=block.heads if op == "msa" else 0, mlp=int(keep.sum()),
-                            conv_dim=block.head_dim if op in ("conv1", "conv3") else 0,
-                            mlp_bias=not keep.any()))
+    blocks.append(searched_block(dense, op, int(keep.sum()), block.head_dim))
   return spec.replace(blocks=tuple(blocks))
 
 
-def materialise(search_model: ViT, arch: ArchSpec | None = None) -> ViT:
+def materialise(search_model: nnx.Module, arch: ArchSpec | None = None) -> nnx.Module:
   """The compact model of `arch` (default: `derive_arch(search_model)`), weights taken from the
   search model. Its eval outputs equal the gated model's eval outputs."""
   arch = derive_arch(search_model) if arch is None else arch
@@ -186,7 +193,7 @@ def transplant(model: nnx.Module, target: nnx.Module, blocks=None) -> nnx.Module
 
 
 # DC-ViT and PRACTISE -------------------------------------------------------------------------------
-def compress_block(model: ViT, index: int, hidden: int, seed: int) -> ViT:
+def compress_block(model: nnx.Module, index: int, hidden: int, seed: int) -> nnx.Module:
   """DC-ViT's compressed block at `index`: attention and its LayerNorm removed, MLP cut to a
   seeded uniformly random subset of `hidden` units (fc1 rows and bias, fc2 columns; fc2 bias
   kept): `y = x + fc2(gelu(fc1(LN2(x))))`; with `hidden` = 0, `y = x + b_fc2`."""
@@ -212,7 +219,7 @@ def compress_block(model: ViT, index: int, hidden: int, seed: int) -> ViT:
   return transplant(model, nnx.eval_shape(lambda: build_model(arch)), blocks)
 
 
-def drop_blocks(model: ViT, indices) -> ViT:
+def drop_blocks(model: nnx.Module, indices) -> nnx.Module:
   """PRACTISE: the model without the blocks at `indices` (they vanish from the ArchSpec)."""
   drop = set(indices)
   states = block_states(model)

@@ -130,7 +130,8 @@ RULES: list[tuple[str, Check]] = [
     ("spvit.temperature", number(0, lo_open=True)), ("spvit.eval_every", POSITIVE),
     ("spvit.finetune_from", choice("search", "original")),
     ("spvit.stop", choice("first", "end")),
-    ("spvit.lambda_preset", choice("", "deit_tiny", "deit_small", "deit_base")),
+    ("spvit.lambda_preset", choice("", "deit_tiny", "deit_small", "deit_base", "swin_tiny",
+                                   "swin_small", "swin_base")),
     ("synthetic.num_images", POSITIVE), ("synthetic.steps", POSITIVE),
     ("synthetic.lr", number(0, lo_open=True)), ("synthetic.warmup_steps", NONNEG),
     ("synthetic.tv_weight", number(0)), ("synthetic.tv_exponent", number(0, lo_open=True)),
@@ -204,7 +205,8 @@ def planned_spec(config: ml_collections.ConfigDict):
 
 # Model families each method runs on (SPViT on Swin: not built yet).
 METHOD_FAMILIES = {"pretrain": ("vit", "swin"), "dcvit": ("vit", "swin"),
-                   "practise": ("vit", "swin")}
+                   "practise": ("vit", "swin"), "spvit": ("vit", "swin"),
+                   "spvit_random": ("vit", "swin")}
 
 
 def check_paths(config: ml_collections.ConfigDict) -> None:

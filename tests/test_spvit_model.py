@@ -10,8 +10,9 @@ from jaxprune import build_model, dense_spec, load, macs, save_model
 from jaxprune.accounting import search_macs
 from jaxprune.models.gates import (Gate, flops_path, op_coefficients, sample_st, single_path,
                                    threshold_surrogate)
+from jaxprune.models.blocks import conv_same
 from jaxprune.models.spvit import (SearchOptions, build_search_model, collapse_conv,
-                                   conv_kernel_position, conv_on_grid)
+                                   conv_kernel_position)
 from jaxprune.surgery import derive_arch, materialise
 
 
@@ -132,7 +133,7 @@ def test_conv3_kernel_order_matches_explicit_convolution():
   mix = jnp.asarray(rng.normal(size=(h, 9)), jnp.float32)
   kernel, bias, _ = collapse_conv(qkv_k, qkv_b, proj_k, mix, h, d, 3, alpha=1.0)
   y = rng.normal(size=(1, 1 + g * g, c)).astype(np.float32)
-  got = np.asarray(conv_on_grid(jnp.asarray(y), kernel, bias, num_prefix=1))[0]
+  got = np.asarray(conv_same(jnp.asarray(y[:, 1:].reshape(1, g, g, c)), kernel, bias))[0]
   p = np.asarray(jax.nn.softmax(mix, axis=0))
   wv = np.asarray(qkv_k)[:, 2 * h * d:].reshape(c, h, d)
   bv = np.asarray(qkv_b)[2 * h * d:].reshape(h, d)

@@ -16,11 +16,11 @@ import ml_collections
 import numpy as np
 
 from jaxprune import accounting
-from jaxprune.arch import ArchSpec, BlockSpec
+from jaxprune.arch import ArchSpec
 from jaxprune.errors import UserError
 from jaxprune.methods import common, pretrain, spvit
 from jaxprune.models.spvit import build_search_model
-from jaxprune.surgery import OPS_BY_DEPTH, encode_arch, materialise
+from jaxprune.surgery import OPS_BY_DEPTH, encode_arch, materialise, searched_block
 from jaxprune.train.logging import MetricWriter
 
 MAX_DRAWS = 200_000
@@ -36,9 +36,7 @@ def sample_arch(dense: ArchSpec, rng: np.random.Generator, target_ratio: float, 
     for b in dense.blocks:
       op = OPS_BY_DEPTH[rng.integers(4)]
       width = int(rng.integers(b.mlp // ffn_group + 1)) * ffn_group
-      blocks.append(BlockSpec(op, heads=b.heads if op == "msa" else 0, mlp=width,
-                              conv_dim=dense.head_dim if op in ("conv1", "conv3") else 0,
-                              mlp_bias=width == 0))
+      blocks.append(searched_block(b, op, width, dense.head_dim_of(b)))
     arch = dense.replace(blocks=tuple(blocks))
     if abs(accounting.macs(arch) / dense_macs - target_ratio) <= tolerance * target_ratio:
       return arch

@@ -138,7 +138,8 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 
 # The reference's fixed λ per model (absolute GFLOPs targets); `spvit.lambda_preset` selects one.
-LAMBDA_PRESETS = {"deit_tiny": 20.0, "deit_small": 3.0, "deit_base": 0.06}
+LAMBDA_PRESETS = {"deit_tiny": 20.0, "deit_small": 3.0, "deit_base": 0.06,
+                  "swin_tiny": 2.8, "swin_small": 0.4, "swin_base": 0.1}
 
 
 def run_search(config, workdir: str, dense, writer: MetricWriter) -> tuple[Any, dict]:

@@ -92,6 +92,28 @@ def from_windows(x: jax.Array, grid: int, window: int) -> jax.Array:
   return x.reshape(b, grid, grid, c)
 
 
+def to_shifted_windows(x: jax.Array, grid: int, window: int, shift: int) -> jax.Array:
+  """Tokens [B, grid², C] → windows [B, nw, window², C] as Swin's window ops see them: the map
+  zero-padded at the bottom/right to a multiple of the window, then rolled by -shift."""
+  b, _, c = x.shape
+  gp = -(-grid // window) * window
+  x = x.reshape(b, grid, grid, c)
+  if gp != grid:
+    x = jnp.pad(x, ((0, 0), (0, gp - grid), (0, gp - grid), (0, 0)))
+  if shift:
+    x = jnp.roll(x, (-shift, -shift), axis=(1, 2))
+  return to_windows(x, window)
+
+
+def from_shifted_windows(x: jax.Array, grid: int, window: int, shift: int) -> jax.Array:
+  """Inverse of `to_shifted_windows`: [B, nw, window², C] → tokens [B, grid², C]."""
+  gp = -(-grid // window) * window
+  x = from_windows(x, gp, window)
+  if shift:
+    x = jnp.roll(x, (shift, shift), axis=(1, 2))
+  return x[:, :grid, :grid].reshape(x.shape[0], grid * grid, x.shape[-1])
+
+
 class WindowAttention(Attention):
   """Swin's (shifted) window attention: self-attention inside non-overlapping window² patches
   with a learned relative position bias per head; with `shift`, the map is rolled by -shift first
@@ -106,53 +128,66 @@ class WindowAttention(Attention):
         rngs.params(), ((2 * window - 1)**2, heads), jnp.float32))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, n, c = x.shape
     g, w, s = self.grid, self.window, self.shift
-    gp = -(-g // w) * w
-    x = x.reshape(b, g, g, c)
-    if gp != g:
-      x = jnp.pad(x, ((0, 0), (0, gp - g), (0, gp - g), (0, 0)))
-    if s:
-      x = jnp.roll(x, (-s, -s), axis=(1, 2))
-    win = to_windows(x, w)                                            # [B, nw, w², C]
+    win = to_shifted_windows(x, g, w, s)                              # [B, nw, w², C]
     qkv = self.qkv(win).reshape(*win.shape[:3], 3, self.heads, self.head_dim)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     logits = jnp.einsum("bnqhd,bnkhd->bnhqk", q * self.head_dim**-0.5, k)
     bias = self.relative_position_bias_table[...][relative_position_index(w)]  # [w², w², h]
     logits = logits + bias.transpose(2, 0, 1)
     if s:
-      logits = logits + shift_mask(gp, w, s)[None, :, None]
+      logits = logits + shift_mask(-(-g // w) * w, w, s)[None, :, None]
     out = jnp.einsum("bnhqk,bnkhd->bnqhd", jax.nn.softmax(logits, axis=-1), v)
     out = self.proj(out.reshape(*win.shape[:3], self.heads * self.head_dim))
-    x = from_windows(out, gp, w)
-    if s:
-      x = jnp.roll(x, (s, s), axis=(1, 2))
-    return x[:, :g, :g].reshape(b, n, c)
+    return from_shifted_windows(out, g, w, s)
+
+
+def on_patch_maps(x: jax.Array, fn, num_prefix: int, grid: int, window: int = 0,
+                  shift: int = 0) -> jax.Array:
+  """Applies `fn` ([maps, h, w, C] → [maps, h, w, C]) to the patch tokens of x [B, N, C] laid
+  out as maps: the whole `grid`² map (window 0), or each `window`² window after Swin's padding
+  and cyclic shift (`to_shifted_windows`), so that a convolution zero-pads at window borders.
+  Prefix tokens (class, distillation) are returned unchanged."""
+  b, _, c = x.shape
+  prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
+  if window:
+    win = to_shifted_windows(patches, grid, window, shift)
+    nw = win.shape[1]
+    out = fn(win.reshape(b * nw, window, window, c))
+    out = from_shifted_windows(out.reshape(b, nw, window * window, -1), grid, window, shift)
+  else:
+    out = fn(patches.reshape(b, grid, grid, c)).reshape(b, grid * grid, -1)
+  return jnp.concatenate([prefix, out], axis=1) if num_prefix else out
+
+
+def conv_same(maps: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """Zero-padded ("SAME") stride-1 convolution of NHWC maps with an HWIO kernel, plus bias."""
+  z = jax.lax.conv_general_dilated(maps, kernel, (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return z + bias
 
 
 class ConvAttention(nnx.Module):
   """Bottleneck convolution in the attention slot: k×k conv C→d (+bias) → BN → ReLU → 1×1 d→C.
 
-  Runs on the patch grid (zero padding). Prefix tokens (class, distillation) are not convolved:
-  their output is the normalised input token itself, as in SPViT.
+  Runs on the patch grid (zero padding), or, with `window`, inside each (shifted) window of a
+  Swin block, zero-padded at the window borders (what SPViT's search on Swin computes).
+  Prefix tokens (class, distillation) are not convolved: their output is the normalised input
+  token itself, as in SPViT.
   """
 
   def __init__(self, width: int, conv_dim: int, kernel_size: int, num_prefix: int, *,
-               rngs: nnx.Rngs):
-    self.num_prefix = num_prefix
+               grid: int, window: int = 0, shift: int = 0, rngs: nnx.Rngs):
+    self.num_prefix, self.grid, self.window, self.shift = num_prefix, grid, window, shift
     self.conv = nnx.Conv(width, conv_dim, (kernel_size, kernel_size), padding="SAME",
                          kernel_init=_kernel_init, bias_init=_zeros, rngs=rngs)
     self.bn = nnx.BatchNorm(conv_dim, momentum=0.9, epsilon=1e-5, rngs=rngs)
     self.proj = linear(conv_dim, width, rngs)
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    b, n, c = x.shape
-    prefix, patches = x[:, :self.num_prefix], x[:, self.num_prefix:]
-    g = int(round((n - self.num_prefix)**0.5))
-    z = self.conv(patches.reshape(b, g, g, c))
-    z = jax.nn.relu(self.bn(z, use_running_average=not train))
-    out = self.proj(z).reshape(b, g * g, c)
-    return jnp.concatenate([prefix, out], axis=1)
+    def bottleneck(maps):
+      return self.proj(jax.nn.relu(self.bn(self.conv(maps), use_running_average=not train)))
+    return on_patch_maps(x, bottleneck, self.num_prefix, self.grid, self.window, self.shift)
 
 
 _INV_SQRT2 = np.float32(1 / np.sqrt(2))
@@ -199,7 +234,9 @@ class Block(nnx.Module):
         self.attn = Attention(c, block.heads, spec.head_dim_of(block), rngs=rngs)
     elif block.attn in ("conv1", "conv3"):
       self.norm1 = layer_norm(c, spec.ln_eps, rngs)
-      self.attn = ConvAttention(c, block.conv_dim, block.kernel_size, shape.prefix, rngs=rngs)
+      self.attn = ConvAttention(c, block.conv_dim, block.kernel_size, shape.prefix,
+                                grid=shape.grid, window=block.window, shift=block.shift,
+                                rngs=rngs)
     else:
       self.norm1 = self.attn = None
     if block.mlp:

@@ -7,8 +7,16 @@ ones), P = softmax(M / alpha, axis=heads). For kernel position k:
   W_k = Σ_h P[h,k] Wv_h   b_k = Σ_h P[h,k] bv_h   O_k = Σ_h P[h,k] Wo_h
   conv1: O_c · relu(BN1(W_c y + b_c)) + b_proj                 (c = 4, the centre)
   conv3: (Σ_k O_k) · relu(BN3(Σ_k W_k y[p+δ_k] + Σ_k b_k)) + b_proj   (zero padding, patch grid)
-Kernel positions are numbered column-major: k = 3·column + row of the 3×3 window (centre 4).
+Kernel positions are numbered column-major: k = 3·column + row of the 3×3 window (centre 4),
+as the DeiT reference does. The Swin reference puts the centre first (column 0 of M is the
+centre, columns 1-8 the other positions column-major); Swin search blocks follow it.
 Class/distillation tokens are not convolved: a conv op's output for them is the normalised token.
+
+Swin (reference `SPViT_Swin`): the candidates sit in (shifted) window attention; the conv
+candidates run inside each window of the block's cyclic shift, zero-padded at window borders
+(the reference convolves the window tensor; the attention mask does not apply to them), and the
+materialised block convolves the same windows (`BlockSpec.window/shift` on a conv block), so the
+gated and the materialised model compute the same function.
 
 Parameter paths match the dense ViT (`blocks/i/attn/qkv`, ...), so dense weights load by name.
 """
@@ -21,11 +29,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxprune.arch import ArchSpec, BlockSpec
-from jaxprune.models.blocks import Attention, Mlp, gelu, layer_norm
+from jaxprune.arch import ArchSpec, BlockSpec, Shape
+from jaxprune.models.blocks import (Attention, Mlp, WindowAttention, conv_same, gelu, layer_norm,
+                                    on_patch_maps)
 from jaxprune.models.gates import (GATE_INIT, Gate, flops_path, op_coefficients, sample_st,
                                    single_path, threshold_surrogate)
-from jaxprune.models.vit import ViT
+from jaxprune.models.vit import build_model
 from jaxprune.surgery import transplant
 
 
@@ -50,13 +59,18 @@ class ConvCandidate(nnx.Module):
     self.out_bias = nnx.Param(jnp.zeros((width,), jnp.float32))
 
 
-def conv_kernel_position(row: int, col: int) -> int:
-  """Index k of window position (row, col) ∈ {0,1,2}²: column-major, centre 4."""
-  return 3 * col + row
+def conv_kernel_position(row: int, col: int, centre_first: bool = False) -> int:
+  """Column k of the mixing matrix M serving window position (row, col) ∈ {0,1,2}²:
+  column-major k = 3·col + row (centre 4), or with `centre_first` (the Swin reference) the centre
+  at 0 and the other positions column-major after it."""
+  k = 3 * col + row
+  if not centre_first:
+    return k
+  return 0 if k == 4 else k + 1 if k < 4 else k
 
 
 def collapse_conv(qkv_kernel, qkv_bias, proj_kernel, mix, heads: int, head_dim: int, size: int,
-                  alpha: float):
+                  alpha: float, centre_first: bool = False):
   """The bottleneck conv of kernel `size` (1 or 3) collapsed from (v, proj, M).
 
   Returns (kernel [size, size, C, d], bias [d], out_kernel [d, C]) in flax layouts.
@@ -65,9 +79,11 @@ def collapse_conv(qkv_kernel, qkv_bias, proj_kernel, mix, heads: int, head_dim: 
   wv = qkv_kernel[:, 2 * hd:].reshape(c, heads, head_dim)   # Wv_h as [C, h, d]
   bv = qkv_bias[2 * hd:].reshape(heads, head_dim)
   wo = proj_kernel.reshape(heads, head_dim, -1)             # Wo_h as [h, d, C]
-  p = jax.nn.softmax(mix / alpha, axis=0)                   # [h, 9]
+  p = jax.nn.softmax(mix / alpha, axis=0)                   # [h, 9], columns in M's order
+  # Columns in column-major window order (3·col + row).
+  p = p[:, [conv_kernel_position(k % 3, k // 3, centre_first) for k in range(9)]]
   if size == 1:
-    centre = p[:, conv_kernel_position(1, 1)]
+    centre = p[:, 4]
     kernel = jnp.einsum("h,chd->cd", centre, wv)[None, None]
     return kernel, centre @ bv, jnp.einsum("h,hdc->dc", centre, wo)
   w = jnp.einsum("hk,chd->kcd", p, wv)                      # [9 (k = 3·col + row), C, d]
@@ -76,31 +92,29 @@ def collapse_conv(qkv_kernel, qkv_bias, proj_kernel, mix, heads: int, head_dim: 
   return kernel, total @ bv, jnp.einsum("h,hdc->dc", total, wo)
 
 
-def conv_on_grid(y: jax.Array, kernel, bias, num_prefix: int) -> jax.Array:
-  """SAME-padded conv of the patch tokens of y [B, N, C] → [B, g, g, d]."""
-  b, n, c = y.shape
-  g = int(round((n - num_prefix)**0.5))
-  grid = y[:, num_prefix:].reshape(b, g, g, c)
-  z = jax.lax.conv_general_dilated(grid, kernel, (1, 1), "SAME",
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return z + bias
-
-
 class SearchBlock(nnx.Module):
   """A dense block turned into SPViT's search space (gates: `theta_attn` [3], `theta_mlp`)."""
 
   def __init__(self, spec: ArchSpec, block: BlockSpec, index: int, opts: SearchOptions, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, shape: Shape | None = None):
+    """`shape`: the block's input shape (default: the stem's, where every ViT block sits)."""
     if block.attn != "msa" or not block.mlp:
       raise ValueError(f"SPViT searches dense blocks (msa + MLP); block {index} is {block}")
     if block.mlp % opts.ffn_group:
       raise ValueError(f"spvit.ffn_group = {opts.ffn_group} does not divide the MLP width "
                        f"{block.mlp} of block {index}")
-    c, d = spec.width, spec.head_dim
-    self.index, self.opts, self.num_prefix = index, opts, spec.num_prefix
+    shape = shape or spec.stem_shape
+    c, d = shape.width, spec.head_dim_of(block)
+    self.index, self.opts, self.num_prefix = index, opts, shape.prefix
+    self.grid, self.window, self.shift = shape.grid, block.window, block.shift
+    self.centre_first = spec.family == "swin"
     self.heads, self.head_dim = block.heads, d
     self.norm1 = layer_norm(c, spec.ln_eps, rngs)
-    self.attn = Attention(c, block.heads, d, rngs=rngs)
+    if block.window:
+      self.attn = WindowAttention(c, block.heads, d, block.window, block.shift, shape.grid,
+                                  rngs=rngs)
+    else:
+      self.attn = Attention(c, block.heads, d, rngs=rngs)
     self.mix = nnx.Param(jnp.ones((block.heads, 9), jnp.float32))
     self.bn1 = nnx.BatchNorm(d, momentum=0.9, epsilon=1e-5, rngs=rngs)
     self.bn3 = nnx.BatchNorm(d, momentum=0.9, epsilon=1e-5, rngs=rngs)
@@ -120,17 +134,20 @@ class SearchBlock(nnx.Module):
       return own.kernel[...], own.bias[...], own.out[...], own.out_bias[...]
     kernel, bias, out = collapse_conv(self.attn.qkv.kernel[...], self.attn.qkv.bias[...],
                                       self.attn.proj.kernel[...], self.mix[...], self.heads,
-                                      self.head_dim, size, self.opts.alpha)
+                                      self.head_dim, size, self.opts.alpha, self.centre_first)
     return kernel, bias, out, self.attn.proj.bias[...]
 
   def conv_op(self, y: jax.Array, size: int, train: bool) -> jax.Array:
+    """The conv candidate of kernel `size` on the patch grid, or inside the block's (shifted)
+    windows on Swin; prefix tokens pass through."""
     kernel, bias, out, out_bias = self.conv_parts(size)
     bn = self.bn1 if size == 1 else self.bn3
-    z = jax.nn.relu(bn(conv_on_grid(y, kernel, bias, self.num_prefix),
-                       use_running_average=not train))
-    b = y.shape[0]
-    patches = (z @ out + out_bias).reshape(b, -1, y.shape[-1])
-    return jnp.concatenate([y[:, :self.num_prefix], patches], axis=1)
+
+    def bottleneck(maps):
+      z = jax.nn.relu(bn(conv_same(maps, kernel, bias), use_running_average=not train))
+      return z @ out + out_bias
+
+    return on_patch_maps(y, bottleneck, self.num_prefix, self.grid, self.window, self.shift)
 
   def gates(self, key: jax.Array | None):
     """(nested attention gates c [3], FFN unit mask [hidden]); sampled when `key` is given."""
@@ -154,8 +171,9 @@ class SearchBlock(nnx.Module):
     return x + self.mlp.fc2(h)
 
 
-def build_search_model(dense: ViT, opts: SearchOptions) -> ViT:
-  """A search model over `dense`'s spec, holding `dense`'s weights (mix, BN and gates fresh)."""
-  model = ViT(dense.spec, rngs=nnx.Rngs(0),
-              make_block=lambda s, b, i, rngs, shape: SearchBlock(s, b, i, opts, rngs=rngs))
+def build_search_model(dense: nnx.Module, opts: SearchOptions) -> nnx.Module:
+  """A search model (ViT or Swin) over `dense`'s spec, holding `dense`'s weights (mix, BN and
+  gates fresh)."""
+  model = build_model(dense.spec, 0, make_block=lambda s, b, i, rngs, shape: SearchBlock(
+      s, b, i, opts, rngs=rngs, shape=shape))
   return transplant(dense, model)
