@@ -4,8 +4,9 @@
   python -m jaxprune.main --config=configs/swin_pretrain.py:runlocal ...   # seconds, for tests
 
 Model `swin_test`: patch 2 on 28x28 (a 14x14 grid), width 32, two stages of two blocks (2 then 4
-heads of 32, 7x7 windows: four shifted windows in stage 1, one window on the 7x7 grid after
-patch merging), MLP x2: 95.5k params, 8.7M MACs. Recipe as `configs/pretrain.py`.
+heads of 16, 7x7 windows: four windows in stage 1, shifted in its second block; one window on
+the 7x7 grid after patch merging), MLP x2: 95.5k params, 8.7M MACs. Recipe as
+`configs/pretrain.py`.
 """
 
 import ml_collections
