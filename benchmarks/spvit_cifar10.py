@@ -12,6 +12,9 @@ distillation from the dense model; per target also the multi-path ablation
 default) drawn within ±2 % of the MACs ratio SPViT reached, same fine-tune, every one reported.
 Every run goes through `python -m jaxprune.main`; the dense model is trained once and reused,
 and a rerun of the script reuses every finished run (each workdir resumes).
+
+`--model swin` runs the same protocol on a small Swin (see MODELS; SPViT from
+configs/spvit_swin.py) instead of the DeiT.
 """
 
 from __future__ import annotations
@@ -30,11 +33,19 @@ CIFAR_DATA = [  # image size, normalisation and augmentation (shared with dcvit_
     "--config.data.std=(0.247, 0.243, 0.261)", "--config.data.augment.shift=4",
     "--config.data.augment.flip=True",
 ]
-COMMON = CIFAR_DATA + [
-    "--config.model.patch_size=4", "--config.model.width=96", "--config.model.depth=6",
-    "--config.model.num_heads=4", "--config.model.mlp_ratio=4.0",
-    "--config.data.fewshot=10000", "--config.data.fewshot_balanced=True",
-]
+SUBSET = ["--config.data.fewshot=10000", "--config.data.fewshot_balanced=True"]
+MODELS = {  # --model: the dense model's overrides, and the SPViT config that searches it
+    "deit": (["--config.model.patch_size=4", "--config.model.width=96",
+              "--config.model.depth=6", "--config.model.num_heads=4",
+              "--config.model.mlp_ratio=4.0"], "spvit"),
+    # Swin: patch 2 (a 16x16 grid), width 64, two stages of two blocks (2 / 4 heads of 32),
+    # 8x8 windows (four in stage 1, shifted in its second block; one on the 8x8 grid after
+    # patch merging), MLP x4.
+    "swin": (["--config.model.variant=swin_test", "--config.model.patch_size=2",
+              "--config.model.width=64", "--config.model.window=8", "--config.model.num_heads=0",
+              "--config.model.mlp_ratio=4.0"], "spvit_swin"),
+}
+COMMON = CIFAR_DATA + MODELS["deit"][0] + SUBSET
 PRETRAIN = ["--config.train.epochs=30", "--config.train.eval_every_epochs=10",
             "--config.train.log_every=156", "--config.optim.warmup_steps=468"]
 SEARCH = ["--config.search.train.epochs=4", "--config.spvit.eval_every=78",
@@ -61,23 +72,29 @@ def main() -> None:
   parser.add_argument("--out", default="/tmp/jaxprune_bench/spvit_cifar10")
   parser.add_argument("--targets", default="0.7,0.5")
   parser.add_argument("--random", type=int, default=5, help="random architectures per target")
+  parser.add_argument("--model", choices=sorted(MODELS), default="deit")
   args = parser.parse_args()
+  model, spvit = MODELS[args.model]
+  common = CIFAR_DATA + model + SUBSET
   data = [f"--config.data.source=folder:{args.data}"]
-  dense = main_job("pretrain", os.path.join(args.out, "dense"), *data, *PRETRAIN)
+  pretrain = "swin_pretrain" if args.model == "swin" else "pretrain"
+  dense = main_job(pretrain, os.path.join(args.out, "dense"), *data, *PRETRAIN, common=common)
   init = [f"--config.model.init_from={os.path.join(args.out, 'dense', 'model')}"]
   rows = [("dense", None, dense["dense"], dense["wall_s"])]
   for target in (float(t) for t in args.targets.split(",")):
     t = [f"--config.spvit.target_ratio={target}"]
-    sp = main_job("spvit", os.path.join(args.out, f"spvit_{target}"), *data, *init, *SEARCH, *t)
+    sp = main_job(spvit, os.path.join(args.out, f"spvit_{target}"), *data, *init, *SEARCH, *t,
+                  common=common)
     rows.append((f"SPViT {target}", sp["selected"]["macs_ratio"], sp["pruned"], sp["wall_s"]))
-    mp = main_job("spvit", os.path.join(args.out, f"multipath_{target}"), *data, *init, *SEARCH,
-                  *t, "--config.spvit.weight_sharing=False")
+    mp = main_job(spvit, os.path.join(args.out, f"multipath_{target}"), *data, *init, *SEARCH,
+                  *t, "--config.spvit.weight_sharing=False", common=common)
     rows.append((f"multi-path {target}", mp["selected"]["macs_ratio"], mp["pruned"],
                  mp["wall_s"]))
     reached = sp["pruned"]["macs"] / dense["dense"]["macs"]
     rs = main_job("spvit_random", os.path.join(args.out, f"random_{target}"), *data, *init,
                   *SEARCH, f"--config.spvit.target_ratio={reached:.4f}",
-                  "--config.spvit.tolerance=0.02", f"--config.random.num_archs={args.random}")
+                  "--config.spvit.tolerance=0.02", f"--config.random.num_archs={args.random}",
+                  common=common)
     rows.append((f"random best of {args.random} {target}", None, rs["pruned"], rs["wall_s"]))
     for i, c in enumerate(rs["candidates"]):
       print(f"random {target} candidate {i}: MACs ratio {c['macs'] / dense['dense']['macs']:.3f}"

@@ -16,6 +16,7 @@ def model_config(variant: str = "test_small", image_size: int = 28, patch_size: 
   return _with(dict(
       variant=variant, image_size=image_size, patch_size=patch_size, depth=0, width=0,
       num_heads=0, mlp_ratio=0.0, distilled=False,
+      window=0,  # Swin attention window; 0 = the variant's
       init_from="",  # a saved jaxprune model dir (jaxprune.load); empty = train from scratch
       ), overrides)
 

@@ -490,7 +490,7 @@ def dense_spec(variant: str = "deit_tiny", *, image_size: int = 224, patch_size:
                num_classes: int = 1000, in_channels: int = 3, depth: int | None = None,
                width: int | None = None, num_heads: int | None = None,
                mlp_ratio: float | None = None, distilled: bool = False,
-               ln_eps: float | None = None) -> ArchSpec:
+               ln_eps: float | None = None, window: int | None = None) -> ArchSpec:
   """A dense ViT/DeiT or Swin spec from a named variant, any field overridable.
 
   Args:
@@ -498,6 +498,7 @@ def dense_spec(variant: str = "deit_tiny", *, image_size: int = 224, patch_size:
       MLP x4; swin_tiny/small/base; test_micro/test_small/swin_test for tests and CPU runs).
     patch_size: default 16 (ViT) / 4 (Swin).
     depth, num_heads: ViT only (Swin stages: `swin_spec`).
+    window: Swin only, the attention window (default: the variant's).
     distilled: DeiT-distilled: distillation token and head (ViT only).
     ln_eps: default 1e-6 (ViT) / 1e-5 (Swin).
   """
@@ -508,9 +509,11 @@ def dense_spec(variant: str = "deit_tiny", *, image_size: int = 224, patch_size:
                         "(its stages are set by the variant)")
     return swin_spec(variant, image_size=image_size, patch_size=patch_size or 4,
                      num_classes=num_classes, in_channels=in_channels, width=width,
-                     mlp_ratio=mlp_ratio, ln_eps=ln_eps or 1e-5)
+                     mlp_ratio=mlp_ratio, ln_eps=ln_eps or 1e-5, window=window)
   if variant not in _VARIANTS:
     raise UserError(f"model variant {variant!r} is unknown; allowed are {', '.join(VARIANTS)}")
+  if window:
+    raise UserError(f"model.window = {window!r} applies to Swin variants only, not {variant!r}")
   w, dep, h, r = _VARIANTS[variant]
   w, dep, h, r = width or w, depth or dep, num_heads or h, mlp_ratio or r
   mlp = int(round(w * r))

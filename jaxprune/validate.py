@@ -105,7 +105,8 @@ RULES: list[tuple[str, Check]] = [
     ("latency_batch", POSITIVE),
     ("model.image_size", NONNEG),       # 0 = the data's size
     ("model.patch_size", POSITIVE),
-    ("model.depth", NONNEG), ("model.width", NONNEG), ("model.num_heads", NONNEG),  # 0 = preset
+    ("model.depth", NONNEG), ("model.width", NONNEG), ("model.num_heads", NONNEG),
+    ("model.window", NONNEG),  # 0 = preset
     ("model.mlp_ratio", number(0)),
     ("data.fewshot", NONNEG), ("data.fewshot_seed", NONNEG), ("pretrain.fewshot", NONNEG),
     ("data.mean", each(number(), 1)), ("data.std", each(number(0, lo_open=True), 1)),

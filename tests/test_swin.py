@@ -252,3 +252,10 @@ def test_methods_without_swin_support_refuse_it_before_any_work(tmp_path, monkey
   with pytest.raises(UserError, match="method 'spvit' does not run on 'swin' models yet"):
     execute(config, str(tmp_path / "run"), overwrite=False)
   assert not (tmp_path / "run").exists()
+
+
+def test_model_window_sets_the_swin_window_and_is_refused_on_vit():
+  spec = dense_spec("swin_test", image_size=32, patch_size=2, window=8)
+  assert [(b.window, b.shift) for b in spec.blocks] == [(8, 0), (8, 4), (8, 0), (8, 0)]
+  with pytest.raises(UserError, match="model.window = 4 applies to Swin variants only"):
+    dense_spec("test_micro", image_size=16, patch_size=4, window=4)

@@ -60,7 +60,8 @@ def spec_from_config(m: ml_collections.ConfigDict, data_size: int, num_classes: 
   return dense_spec(m.variant, image_size=m.image_size or data_size, patch_size=m.patch_size,
                     num_classes=num_classes, in_channels=in_channels, depth=m.depth or None,
                     width=m.width or None, num_heads=m.num_heads or None,
-                    mlp_ratio=m.mlp_ratio or None, distilled=m.distilled)
+                    mlp_ratio=m.mlp_ratio or None, distilled=m.distilled,
+                    window=m.get("window", 0) or None)
 
 
 def initial_model(config: ml_collections.ConfigDict, ds: Dataset, spec: ArchSpec):
