@@ -38,11 +38,11 @@ MODELS = {  # --model: the dense model's overrides, and the SPViT config that se
     "deit": (["--config.model.patch_size=4", "--config.model.width=96",
               "--config.model.depth=6", "--config.model.num_heads=4",
               "--config.model.mlp_ratio=4.0"], "spvit"),
-    # Swin: patch 2 (a 16x16 grid), width 64, two stages of two blocks (2 / 4 heads of 32),
-    # 8x8 windows (four in stage 1, shifted in its second block; one on the 8x8 grid after
-    # patch merging), MLP x4.
-    "swin": (["--config.model.variant=swin_test", "--config.model.patch_size=2",
-              "--config.model.width=64", "--config.model.window=8", "--config.model.num_heads=0",
+    # Swin: patch 4 (an 8x8 grid, as the DeiT's 64 patches), width 64, two stages of two blocks
+    # (2 / 4 heads of 32), 4x4 windows (four in stage 1, shifted in its second block; one on the
+    # 4x4 grid after patch merging), MLP x4.
+    "swin": (["--config.model.variant=swin_test", "--config.model.patch_size=4",
+              "--config.model.width=64", "--config.model.window=4", "--config.model.num_heads=0",
               "--config.model.mlp_ratio=4.0"], "spvit_swin"),
 }
 COMMON = CIFAR_DATA + MODELS["deit"][0] + SUBSET
