@@ -169,15 +169,33 @@ def _phase(tmp_path, total, lr=1e-2, warmup=0, checkpoint_every=2, **kw):
              **kw)
 
 
+def _overflowing_at(step_fn, at):
+  """`step_fn` whose update at step `at` overflows one weight to inf while the loss it reports
+  stays finite — what a too-large learning rate does, at a step fixed on every CPU (where real
+  overflow happens depends on the machine's float rounding)."""
+  def step(state, batch):
+    state, metrics = step_fn(state, batch)
+    if int(state["step"]) == at:
+      leaves, treedef = jax.tree.flatten(state["params"])
+      leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(np.inf)
+      state = dict(state, params=jax.tree.unflatten(treedef, leaves))
+    return state, metrics
+  return step
+
+
 def test_no_checkpoint_ever_holds_non_finite_weights(tmp_path):  # case 3
-  # With this warm-up, step 3's loss is still finite (~6e11) but its update overflows.
+  mesh = make_mesh()
+  state, step = _compiled(10, 1e-2, 0)
   with pytest.raises(NonFiniteLoss, match="the weights became non-finite .* at step 3; "
                                           r"stopped. The last good checkpoint \(step 2\)") as e:
-    _phase(tmp_path, total=10, lr=1e6, warmup=4, checkpoint_every=1)
+    fit(workdir=str(tmp_path), phase="p", state=place(state, mesh),
+        train_step=_overflowing_at(step, 3), batches=_batches(mesh),
+        writer=MetricWriter(str(tmp_path)),
+        schedule=Schedule(total_steps=10, log_every=1, checkpoint_every=1))
   assert "None" not in str(e.value)
   ckpts = PhaseCheckpoints(str(tmp_path), "p")
   assert ckpts.manager.all_steps() == [1, 2]
-  target = place(_compiled(10, 1e6, 4)[0], make_mesh())
+  target = place(_compiled(10, 1e-2, 0)[0], make_mesh())
   for s in ckpts.manager.all_steps():  # restore(step=s) raises on a non-finite checkpoint
     state, _ = ckpts.restore(target, step=s)
     assert all_finite(state), f"checkpoint {s} holds non-finite values"
