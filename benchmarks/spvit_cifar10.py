@@ -73,6 +73,7 @@ def main() -> None:
   parser.add_argument("--targets", default="0.7,0.5")
   parser.add_argument("--random", type=int, default=5, help="random architectures per target")
   parser.add_argument("--model", choices=sorted(MODELS), default="deit")
+  parser.add_argument("--no-multipath", action="store_true", help="skip the multi-path ablation")
   args = parser.parse_args()
   model, spvit = MODELS[args.model]
   common = CIFAR_DATA + model + SUBSET
@@ -86,10 +87,11 @@ def main() -> None:
     sp = main_job(spvit, os.path.join(args.out, f"spvit_{target}"), *data, *init, *SEARCH, *t,
                   common=common)
     rows.append((f"SPViT {target}", sp["selected"]["macs_ratio"], sp["pruned"], sp["wall_s"]))
-    mp = main_job(spvit, os.path.join(args.out, f"multipath_{target}"), *data, *init, *SEARCH,
-                  *t, "--config.spvit.weight_sharing=False", common=common)
-    rows.append((f"multi-path {target}", mp["selected"]["macs_ratio"], mp["pruned"],
-                 mp["wall_s"]))
+    if not args.no_multipath:
+      mp = main_job(spvit, os.path.join(args.out, f"multipath_{target}"), *data, *init, *SEARCH,
+                    *t, "--config.spvit.weight_sharing=False", common=common)
+      rows.append((f"multi-path {target}", mp["selected"]["macs_ratio"], mp["pruned"],
+                   mp["wall_s"]))
     reached = sp["pruned"]["macs"] / dense["dense"]["macs"]
     rs = main_job("spvit_random", os.path.join(args.out, f"random_{target}"), *data, *init,
                   *SEARCH, f"--config.spvit.target_ratio={reached:.4f}",
