@@ -28,7 +28,9 @@ def data_config(source: str = "mnist5k", **overrides) -> ml_collections.ConfigDi
       fewshot=0,              # > 0: train on this many images drawn from `fewshot_seed`
       fewshot_seed=0,
       fewshot_balanced=True,  # same count per class
-      mean=(0.1307,), std=(0.3081,),  # per channel, after scaling pixels to [0, 1]
+      # Per channel, after scaling pixels to [0, 1]; empty = the model's own (model.init_from,
+      # stored with every exported or converted model), else the source's known statistics.
+      mean=(), std=(),
       augment=dict(crop_scale_min=1.0, shift=0, flip=False, mixup=0.0),
       skip_corrupt=False,     # folder:<path>: skip unreadable images (warned, counted) vs error
       ), overrides)

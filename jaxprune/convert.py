@@ -358,6 +358,27 @@ def _fill(spec: ArchSpec, state: dict[str, Any]) -> nnx.Module:
   return nnx.merge(graphdef, abstract)
 
 
+def hf_preprocessing(path: str) -> dict[str, list[float]] | None:
+  """The normalisation in an HF model folder's `preprocessor_config.json` (`image_mean`,
+  `image_std`; identity when `do_normalize` is false), or None when the folder has none."""
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  cfg_path = os.path.join(folder, "preprocessor_config.json")
+  if not os.path.exists(cfg_path):
+    return None
+  try:
+    with open(cfg_path) as f:
+      cfg = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"{cfg_path} is not valid JSON ({e})") from None
+  if cfg.get("do_normalize") is False:
+    n = len(cfg.get("image_mean") or [0, 0, 0])
+    return {"mean": [0.0] * n, "std": [1.0] * n}
+  if "image_mean" not in cfg or "image_std" not in cfg:
+    return None
+  return {"mean": [float(v) for v in cfg["image_mean"]],
+          "std": [float(v) for v in cfg["image_std"]]}
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m jaxprune.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -367,16 +388,24 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--num-heads", type=int, default=None)
   parser.add_argument("--image-size", type=int, default=None,
                       help="resize position embeddings for this input size")
+  parser.add_argument("--mean", type=float, nargs="+", default=None,
+                      help="input normalisation stored with the model (per channel, pixels in "
+                      "[0, 1]); default: an HF folder's preprocessor_config.json")
+  parser.add_argument("--std", type=float, nargs="+", default=None)
   args = parser.parse_args(argv)
   from jaxprune.accounting import count
   from jaxprune.export import save_model
   try:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
       raise UserError(f"--out {args.out} is a file; choose a folder to write the model into")
+    if (args.mean is None) != (args.std is None):
+      raise UserError("--mean and --std go together: give both or neither")
     model = import_checkpoint(args.src, args.format, num_heads=args.num_heads,
                               image_size=args.image_size)
+    pre = ({"mean": args.mean, "std": args.std} if args.mean is not None
+           else hf_preprocessing(args.src) if os.path.exists(args.src) else None)
     save_model(args.out, model, extra={"source": os.path.abspath(args.src),
-                                       "format": args.format})
+                                       "format": args.format}, preprocessing=pre)
   except UserError as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)
     return 2
@@ -385,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   c = count(model.spec)
   print(f"wrote {args.out}: depth {model.spec.depth}, width {model.spec.width}, "
-        f"{c.params / 1e6:.2f}M params, {c.macs / 1e9:.3f} GMACs at {model.spec.image_size}px")
+        f"{c.params / 1e6:.2f}M params, {c.macs / 1e9:.3f} GMACs at {model.spec.image_size}px; "
+        + (f"normalisation mean {pre['mean']}, std {pre['std']}" if pre else
+           "no normalisation stored (give --mean/--std, or set data.mean/std when using it)"))
   return 0
 
 

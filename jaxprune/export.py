@@ -22,8 +22,13 @@ ARCH_FILE = "arch.json"
 STATE_DIR = "state"
 
 
-def save_model(directory: str, model: nnx.Module, extra: dict[str, Any] | None = None) -> str:
+def save_model(directory: str, model: nnx.Module, extra: dict[str, Any] | None = None,
+               preprocessing: dict[str, Any] | None = None) -> str:
   """Writes the model state and `directory/arch.json` (plus `extra` metadata); returns the path.
+
+  `preprocessing` ({"mean": [...], "std": [...]} per channel, after scaling pixels to [0, 1]):
+  the input normalisation the model expects, stored with it so that methods use it by default
+  (`read_preprocessing`).
 
   `arch.json` is written last and atomically, so a folder that has one holds a whole model
   (stages that reuse exports on a rerun test for it).
@@ -38,9 +43,44 @@ def save_model(directory: str, model: nnx.Module, extra: dict[str, Any] | None =
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, STATE_DIR), state, force=True)
   if jax.process_index() == 0:  # last, atomically: an arch.json means the model is complete
-    write_json(os.path.join(directory, ARCH_FILE),
-               {"arch": model.spec.to_dict(), **(extra or {})}, indent=2)
+    meta = {"arch": model.spec.to_dict(), **(extra or {})}
+    if preprocessing:
+      meta["preprocessing"] = check_preprocessing(preprocessing, model.spec.in_channels,
+                                                  "preprocessing")
+    write_json(os.path.join(directory, ARCH_FILE), meta, indent=2)
   return directory
+
+
+def check_preprocessing(p: dict[str, Any], channels: int, where: str) -> dict[str, list[float]]:
+  """`{"mean": [...], "std": [...]}` with one value per channel (std > 0), as plain floats."""
+  out = {}
+  for key in ("mean", "std"):
+    values = p.get(key) if isinstance(p, dict) else None
+    try:
+      values = [float(v) for v in values]
+    except (TypeError, ValueError):
+      values = None
+    if values is None or len(values) != channels or (key == "std" and min(values) <= 0):
+      raise UserError(f"{where}.{key} = {p.get(key) if isinstance(p, dict) else p!r}: needs "
+                      f"{channels} numbers (one per input channel){', all > 0' if key == 'std' else ''}")
+    out[key] = values
+  return out
+
+
+def read_preprocessing(directory: str) -> dict[str, list[float]] | None:
+  """The input normalisation stored with a saved model (`save_model(preprocessing=...)`), or
+  None when the model carries none (e.g. exported before jaxprune stored it)."""
+  path = os.path.join(directory, ARCH_FILE)
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return None
+  p = meta.get("preprocessing")
+  if p is None:
+    return None
+  spec = ArchSpec.from_dict(meta["arch"])
+  return check_preprocessing(p, spec.in_channels, f"{path}: preprocessing")
 
 
 def read_spec(directory: str) -> ArchSpec:

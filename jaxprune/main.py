@@ -70,8 +70,13 @@ def execute(config, workdir: str | None, overwrite: bool = False):
   from jaxprune.train.workdir import prepare_workdir
   from jaxprune.validate import validate
 
+  from jaxprune.methods.common import resolve_normalisation
   method = methods.get(config.method)
   validate(config, jax.device_count())
+  where = resolve_normalisation(config)
+  if where != "config" and jax.process_index() == 0:
+    print(f"[data] normalisation from {where}: mean {tuple(config.data.mean)}, std "
+          f"{tuple(config.data.std)}", flush=True)
   workdir = workdir or os.path.join("runs", config.method)
   prepare_workdir(workdir, config, overwrite=overwrite)
   return method.run(config, workdir)

@@ -109,7 +109,7 @@ RULES: list[tuple[str, Check]] = [
     ("model.window", NONNEG),  # 0 = preset
     ("model.mlp_ratio", number(0)),
     ("data.fewshot", NONNEG), ("data.fewshot_seed", NONNEG), ("pretrain.fewshot", NONNEG),
-    ("data.mean", each(number(), 1)), ("data.std", each(number(0, lo_open=True), 1)),
+    ("data.mean", each(number(), 0)), ("data.std", each(number(0, lo_open=True), 0)),
     ("data.augment.crop_scale_min", number(0, 1, lo_open=True)),
     ("data.augment.shift", NONNEG),
     ("data.augment.mixup", number(0)),

@@ -26,6 +26,9 @@ def test_spvit_main_job_writes_summary_and_a_loadable_pruned_model(tmp_path):
   assert macs(arch) == s["pruned"]["macs"] < s["dense"]["macs"]  # the budget pruned something
   pruned = load(str(w / "pruned"))  # rebuilt from the ArchSpec alone
   assert pruned.spec == arch
+  from jaxprune.export import read_preprocessing  # the exports carry their input normalisation
+  for d in ("pruned", "dense", "search/compact"):
+    assert read_preprocessing(str(w / d)) == {"mean": [0.1307], "std": [0.3081]}
   assert os.path.exists(w / "search" / "archs.jsonl")
   rows = [json.loads(l) for l in open(w / "metrics.jsonl")]
   search_rows = [r for r in rows if r["phase"] == "search"]

@@ -29,15 +29,16 @@ def cached_json(path: str, compute: Callable[[], Any]) -> Any:
   return value
 
 
-def cached_model(directory: str, compute: Callable[[], tuple[Any, dict[str, Any]]]
-                 ) -> tuple[Any, dict[str, Any]]:
+def cached_model(directory: str, compute: Callable[[], tuple[Any, dict[str, Any]]],
+                 preprocessing: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
   """(model, extra) saved in `directory` if a previous run finished it, else `compute()`'s,
-  saved there with `extra` beside its arch."""
+  saved there with `extra` (and the input `preprocessing`) beside its arch."""
   path = os.path.join(directory, ARCH_FILE)
   if os.path.exists(path):
     with open(path) as f:
       meta = json.load(f)
-    return load(directory), {k: v for k, v in meta.items() if k != "arch"}
+    return load(directory), {k: v for k, v in meta.items()
+                             if k not in ("arch", "preprocessing")}
   model, extra = compute()
-  save_model(directory, model, extra=extra)
+  save_model(directory, model, extra=extra, preprocessing=preprocessing)
   return model, extra

@@ -41,12 +41,48 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                                              config.data.fewshot_seed,
                                              config.data.fewshot_balanced))
   channels = ds.image_shape[2]
+  if not config.data.mean:
+    raise UserError("data.mean / data.std are empty: resolve them first with "
+                    "jaxprune.methods.common.resolve_normalisation(config) (jaxprune.main does)")
   for field in ("mean", "std"):
-    if len(config.data[field]) not in (1, channels):
-      raise UserError(f"data.{field} = {tuple(config.data[field])}: needs 1 or {channels} "
-                      f"values for the {channels}-channel source {ds.name}")
+    if len(config.data[field]) != channels:  # never broadcast: a mismatch is a wrong recipe
+      raise UserError(f"data.{field} = {tuple(config.data[field])}: needs {channels} values, "
+                      f"one per channel of the {channels}-channel source {ds.name}")
   batches = TrainBatches(train, config.train.batch_size, config.seed, data_sharding(mesh))
   return Setup(mesh, ds, train, batches)
+
+
+# The normalisation of a source whose statistics are known (pixels scaled to [0, 1]).
+SOURCE_NORMALISATION = {"mnist5k": ((0.1307,), (0.3081,))}
+
+
+def resolve_normalisation(config: ml_collections.ConfigDict) -> str:
+  """Fills empty `data.mean`/`data.std` in place, before the workdir records the config: the
+  normalisation stored with `model.init_from` (a converted or exported model carries its
+  own), else the source's known one. Returns where the values came from."""
+  from jaxprune.export import read_preprocessing
+  d = config.data
+  if bool(d.mean) != bool(d.std):
+    raise UserError(f"data.mean = {tuple(d.mean)} and data.std = {tuple(d.std)}: set both, or "
+                    "neither (then the model's own normalisation is used)")
+  if d.mean:
+    return "config"
+  stored = read_preprocessing(config.model.init_from) if config.model.init_from else None
+  if stored:
+    d.mean, d.std = tuple(stored["mean"]), tuple(stored["std"])
+    return f"model.init_from ({config.model.init_from})"
+  if d.source in SOURCE_NORMALISATION:
+    d.mean, d.std = SOURCE_NORMALISATION[d.source]
+    return f"the {d.source} source"
+  raise UserError(
+      f"data.mean / data.std are not set, and neither model.init_from nor data.source "
+      f"{d.source!r} carries a normalisation: set them, e.g. ImageNet's "
+      "--config.data.mean='(0.485, 0.456, 0.406)' --config.data.std='(0.229, 0.224, 0.225)'")
+
+
+def preprocessing(config: ml_collections.ConfigDict) -> dict[str, list[float]]:
+  """What an exported model stores about its input (`save_model(preprocessing=...)`)."""
+  return {"mean": list(config.data.mean), "std": list(config.data.std)}
 
 
 def model_spec(config: ml_collections.ConfigDict, ds: Dataset) -> ArchSpec:

@@ -184,7 +184,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for target in targets:
     out = os.path.join(workdir, "family", f"{target:.3f}")
     model, extra = cached_model(out, lambda: (lambda m, i: (m, {"dcvit": i}))(
-        *compress_to(config, workdir, dense, target, trials, candidates, writer)))
+        *compress_to(config, workdir, dense, target, trials, candidates, writer)),
+        common.preprocessing(config))
     info = extra["dcvit"]
     accuracy = evaluate(model)
     family.append({**info, "model_dir": out})

@@ -98,7 +98,8 @@ def prune(config, workdir: str, dense, n: int, scores, writer) -> tuple[Any, lis
                      r"^weights/head", (n + 1) * config.dcvit.finetune_steps, writer)
     return model, {"dropped": dropped}
 
-  model, extra = cached_model(os.path.join(workdir, "practise", f"drop{n}"), compute)
+  model, extra = cached_model(os.path.join(workdir, "practise", f"drop{n}"), compute,
+                              common.preprocessing(config))
   return model, extra["dropped"]
 
 

@@ -41,7 +41,8 @@ def dense_model(config: ml_collections.ConfigDict, workdir: str, writer) -> Any:
     s = common.setup(cfg)
     return common.initial_model(config, s.data, common.model_spec(config, s.data))
   model, _ = cached_model(os.path.join(workdir, "dense"),
-                          lambda: (train_dense(cfg, workdir, writer, phase="pretrain")[0], {}))
+                          lambda: (train_dense(cfg, workdir, writer, phase="pretrain")[0], {}),
+                          common.preprocessing(config))
   return model
 
 
@@ -49,7 +50,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
   model, metrics = train_dense(config, workdir, writer)
   out_dir = os.path.join(workdir, "model")
-  save_model(out_dir, model, extra={"test_accuracy": metrics["accuracy"]})
+  save_model(out_dir, model, extra={"test_accuracy": metrics["accuracy"]},
+             preprocessing=common.preprocessing(config))
   latency = accounting.measure_latency(model, batch=64)
   c = accounting.count(model.spec)
   summary = {"dense": {"params": c.params, "macs": c.macs, "accuracy": metrics["accuracy"],

@@ -337,14 +337,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
               else original_weights_model(dense, search_model, config))
     encode_arch(source, arch, masks)
     compact = materialise(source, arch)
-    save_model(compact_dir, compact, extra={"selected": record})
+    save_model(compact_dir, compact, extra={"selected": record},
+               preprocessing=common.preprocessing(config))
     if jax.process_index() == 0:
       write_json(record_path, record, indent=2)
       plot.spvit_search(os.path.join(workdir, "arch.png"), dense.spec, arch,
                         read_history(search_dir), config.spvit.target_ratio)
 
   pruned, metrics = run_finetune(config, workdir, compact, dense, writer)
-  save_model(os.path.join(workdir, "pruned"), pruned, extra={"test_accuracy": metrics["accuracy"]})
+  save_model(os.path.join(workdir, "pruned"), pruned, extra={"test_accuracy": metrics["accuracy"]},
+             preprocessing=common.preprocessing(config))
 
   batch = config.latency_batch
   rows = list(zip(("dense", "pruned (SPViT)"),
