@@ -31,7 +31,10 @@ def data_config(source: str = "mnist5k", **overrides) -> ml_collections.ConfigDi
       # Per channel, after scaling pixels to [0, 1]; empty = the model's own (model.init_from,
       # stored with every exported or converted model), else the source's known statistics.
       mean=(), std=(),
-      augment=dict(crop_scale_min=1.0, shift=0, flip=False, mixup=0.0),
+      # mixup / cutmix: Beta(α, α) (0 = off; DeiT: 0.8 / 1.0, mix_switch 0.5 picks CutMix per
+      # batch when both are on); erase: Random Erasing probability per image (DeiT: 0.25)
+      augment=dict(crop_scale_min=1.0, shift=0, flip=False, mixup=0.0, cutmix=0.0,
+                   mix_switch=0.5, erase=0.0),
       skip_corrupt=False,     # folder:<path>: skip unreadable images (warned, counted) vs error
       ), overrides)
 

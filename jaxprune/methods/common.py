@@ -127,7 +127,8 @@ def preprocess(config: ml_collections.ConfigDict, num_classes: int, batch, key, 
   """uint8 batch → (normalised float images, soft targets), augmented when `train`."""
   x = batch["image"].astype(jnp.float32) / 255.0
   if train:
-    x, targets = augment(key, x, batch["label"], num_classes, config.data.augment)
+    x, targets = augment(key, x, batch["label"], num_classes, config.data.augment,
+                         config.data.mean, config.data.std)
   else:
     targets = jax.nn.one_hot(batch["label"], num_classes)
   return normalise(x, config.data.mean, config.data.std), targets
