@@ -51,7 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "train": common.train_config(batch_size=64, epochs=40, label_smoothing=0.1, log_every=62,
                                    eval_every_epochs=10, checkpoint_every=248),
       "optim": common.optim_config(lr=5e-4, warmup_steps=62, weight_decay=0.05),
-      "distill": dict(kind="hard", weight=0.5, temperature=1.0),
+      # teacher: a saved jaxprune model (e.g. a converted DeiT-B); "" = the dense model
+      "distill": dict(kind="hard", weight=0.5, temperature=1.0, teacher=""),
   })
   if arg == "runlocal":
     config.latency_batch = 8

@@ -78,3 +78,36 @@ def test_convert_stores_the_hf_preprocessor_normalisation_or_the_given_one(tmp_p
   assert json.load(open(tmp_path / "b" / "arch.json"))["preprocessing"] == {
       "mean": [0.1] * 3, "std": [0.9] * 3}
   assert convert.main([str(tmp_path / "hf"), "--out", str(tmp_path / "c"), "--mean", "0.1"]) == 2
+
+
+def test_external_teacher_is_checked_and_sees_its_own_normalisation(tmp_path):
+  import jax
+  import numpy as np
+  from jaxprune.data.augment import renormalise, normalise
+  from jaxprune.methods import spvit
+  config = pretrain_config.get_config("runlocal")
+  config.finetune = {"distill": {"teacher": str(tmp_path / "t")}}
+  config.data.mean, config.data.std = (0.1, 0.2, 0.3), (0.5, 0.5, 0.5)
+  dense = build_model(RGB)
+  save_model(str(tmp_path / "t"), build_model(RGB, seed=3), preprocessing=IMAGENET)
+  teacher, norm = spvit.load_teacher(config, dense)
+  assert teacher.spec == RGB and norm == (tuple(IMAGENET["mean"]), tuple(IMAGENET["std"]))
+  pixels = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))  # the same pixels, both ways
+  np.testing.assert_allclose(
+      renormalise(normalise(pixels, config.data.mean, config.data.std),
+                  (config.data.mean, config.data.std), norm),
+      normalise(pixels, IMAGENET["mean"], IMAGENET["std"]), atol=1e-5)
+  save_model(str(tmp_path / "t5"), build_model(RGB.replace(num_classes=5)))
+  config.finetune.distill.teacher = str(tmp_path / "t5")
+  with pytest.raises(UserError, match="takes 8px 3-channel images into 5 classes; the student"):
+    spvit.load_teacher(config, dense)
+  config.finetune.distill.teacher = str(tmp_path / "none")
+  with pytest.raises(UserError, match="not a saved jaxprune model"):
+    spvit.check(_spvit_config(str(tmp_path / "none")))
+
+
+def _spvit_config(teacher):
+  from configs import spvit as spvit_config
+  config = spvit_config.get_config("runlocal")
+  config.finetune.distill.teacher = teacher
+  return config

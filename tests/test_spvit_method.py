@@ -44,12 +44,14 @@ def test_spvit_main_job_writes_summary_and_a_loadable_pruned_model(tmp_path):
   assert s["selected"]["chosen_by"] in ("best recorded within tolerance", "search end")
   assert os.path.getsize(w / "arch.png") > 0
 
-  # Fine-tune another logged architecture without searching again.
+  # Fine-tune another logged architecture without searching again, distilled from an external
+  # teacher (here the first run's pruned model, stored with its normalisation).
   w2 = tmp_path / "w2"
   r = run_config("spvit", w2, "--config.spvit.target_ratio=0.8", "--config.spvit.tolerance=0.1",
                  "--config.spvit.stop=end", f"--config.spvit.search_dir={w}",
-                 "--config.spvit.arch=step:8")
+                 "--config.spvit.arch=step:8", f"--config.finetune.distill.teacher={w}/pruned")
   assert r.returncode == 0, r.stderr[-3000:]
+  assert f"distilling from the teacher {w}/pruned" in r.stdout
   s2 = json.load(open(w2 / "summary.json"))
   assert s2["selected"]["step"] == 8 and s2["selected"]["chosen_by"] == "step:8"
   assert ArchSpec.from_dict(s2["arch"]) == ArchSpec.from_dict(history[1]["arch"])

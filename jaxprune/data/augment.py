@@ -21,6 +21,13 @@ def normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float]) ->
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def renormalise(x: jax.Array, src: tuple, dst: tuple) -> jax.Array:
+  """Images normalised with `src` = (mean, std) → the same pixels normalised with `dst`."""
+  (sm, ss), (dm, ds) = [(jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32))
+                        for m, s in (src, dst)]
+  return (x * ss + sm - dm) / ds
+
+
 def _random_resized_crop(key, image, scale_min: float, ratio=(3 / 4, 4 / 3)):
   h, w = image.shape[:2]
   k1, k2, k3, k4 = jax.random.split(key, 4)

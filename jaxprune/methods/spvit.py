@@ -30,6 +30,7 @@ from flax import nnx
 from jaxprune import accounting, plot
 from jaxprune.atomic import write_json
 from jaxprune.arch import ArchSpec
+from jaxprune.data.augment import renormalise
 from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import common, pretrain
@@ -118,6 +119,11 @@ def check(config: ml_collections.ConfigDict) -> None:
   elif choice and not os.path.isfile(os.path.expanduser(choice)):
     raise UserError(f"spvit.arch = {choice!r}: allowed are '' (automatic), step:N, macs:LO-HI "
                     "or an ArchSpec JSON file, which does not exist")
+  teacher = config.finetune.distill.get("teacher", "")
+  if teacher and not os.path.isfile(os.path.join(os.path.expanduser(teacher), "arch.json")):
+    raise UserError(f"finetune.distill.teacher = {teacher!r}: not a saved jaxprune model (a "
+                    "folder with arch.json, from jaxprune.save_model or python -m "
+                    "jaxprune.convert)")
   d = config.spvit.search_dir
   if d:
     for need in ("config.json", HISTORY, os.path.join("checkpoints", "search")):
@@ -283,14 +289,19 @@ def original_weights_model(dense, search_model, config):
   return fresh
 
 
-def finetune_loss(config, num_classes: int, teacher_graphdef):
+def finetune_loss(config, num_classes: int, teacher_graphdef, teacher_norm=None):
+  """Cross-entropy + distillation. `teacher_norm` (mean, std): the teacher's own input
+  normalisation when it differs from the student's (an external teacher): its inputs are the
+  same augmented images, re-normalised."""
   d = config.finetune.distill
+  student_norm = (tuple(config.data.mean), tuple(config.data.std))
 
   def loss_fn(model, batch, key, teacher_state):
     x, targets = common.preprocess(config, num_classes, batch, key, train=True)
     teacher = nnx.merge(teacher_graphdef, teacher_state)
     student = model(x, train=True, return_dist=True)
-    loss = common.distillation_loss(student, teacher(x), targets, d.kind, d.weight,
+    x_t = x if teacher_norm is None else renormalise(x, student_norm, teacher_norm)
+    loss = common.distillation_loss(student, teacher(x_t), targets, d.kind, d.weight,
                                     d.temperature, config.finetune.train.label_smoothing)
     acc = jnp.mean(jnp.argmax(student[0], -1) == jnp.argmax(targets, -1))
     return loss, {"accuracy": acc}
@@ -298,12 +309,39 @@ def finetune_loss(config, num_classes: int, teacher_graphdef):
   return loss_fn
 
 
+def load_teacher(config, dense) -> tuple[Any, tuple | None]:
+  """The distillation teacher: `finetune.distill.teacher` (any `jaxprune.load`-able model that
+  takes the same images into the same classes), else the dense model; with the teacher's own
+  normalisation when it carries one that differs from the data's."""
+  path = config.finetune.distill.get("teacher", "")
+  if not path:
+    return dense, None
+  from jaxprune.export import read_preprocessing
+  teacher, want = load(path), dense.spec
+  got = teacher.spec
+  if (got.image_size, got.in_channels, got.num_classes) != (want.image_size, want.in_channels,
+                                                           want.num_classes):
+    raise UserError(f"finetune.distill.teacher = {path!r} takes {got.image_size}px "
+                    f"{got.in_channels}-channel images into {got.num_classes} classes; the "
+                    f"student takes {want.image_size}px {want.in_channels}-channel images into "
+                    f"{want.num_classes} classes")
+  norm = read_preprocessing(path)
+  if jax.process_index() == 0:
+    print(f"[finetune] distilling from the teacher {path} ({got.depth} blocks"
+          f"{', its own normalisation' if norm else ''})", flush=True)
+  if norm and (norm["mean"], norm["std"]) != (list(config.data.mean), list(config.data.std)):
+    return teacher, (tuple(norm["mean"]), tuple(norm["std"]))
+  return teacher, None
+
+
 def run_finetune(config, workdir: str, compact, dense, writer: MetricWriter):
   fcfg = common.phase_config(config, "finetune")
   s = common.setup(fcfg)
-  teacher_graphdef, teacher_state = nnx.split(dense)
+  teacher, teacher_norm = load_teacher(config, dense)
+  teacher_graphdef, teacher_state = nnx.split(teacher)
   t = train_phase(fcfg, workdir, "finetune", compact,
-                  finetune_loss(config, s.data.num_classes, teacher_graphdef), s, writer,
+                  finetune_loss(config, s.data.num_classes, teacher_graphdef, teacher_norm), s,
+                  writer,
                   seed=config.seed + 1, aux=teacher_state, meta={"arch": compact.spec.to_dict()})
   return t.model, t.metrics
 
