@@ -44,6 +44,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       batch_size=64,          # global; must divide by the device count
       epochs=1, steps=0,      # steps > 0 overrides epochs
       label_smoothing=0.0,
+      drop_path=0.0,          # stochastic depth rate of the last block (linear from 0); DeiT 0.1
       log_every=50, eval_every_epochs=0, checkpoint_every=200,
       ), overrides)
 

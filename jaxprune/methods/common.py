@@ -134,12 +134,19 @@ def preprocess(config: ml_collections.ConfigDict, num_classes: int, batch, key, 
   return normalise(x, config.data.mean, config.data.std), targets
 
 
+def stochastic_depth(train_cfg: ml_collections.ConfigDict, key: jax.Array) -> dict[str, Any]:
+  """The model kwargs of `train.drop_path` (the last block's rate; 0 = off), with a key of its
+  own derived from the step's key."""
+  rate = train_cfg.get("drop_path", 0.0)
+  return {"drop_rate": rate, "drop_key": jax.random.fold_in(key, 0xD0)} if rate > 0 else {}
+
+
 def supervised_loss(config: ml_collections.ConfigDict, num_classes: int) -> Callable:
   """Cross-entropy (label smoothing from `train.label_smoothing`) on augmented batches."""
 
   def loss_fn(model, batch, key):
     x, targets = preprocess(config, num_classes, batch, key, train=True)
-    logits = model(x, train=True)
+    logits = model(x, train=True, **stochastic_depth(config.train, key))
     loss = soft_cross_entropy(logits, targets, config.train.label_smoothing)
     acc = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
     return loss, {"accuracy": acc}

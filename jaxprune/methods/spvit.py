@@ -73,7 +73,8 @@ def search_loss(config, num_classes: int, target_macs: float, budget_weight: flo
   def loss_fn(model, batch, key):
     data_key, gate_key = jax.random.split(key)
     x, targets = common.preprocess(config, num_classes, batch, data_key, train=True)
-    logits = model(x, train=True, gate_key=gate_key)
+    logits = model(x, train=True, gate_key=gate_key,
+                   **common.stochastic_depth(config.search.train, key))
     task = common.soft_cross_entropy(logits, targets, ls)
     f, depth, width = gate_readout(model)
     budget = budget_weight * ((target_macs - f) / 1e9)**2
@@ -299,7 +300,8 @@ def finetune_loss(config, num_classes: int, teacher_graphdef, teacher_norm=None)
   def loss_fn(model, batch, key, teacher_state):
     x, targets = common.preprocess(config, num_classes, batch, key, train=True)
     teacher = nnx.merge(teacher_graphdef, teacher_state)
-    student = model(x, train=True, return_dist=True)
+    student = model(x, train=True, return_dist=True,
+                    **common.stochastic_depth(config.finetune.train, key))
     x_t = x if teacher_norm is None else renormalise(x, student_norm, teacher_norm)
     loss = common.distillation_loss(student, teacher(x_t), targets, d.kind, d.weight,
                                     d.temperature, config.finetune.train.label_smoothing)

@@ -214,6 +214,36 @@ class Mlp(nnx.Module):
     return self.fc2(gelu(self.fc1(x)))
 
 
+def drop_path(x: jax.Array, drop: tuple[float, jax.Array] | None) -> jax.Array:
+  """Stochastic depth on a residual branch `x` [B, ...]: with `drop` = (rate, key) each sample's
+  branch is kept with probability 1 − rate and scaled by 1 / (1 − rate); None = identity."""
+  if drop is None:
+    return x
+  rate, key = drop
+  keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def apply_layers(layers, x: jax.Array, train: bool, drop_rate: float = 0.0,
+                 drop_key: jax.Array | None = None, **block_kwargs) -> jax.Array:
+  """Runs `layers` in order. In training, with `drop_key` and `drop_rate` > 0, block i of n
+  (patch merging layers are not blocks) drops its residual branches at rate
+  drop_rate·i/(n − 1), the linear rule of DeiT and Swin; `block_kwargs` go to every block."""
+  n = sum(not isinstance(layer, PatchMerging) for layer in layers)
+  i = 0
+  for layer in layers:
+    if isinstance(layer, PatchMerging):
+      x = layer(x)
+      continue
+    extra = {}
+    rate = drop_rate * i / max(n - 1, 1)
+    if train and drop_key is not None and rate > 0:
+      extra["drop"] = (rate, jax.random.fold_in(drop_key, i))
+    x = layer(x, train=train, **extra, **block_kwargs)
+    i += 1
+  return x
+
+
 class Block(nnx.Module):
   """Pre-norm block `x + attn(norm1(x))` then `x + mlp(norm2(x))`; either sub-layer may be absent.
 
@@ -247,15 +277,21 @@ class Block(nnx.Module):
     # A pruned-away MLP's output bias (BlockSpec.mlp_bias): x + b.
     self.mlp_bias = nnx.Param(jnp.zeros((c,), jnp.float32)) if block.mlp_bias else None
 
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               drop: tuple[float, jax.Array] | None = None) -> jax.Array:
+    """`drop` = (rate, key): stochastic depth on each residual branch (training only)."""
+    d1 = d2 = None
+    if drop is not None:
+      k1, k2 = jax.random.split(drop[1])
+      d1, d2 = (drop[0], k1), (drop[0], k2)
     if self.attn_kind == "msa":
-      x = x + self.attn(self.norm1(x))
+      x = x + drop_path(self.attn(self.norm1(x)), d1)
     elif self.attn is not None:
-      x = x + self.attn(self.norm1(x), train=train)
+      x = x + drop_path(self.attn(self.norm1(x), train=train), d1)
     if self.mlp is not None:
-      x = x + self.mlp(self.norm2(x))
+      x = x + drop_path(self.mlp(self.norm2(x)), d2)
     elif self.mlp_bias is not None:
-      x = x + self.mlp_bias[...]
+      x = x + drop_path(jnp.broadcast_to(self.mlp_bias[...], x.shape), d2)
     return x
 
 
@@ -266,7 +302,7 @@ class LinearAdaptor(nnx.Module):
     self.adaptor = nnx.Linear(width, width, kernel_init=lambda *_: jnp.eye(width),
                               bias_init=_zeros, rngs=rngs)
 
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, **unused) -> jax.Array:
     return self.adaptor(x)
 
 

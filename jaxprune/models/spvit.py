@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxprune.arch import ArchSpec, BlockSpec, Shape
-from jaxprune.models.blocks import (Attention, Mlp, WindowAttention, conv_same, gelu, layer_norm,
-                                    on_patch_maps)
+from jaxprune.models.blocks import (Attention, Mlp, WindowAttention, conv_same, drop_path, gelu,
+                                    layer_norm, on_patch_maps)
 from jaxprune.models.gates import (GATE_INIT, Gate, flops_path, op_coefficients, sample_st,
                                    single_path, threshold_surrogate)
 from jaxprune.models.vit import build_model
@@ -160,15 +160,20 @@ class SearchBlock(nnx.Module):
       g_mlp = sample_st(self.theta_mlp[...], k2, self.opts.temperature)
     return c, jnp.repeat(g_mlp, self.opts.ffn_group)
 
-  def __call__(self, x: jax.Array, train: bool = False, gate_key: jax.Array | None = None):
+  def __call__(self, x: jax.Array, train: bool = False, gate_key: jax.Array | None = None,
+               drop: tuple[float, jax.Array] | None = None):
     c, mask = self.gates(gate_key)
     coef = op_coefficients(c)
+    d1 = d2 = None
+    if drop is not None:  # stochastic depth, as the dense block
+      k1, k2 = jax.random.split(drop[1])
+      d1, d2 = (drop[0], k1), (drop[0], k2)
     y = self.norm1(x)
     attn = (coef["msa"] * self.attn(y) + coef["conv3"] * self.conv_op(y, 3, train)
             + coef["conv1"] * self.conv_op(y, 1, train))
-    x = x + attn
+    x = x + drop_path(attn, d1)
     h = gelu(self.mlp.fc1(self.norm2(x))) * mask
-    return x + self.mlp.fc2(h)
+    return x + drop_path(self.mlp.fc2(h), d2)
 
 
 def build_search_model(dense: nnx.Module, opts: SearchOptions) -> nnx.Module:

@@ -14,7 +14,8 @@ import jax
 from flax import nnx
 
 from jaxprune.arch import ArchSpec, MergeSpec
-from jaxprune.models.blocks import Block, PatchMerging, check_images, layer_norm, linear
+from jaxprune.models.blocks import (Block, PatchMerging, apply_layers, check_images, layer_norm,
+                                    linear)
 
 
 class Swin(nnx.Module):
@@ -61,9 +62,7 @@ class Swin(nnx.Module):
   def features(self, images: jax.Array, train: bool = False, **block_kwargs) -> jax.Array:
     """All tokens of the last stage after the final LayerNorm, [B, N, C_last]."""
     x = self.embed(images)
-    for layer in self.layers:
-      x = layer(x, train=train, **block_kwargs)
-    return self.norm(x)
+    return self.norm(apply_layers(self.layers, x, train, **block_kwargs))
 
   def logits(self, feats: jax.Array, return_dist: bool = False) -> Any:
     """Head on the token average (one head: `return_dist` gives it twice, as ViT does)."""

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxprune.arch import ArchSpec
-from jaxprune.models.blocks import Block, check_images, layer_norm, linear
+from jaxprune.models.blocks import Block, apply_layers, check_images, layer_norm, linear
 from jaxprune.models.gates import Gate
 
 
@@ -57,12 +57,11 @@ class ViT(nnx.Module):
   def features(self, images: jax.Array, train: bool = False, **block_kwargs) -> jax.Array:
     """All tokens after the final LayerNorm, [B, N, C] (what DC-ViT's feature mimicking matches).
 
-    `block_kwargs` go to every block (e.g. the SPViT search blocks' gate key).
+    `block_kwargs` go to every block (e.g. the SPViT search blocks' gate key), except
+    `drop_rate`/`drop_key` (stochastic depth, `blocks.apply_layers`).
     """
     x = self.embed(images)
-    for block in self.blocks:
-      x = block(x, train=train, **block_kwargs)
-    return self.norm(x)
+    return self.norm(apply_layers(self.blocks, x, train, **block_kwargs))
 
   def logits(self, feats: jax.Array, return_dist: bool = False) -> Any:
     """Head(s) on the final-norm tokens."""
