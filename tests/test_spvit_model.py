@@ -167,19 +167,29 @@ def _nonzero_biases(model, seed=2):
   return model
 
 
-def _search_model(ffn_group=2, seed=0, weight_sharing=True):
-  sm = build_search_model(_nonzero_biases(build_model(SPEC, seed=1)),
-                          SearchOptions(ffn_group=ffn_group, weight_sharing=weight_sharing))
+# Gate logits that choose each op (thresholds at 0): θ = (≥conv1, ≥conv3, msa).
+OPS = {"msa": [1, 1, 1], "conv3": [1, 1, -1], "conv1": [1, -1, 1], "none": [-1, 1, 1]}
+
+
+def gated_search_model(spec, x, ops, seed=0, weight_sharing=True, **opts):
+  """A search model over a dense model with non-zero biases, its gates set to `ops` (one per
+  block), random FFN gates and mixing matrices, BatchNorm statistics moved by one batch `x`."""
+  sm = build_search_model(_nonzero_biases(build_model(spec, seed=1)),
+                          SearchOptions(weight_sharing=weight_sharing, **opts))
   if not weight_sharing:
     _nonzero_biases(sm, seed=5)  # the candidates' own biases too
   rng = np.random.default_rng(seed)
-  for i, b in enumerate(sm.blocks):
-    b.theta_attn[...] = jnp.asarray([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]][i],
-                                    jnp.float32)
+  for b, op in zip(sm.blocks, ops):
+    b.theta_attn[...] = jnp.asarray(OPS[op], jnp.float32)
     b.theta_mlp[...] = jnp.asarray(rng.normal(size=b.theta_mlp.shape), jnp.float32)
     b.mix[...] = jnp.asarray(rng.normal(size=b.mix.shape), jnp.float32)
-  sm(X, train=True)  # BatchNorm statistics away from their initial values
+  sm(x, train=True)  # BatchNorm statistics away from their initial values
   return sm
+
+
+def _search_model(ffn_group=2, seed=0, weight_sharing=True):
+  return gated_search_model(SPEC, X, ("msa", "conv3", "conv1", "none"), seed, weight_sharing,
+                            ffn_group=ffn_group)
 
 
 def test_search_model_with_all_gates_on_is_the_dense_model():

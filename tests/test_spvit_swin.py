@@ -14,26 +14,13 @@ from jaxprune.models.gates import op_coefficients
 from jaxprune.models.spvit import (SearchOptions, build_search_model, collapse_conv,
                                    conv_kernel_position)
 from jaxprune.surgery import check_reachable, derive_arch, materialise
-from tests.test_spvit_model import _nonzero_biases
+from tests.test_spvit_model import gated_search_model
 
 # grid 10 (windows of 4 pad it to 12, the second block shifted by 2), then grid 5 (padded to 8).
 SPEC = swin_spec("swin_test", image_size=20, patch_size=2, num_classes=5, window=4)
 X = jax.random.normal(jax.random.key(0), (3, 20, 20, 3))
-OPS = {"msa": [1, 1, 1], "conv3": [1, 1, -1], "conv1": [1, -1, 1], "none": [-1, 1, 1]}
-
-
 def _search_model(ops, weight_sharing=True, seed=0):
-  sm = build_search_model(_nonzero_biases(build_model(SPEC, seed=1)),
-                          SearchOptions(ffn_group=4, alpha=1.0, weight_sharing=weight_sharing))
-  if not weight_sharing:
-    _nonzero_biases(sm, seed=5)
-  rng = np.random.default_rng(seed)
-  for b, op in zip(sm.blocks, ops):
-    b.theta_attn[...] = jnp.asarray(OPS[op], jnp.float32)
-    b.theta_mlp[...] = jnp.asarray(rng.normal(size=b.theta_mlp.shape), jnp.float32)
-    b.mix[...] = jnp.asarray(rng.normal(size=b.mix.shape), jnp.float32)
-  sm(X, train=True)  # BatchNorm statistics away from their initial values
-  return sm
+  return gated_search_model(SPEC, X, ops, seed, weight_sharing, ffn_group=4, alpha=1.0)
 
 
 def test_search_model_with_all_gates_on_is_the_dense_swin():
