@@ -4,10 +4,14 @@ import ml_collections
 
 
 def _with(defaults: dict, overrides: dict) -> ml_collections.ConfigDict:
+  """`defaults` updated by `overrides`; a dict override updates its section field by field."""
   unknown = sorted(set(overrides) - set(defaults))
   if unknown:
     raise KeyError(f"unknown config fields {unknown}")
-  return ml_collections.ConfigDict({**defaults, **overrides})
+  merged = dict(defaults)
+  for k, v in overrides.items():
+    merged[k] = _with(defaults[k], v).to_dict() if isinstance(defaults[k], dict) else v
+  return ml_collections.ConfigDict(merged)
 
 
 def model_config(variant: str = "test_small", image_size: int = 28, patch_size: int = 4,
@@ -31,10 +35,10 @@ def data_config(source: str = "mnist5k", **overrides) -> ml_collections.ConfigDi
       # Per channel, after scaling pixels to [0, 1]; empty = the model's own (model.init_from,
       # stored with every exported or converted model), else the source's known statistics.
       mean=(), std=(),
-      # mixup / cutmix: Beta(α, α) (0 = off; DeiT: 0.8 / 1.0, mix_switch 0.5 picks CutMix per
-      # batch when both are on); erase: Random Erasing probability per image (DeiT: 0.25)
+      # mixup / cutmix: Beta(α, α) (0 = off; DeiT: 0.8 / 1.0; with both on, CutMix is picked
+      # for half the batches); erase: Random Erasing probability per image (DeiT: 0.25)
       augment=dict(crop_scale_min=1.0, shift=0, flip=False, mixup=0.0, cutmix=0.0,
-                   mix_switch=0.5, erase=0.0),
+                   erase=0.0),
       skip_corrupt=False,     # folder:<path>: skip unreadable images (warned, counted) vs error
       ), overrides)
 

@@ -114,7 +114,7 @@ RULES: list[tuple[str, Check]] = [
     ("data.augment.shift", NONNEG),
     ("*train.drop_path", number(0, 1, hi_open=True)),
     ("data.augment.mixup", number(0)), ("data.augment.cutmix", number(0)),
-    ("data.augment.mix_switch", number(0, 1)), ("data.augment.erase", number(0, 1)),
+    ("data.augment.erase", number(0, 1)),
     ("*train.batch_size", POSITIVE),
     ("*train.epochs", NONNEG), ("*train.steps", NONNEG),
     ("*train.label_smoothing", number(0, 1, hi_open=True)),

@@ -45,7 +45,7 @@ def test_mixup_cutmix_switch_uses_both_and_labels_stay_distributions():
   images, targets = _two_images()
   labels = jnp.array([0, 1])
   cfg = ml_collections.ConfigDict(dict(crop_scale_min=1.0, shift=0, flip=False, mixup=0.8,
-                                       cutmix=1.0, mix_switch=0.5, erase=0.0))
+                                       cutmix=1.0, erase=0.0))
   kinds = set()
   for seed in range(12):
     out, mixed = augment(jax.random.key(seed), images, labels, 2, cfg)
@@ -63,7 +63,7 @@ def test_old_augmentations_draw_the_same_random_streams():
   images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
   targets = jax.nn.one_hot(jnp.arange(4), 4)
   cfg = ml_collections.ConfigDict(dict(crop_scale_min=1.0, shift=2, flip=True, mixup=0.2,
-                                       cutmix=0.0, mix_switch=0.5, erase=0.0))
+                                       cutmix=0.0, erase=0.0))
   got, got_t = augment(jax.random.key(3), images, jnp.arange(4), 4, cfg)
   _, k_shift, k_flip, k_mix = jax.random.split(jax.random.key(3), 4)
   x = jax.vmap(lambda k, im: _shift(k, im, 2))(jax.random.split(k_shift, 4), images)

@@ -336,3 +336,22 @@ def test_stage_cache_computes_once_and_leaves_no_temporary_file(tmp_path):
   for _ in range(2):
     got, extra = cached_model(str(tmp_path / "m"), lambda: calls.append(2) or (model, {"k": 5}))
   assert calls == [1, 2] and extra == {"k": 5} and got.spec == model.spec
+
+
+def test_fields_added_after_a_run_at_their_off_value_do_not_block_resuming(tmp_path):
+  """A workdir written before a config field existed resumes while the field is at its off
+  value (0, "", empty); set to anything else it is a different config."""
+  w = tmp_path / "w"
+  config = pretrain_config.get_config("runlocal")
+  wd.prepare_workdir(str(w), config)
+  wd.unlock(str(w))
+  stored = json.loads((w / "config.json").read_text())
+  del stored["train"]["drop_path"], stored["data"]["augment"]["cutmix"]  # an older jaxprune
+  (w / "config.json").write_text(json.dumps(stored))
+  wd.prepare_workdir(str(w), config)  # accepted, and the file completed
+  wd.unlock(str(w))
+  assert "drop_path" in json.loads((w / "config.json").read_text())["train"]
+  (w / "config.json").write_text(json.dumps(stored))  # the older file again
+  config.train.drop_path = 0.1
+  with pytest.raises(UserError, match=r"different config \(differs in: train.drop_path\)"):
+    wd.prepare_workdir(str(w), config)

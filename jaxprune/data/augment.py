@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import ml_collections
 
 
+MIX_SWITCH = 0.5  # with Mixup and CutMix both on: P(CutMix) per batch (timm/DeiT's switch_prob)
+
+
 def normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """uint8 (or [0,1] float) NHWC images → (x/255 − mean) / std, float32."""
   x = images.astype(jnp.float32)
@@ -106,7 +109,7 @@ def augment(key: jax.Array, images: jax.Array, labels: jax.Array, num_classes: i
   cfg fields: `crop_scale_min` (random resized crop when < 1), `shift` (± pixels, zero padded),
   `flip` (horizontal, p=0.5), `erase` (Random Erasing probability per image; the fill uses the
   normalisation `mean`/`std`), `mixup` / `cutmix` (Beta(α, α) mixing with the reversed batch
-  when α > 0; with both, CutMix is chosen per batch with probability `mix_switch`), in the order
+  when α > 0; with both, CutMix is chosen per batch with probability `MIX_SWITCH`), in the order
   of the DeiT recipe (per-image transforms, erasing, then batch mixing).
   """
   b = images.shape[0]
@@ -126,7 +129,7 @@ def augment(key: jax.Array, images: jax.Array, labels: jax.Array, num_classes: i
   targets = jax.nn.one_hot(labels, num_classes)
   mix, cut = cfg.mixup, cfg.get("cutmix", 0.0)
   if mix > 0 and cut > 0:
-    use_cut = jax.random.bernoulli(k_switch, cfg.get("mix_switch", 0.5))
+    use_cut = jax.random.bernoulli(k_switch, MIX_SWITCH)
     images, targets = jax.lax.cond(use_cut, lambda: cutmix(k_mix, images, targets, cut),
                                    lambda: mixup(k_mix, images, targets, mix))
   elif cut > 0:

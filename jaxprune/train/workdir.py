@@ -139,9 +139,9 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
                         f"({type(e).__name__}: {e}); pass --overwrite to replace the run, or "
                         "choose another --workdir") from None
       old, old_dict = None, None
-    if old != text:
+    diff = sorted(_diff_keys(old_dict, json.loads(text))) if old_dict is not None else ["*"]
+    if old != text and diff:
       if not overwrite:
-        diff = sorted(_diff_keys(old_dict, json.loads(text)))
         raise UserError(f"workdir {workdir} holds a run of a different config (differs in: "
                         f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}); pass "
                         "--overwrite to replace it, or choose another --workdir")
@@ -163,10 +163,22 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
                    "only jaxprune's own files in this folder\n")
 
 
+_MISSING = object()
+
+
+def _off(value: Any) -> bool:
+  """A config value that switches its feature off (0, 0.0, False, "", empty)."""
+  return value in (0, "", None) or (isinstance(value, (list, tuple, dict)) and not value)
+
+
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+  """Dotted keys whose values differ. A key the old config `a` lacks while the new one holds it
+  at its off value is not a difference: a field added to jaxprune after that run, inert."""
   if isinstance(a, dict) and isinstance(b, dict):
     out = []
     for k in sorted(set(a) | set(b)):
-      out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+      if k not in a and _off(b[k]):
+        continue
+      out += _diff_keys(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
     return out
   return [] if a == b else [prefix.rstrip(".")]
