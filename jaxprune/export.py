@@ -61,8 +61,9 @@ def check_preprocessing(p: dict[str, Any], channels: int, where: str) -> dict[st
     except (TypeError, ValueError):
       values = None
     if values is None or len(values) != channels or (key == "std" and min(values) <= 0):
+      positive = ", all > 0" if key == "std" else ""
       raise UserError(f"{where}.{key} = {p.get(key) if isinstance(p, dict) else p!r}: needs "
-                      f"{channels} numbers (one per input channel){', all > 0' if key == 'std' else ''}")
+                      f"{channels} numbers (one per input channel){positive}")
     out[key] = values
   return out
 

@@ -224,6 +224,15 @@ def drop_path(x: jax.Array, drop: tuple[float, jax.Array] | None) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+def branch_drops(drop: tuple[float, jax.Array] | None) -> tuple:
+  """A block's `drop` = (rate, key) as one (rate, key) per residual branch (attention, MLP),
+  each with its own key; (None, None) when off."""
+  if drop is None:
+    return None, None
+  k1, k2 = jax.random.split(drop[1])
+  return (drop[0], k1), (drop[0], k2)
+
+
 def apply_layers(layers, x: jax.Array, train: bool, drop_rate: float = 0.0,
                  drop_key: jax.Array | None = None, **block_kwargs) -> jax.Array:
   """Runs `layers` in order. In training, with `drop_key` and `drop_rate` > 0, block i of n
@@ -280,10 +289,7 @@ class Block(nnx.Module):
   def __call__(self, x: jax.Array, train: bool = False,
                drop: tuple[float, jax.Array] | None = None) -> jax.Array:
     """`drop` = (rate, key): stochastic depth on each residual branch (training only)."""
-    d1 = d2 = None
-    if drop is not None:
-      k1, k2 = jax.random.split(drop[1])
-      d1, d2 = (drop[0], k1), (drop[0], k2)
+    d1, d2 = branch_drops(drop)
     if self.attn_kind == "msa":
       x = x + drop_path(self.attn(self.norm1(x)), d1)
     elif self.attn is not None:

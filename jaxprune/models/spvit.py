@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxprune.arch import ArchSpec, BlockSpec, Shape
-from jaxprune.models.blocks import (Attention, Mlp, WindowAttention, conv_same, drop_path, gelu,
-                                    layer_norm, on_patch_maps)
+from jaxprune.models.blocks import (Attention, Mlp, WindowAttention, branch_drops, conv_same,
+                                    drop_path, gelu, layer_norm, on_patch_maps)
 from jaxprune.models.gates import (GATE_INIT, Gate, flops_path, op_coefficients, sample_st,
                                    single_path, threshold_surrogate)
 from jaxprune.models.vit import build_model
@@ -164,10 +164,7 @@ class SearchBlock(nnx.Module):
                drop: tuple[float, jax.Array] | None = None):
     c, mask = self.gates(gate_key)
     coef = op_coefficients(c)
-    d1 = d2 = None
-    if drop is not None:  # stochastic depth, as the dense block
-      k1, k2 = jax.random.split(drop[1])
-      d1, d2 = (drop[0], k1), (drop[0], k2)
+    d1, d2 = branch_drops(drop)  # stochastic depth, as the dense block
     y = self.norm1(x)
     attn = (coef["msa"] * self.attn(y) + coef["conv3"] * self.conv_op(y, 3, train)
             + coef["conv1"] * self.conv_op(y, 1, train))
