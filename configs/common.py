@@ -37,9 +37,13 @@ def data_config(source: str = "mnist5k", **overrides) -> ml_collections.ConfigDi
       mean=(), std=(),
       # mixup / cutmix: Beta(α, α) (0 = off; DeiT: 0.8 / 1.0; with both on, CutMix is picked
       # for half the batches); erase: Random Erasing probability per image (DeiT: 0.25)
+      # crop_scale_min < 1: RandomResizedCrop of area U(crop_scale_min, 1) (DeiT: 0.08)
       augment=dict(crop_scale_min=1.0, shift=0, flip=False, mixup=0.0, cutmix=0.0,
                    erase=0.0),
       skip_corrupt=False,     # folder:<path>: skip unreadable images (warned, counted) vs error
+      # folder/TFDS eval view: shorter side to image_size / eval_crop, centre crop (DeiT 0.875);
+      # 0 = squash the whole image. Their crop_scale_min / flip run on the host (bicubic).
+      eval_crop=0.0,
       # Grain input pipeline: batches decoded ahead per process (-1 = 0 for in-memory sources,
       # 8 for folder/TFDS), and worker processes decoding whole batches (0 = in-process threads)
       threads=-1, workers=0,

@@ -113,6 +113,7 @@ RULES: list[tuple[str, Check]] = [
     ("data.augment.crop_scale_min", number(0, 1, lo_open=True)),
     ("data.augment.shift", NONNEG),
     ("data.threads", integer(-1)), ("data.workers", NONNEG),
+    ("data.eval_crop", number(0, 1)),
     ("*train.drop_path", number(0, 1, hi_open=True)),
     ("data.augment.mixup", number(0)), ("data.augment.cutmix", number(0)),
     ("data.augment.erase", number(0, 1)),

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from absl import logging
 
+from jaxprune.data.transforms import eval_view
 from jaxprune.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -168,10 +169,13 @@ def _build_index(root: str, classes: list[str], header: dict, skip_corrupt: bool
 
 
 class FolderSplit:
-  """Random access to one split of a folder: decodes (and resizes to `size`) on `get`."""
+  """Random access to one split of a folder, decoded on demand: `get` gives `size` squares in
+  the eval view (`transforms.eval_view` with `eval_crop`), `example` the full-size image."""
 
-  def __init__(self, root: str, files: list[str], labels: list[int], size: int, channels: int):
+  def __init__(self, root: str, files: list[str], labels: list[int], size: int, channels: int,
+               eval_crop: float = 0.0):
     self.root, self.files, self.size, self.channels = root, files, size, channels
+    self.eval_crop = eval_crop
     self._labels = np.asarray(labels, np.int32)
 
   def __len__(self) -> int:
@@ -181,25 +185,25 @@ class FolderSplit:
   def labels(self) -> np.ndarray:
     return self._labels
 
-  def image(self, i: int) -> np.ndarray:
-    from jaxprune.data.sources import resize_images
+  def example(self, i: int) -> tuple[np.ndarray, int]:
+    """(uint8 [H, W, channels] at the file's own size, label)."""
     path = os.path.join(self.root, self.files[i])
     out, err = _try(_read_image, path)
     if err is not None:
       raise UserError(f"data.source 'folder:{self.root}': cannot read image {path} ({err}); fix "
                       "or remove it, or set data.skip_corrupt=True to skip unreadable images")
-    out = out[..., :self.channels]
-    return out if out.shape[:2] == (self.size, self.size) else resize_images(out[None], self.size)[0]
+    return out[..., :self.channels], int(self._labels[i])
 
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     indices = np.asarray(indices)
     images = np.empty((len(indices), self.size, self.size, self.channels), np.uint8)
     for k, i in enumerate(indices):
-      images[k] = self.image(int(i))
+      images[k] = eval_view(self.example(int(i))[0], self.size, self.eval_crop)
     return images, self._labels[indices]
 
 
-def load_folder(path: str, image_size: int | None = None, skip_corrupt: bool = False):
+def load_folder(path: str, image_size: int | None = None, skip_corrupt: bool = False,
+                eval_crop: float = 0.0):
   """The folder's train and test splits (see the module docstring); images are `image_size`
   squares (default: the height of the first training image)."""
   from jaxprune.data.sources import Dataset
@@ -216,6 +220,6 @@ def load_folder(path: str, image_size: int | None = None, skip_corrupt: bool = F
     print(f"[data] warning: skipped {len(info['skipped'])} unreadable images in {path} "
           f"(data.skip_corrupt), e.g. {os.path.join(path, info['skipped'][0])}", flush=True)
   size, channels = image_size or info["height"], 1 if info["gray"] else 3
-  splits = {s: FolderSplit(path, *info["splits"][s], size, channels) for s in SPLITS}
+  splits = {s: FolderSplit(path, *info["splits"][s], size, channels, eval_crop) for s in SPLITS}
   return Dataset(splits["train"], splits["test"], num_classes=len(classes),
                  image_shape=(size, size, channels), name=f"folder:{path}")

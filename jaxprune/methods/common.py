@@ -15,7 +15,8 @@ from jaxprune.arch import ArchSpec, dense_spec
 from jaxprune.atomic import write_json
 from jaxprune.data import (Dataset, Subset, TrainBatches, augment, eval_batches,
                            fewshot_indices, load_source, normalise)
-from jaxprune.data.sources import ArraySplit
+from jaxprune.data.sources import ArraySplit, decodes_per_batch
+from jaxprune.data.transforms import TrainCrop
 from jaxprune.errors import UserError
 from jaxprune.train.mesh import check_batch, data_sharding, make_mesh
 from jaxprune.train.step import make_eval_step, soft_cross_entropy
@@ -36,7 +37,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   check_batch(config.train.batch_size)
   mesh = make_mesh()
   ds = load_source(config.data.source, config.model.image_size or None,
-                   config.data.tfds_dir or None, config.data.get("skip_corrupt", False))
+                   config.data.tfds_dir or None, config.data.get("skip_corrupt", False),
+                   config.data.get("eval_crop", 0.0))
   train = ds.train
   if config.data.fewshot:
     train = Subset(ds.train, fewshot_indices(ds.train.labels, config.data.fewshot,
@@ -51,8 +53,12 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
       raise UserError(f"data.{field} = {tuple(config.data[field])}: needs {channels} values, "
                       f"one per channel of the {channels}-channel source {ds.name}")
   loading = loader_options(config, ds)
+  aug, host = config.data.augment, None
+  if decodes_per_batch(config.data.source) and (aug.crop_scale_min < 1 or aug.flip):
+    host = TrainCrop(ds.image_shape[0], aug.crop_scale_min, aug.flip,
+                     config.data.get("eval_crop", 0.0))
   batches = TrainBatches(train, config.train.batch_size, config.seed, data_sharding(mesh),
-                         **loading)
+                         host=host, **loading)
   return Setup(mesh, ds, train, batches, loading)
 
 
@@ -143,8 +149,11 @@ def preprocess(config: ml_collections.ConfigDict, num_classes: int, batch, key, 
   """uint8 batch → (normalised float images, soft targets), augmented when `train`."""
   x = batch["image"].astype(jnp.float32) / 255.0
   if train:
-    x, targets = augment(key, x, batch["label"], num_classes, config.data.augment,
-                         config.data.mean, config.data.std)
+    aug = config.data.augment
+    if decodes_per_batch(config.data.source):  # cropped and flipped on the host already
+      aug = ml_collections.ConfigDict(dict(aug.to_dict(), crop_scale_min=1.0, flip=False))
+    x, targets = augment(key, x, batch["label"], num_classes, aug, config.data.mean,
+                         config.data.std)
   else:
     targets = jax.nn.one_hot(batch["label"], num_classes)
   return normalise(x, config.data.mean, config.data.std), targets
