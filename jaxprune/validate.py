@@ -128,6 +128,7 @@ RULES: list[tuple[str, Check]] = [
     ("*optim.b1", number(0, 1, hi_open=True)), ("*optim.b2", number(0, 1, hi_open=True)),
     ("*optim.frozen", regex), ("*optim.lr_rules", lr_rules),
     ("*distill.kind", choice("none", "hard", "soft")),
+    ("*train.compute_dtype", choice("float32", "bfloat16")),
     ("*distill.weight", number(0, 1)), ("*distill.temperature", number(0, lo_open=True)),
     ("spvit.target_ratio", FRACTION), ("spvit.tolerance", FRACTION),
     ("spvit.budget_weight", number(0)), ("spvit.budget_scale", number(0, lo_open=True)),

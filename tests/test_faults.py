@@ -347,6 +347,7 @@ def test_fields_added_after_a_run_at_their_off_value_do_not_block_resuming(tmp_p
   wd.unlock(str(w))
   stored = json.loads((w / "config.json").read_text())
   del stored["train"]["drop_path"], stored["data"]["augment"]["cutmix"]  # an older jaxprune
+  del stored["train"]["compute_dtype"]  # added at its default float32, the only dtype before
   (w / "config.json").write_text(json.dumps(stored))
   wd.prepare_workdir(str(w), config)  # accepted, and the file completed
   wd.unlock(str(w))
@@ -355,3 +356,12 @@ def test_fields_added_after_a_run_at_their_off_value_do_not_block_resuming(tmp_p
   config.train.drop_path = 0.1
   with pytest.raises(UserError, match=r"different config \(differs in: train.drop_path\)"):
     wd.prepare_workdir(str(w), config)
+  wd.unlock(str(w))
+  config.train.drop_path, config.train.compute_dtype = 0.0, "bfloat16"
+  with pytest.raises(UserError, match=r"different config \(differs in: train.compute_dtype\)"):
+    wd.prepare_workdir(str(w), config)
+  wd.unlock(str(w))
+  config.train.compute_dtype, config.data.workers, config.data.threads = "float32", 3, 2
+  stored["data"].update(workers=0, threads=-1)  # loader settings: a resume may change them
+  (w / "config.json").write_text(json.dumps(stored))
+  wd.prepare_workdir(str(w), config)

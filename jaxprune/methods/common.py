@@ -19,6 +19,7 @@ from jaxprune.data.sources import ArraySplit, decodes_per_batch
 from jaxprune.data.transforms import TrainCrop
 from jaxprune.errors import UserError
 from jaxprune.train.mesh import check_batch, data_sharding, make_mesh
+from jaxprune.models.precision import compute_dtype
 from jaxprune.train.step import make_eval_step, soft_cross_entropy
 
 
@@ -182,7 +183,8 @@ def supervised_loss(config: ml_collections.ConfigDict, num_classes: int) -> Call
 def evaluator(config: ml_collections.ConfigDict, graphdef, s: Setup,
               split: Any | None = None) -> Callable[[Any], dict[str, float]]:
   """`state -> {"accuracy", "loss"}` over the test split (or `split`)."""
-  eval_step = make_eval_step(graphdef, s.mesh)
+  eval_step = make_eval_step(graphdef, s.mesh,
+                             compute_dtype(config.train.get("compute_dtype", "float32")))
   split = s.data.test if split is None else split
   mean, std = config.data.mean, config.data.std
 

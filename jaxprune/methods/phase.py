@@ -18,6 +18,7 @@ from jaxprune.methods import common
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.loop import Schedule, fit
 from jaxprune.train.optim import make_optimizer
+from jaxprune.models.precision import compute_dtype
 from jaxprune.train.step import init_state, make_train_step, merge, place
 
 
@@ -48,7 +49,8 @@ def train_phase(cfg: ml_collections.ConfigDict, workdir: str, phase: str, model,
   steps = steps or common.total_steps(cfg, s)
   graphdef, state, tx = init_state(model, lambda p: make_optimizer(cfg.optim, p, steps))
   step_fn = make_train_step(graphdef, tx, loss_fn, s.mesh, cfg.seed if seed is None else seed,
-                            aux=aux)
+                            aux=aux, compute_dtype=compute_dtype(cfg.train.get("compute_dtype",
+                                                                               "float32")))
   if evaluate is True:
     evaluate_fn = common.evaluator(cfg, graphdef, s)
   else:

@@ -26,6 +26,12 @@ def check_images(images: jax.Array, spec: ArchSpec, model: str) -> None:
                      f"{spec.image_size}, {spec.in_channels}], got {list(images.shape)}")
 
 
+def softmax32(logits: jax.Array) -> jax.Array:
+  """Softmax over the last axis computed in float32, returned in the logits' dtype (bfloat16
+  attention logits under mixed precision keep an accurate normaliser)."""
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(logits.dtype)
+
+
 def linear(din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(din, dout, kernel_init=_kernel_init, bias_init=_zeros, rngs=rngs)
 
@@ -51,7 +57,7 @@ class Attention(nnx.Module):
     qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * self.head_dim**-0.5, k)
-    weights = jax.nn.softmax(logits, axis=-1)
+    weights = softmax32(logits)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     return self.proj(out.reshape(b, n, self.heads * self.head_dim))
 
@@ -137,7 +143,7 @@ class WindowAttention(Attention):
     logits = logits + bias.transpose(2, 0, 1)
     if s:
       logits = logits + shift_mask(-(-g // w) * w, w, s)[None, :, None]
-    out = jnp.einsum("bnhqk,bnkhd->bnqhd", jax.nn.softmax(logits, axis=-1), v)
+    out = jnp.einsum("bnhqk,bnkhd->bnqhd", softmax32(logits), v)
     out = self.proj(out.reshape(*win.shape[:3], self.heads * self.head_dim))
     return from_shifted_windows(out, g, w, s)
 

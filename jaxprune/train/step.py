@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from jaxprune.models import Gate
+from jaxprune.models.precision import set_compute_dtype
 from jaxprune.train.mesh import data_sharding, replicated
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -50,13 +51,15 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array,
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh,
-                    seed: int, aux: Any = None) -> Callable:
+                    seed: int, aux: Any = None, compute_dtype=None) -> Callable:
   """`step(state, batch) -> (state, metrics)`: jitted, state replicated and donated, batch
   sharded on the `data` axis. The step's key is `fold_in(key(seed), state.step)`.
 
   `loss_fn(model, batch, key)`, or `loss_fn(model, batch, key, aux)` when `aux` is given: a
   constant pytree (e.g. a teacher's weights) passed to the jitted step as an argument, replicated,
   never differentiated nor baked into the program as constants.
+  `compute_dtype` (e.g. bfloat16): the model computes in it over float32 parameters
+  (models/precision.py).
   """
   base_key = jax.random.key(seed)
 
@@ -66,7 +69,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn,
     def compute(params, rest):
       # Fresh Variables at this trace level: BatchNorm updates its statistics in place.
       rest = jax.tree.map(lambda x: x, rest)
-      model = nnx.merge(graphdef, params["weights"], params["gates"], rest)
+      model = set_compute_dtype(
+          nnx.merge(graphdef, params["weights"], params["gates"], rest), compute_dtype)
       args = (model, batch, key) if aux is None else (model, batch, key, aux)
       loss, metrics = loss_fn(*args)
       _, _, _, rest = nnx.split(model, nnx.Param, Gate, ...)
@@ -89,11 +93,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn,
   return bound
 
 
-def make_eval_step(graphdef, mesh) -> Callable:
+def make_eval_step(graphdef, mesh, compute_dtype=None) -> Callable:
   """`eval_step(state, batch) -> {"correct", "count", "loss_sum"}` over masked rows."""
 
   def eval_step(state, batch):
-    logits = merge(graphdef, state)(batch["image"], train=False)
+    logits = set_compute_dtype(merge(graphdef, state), compute_dtype)(batch["image"], train=False)
     mask = batch["mask"].astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])

@@ -166,6 +166,9 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
 _MISSING = object()
 # Fields that change how fast a run goes, never what it computes: a resume may change them.
 NEUTRAL = frozenset({"data.threads", "data.workers"})
+# Fields added later whose default is not an "off" value, by name: the default the runs before
+# them computed with.
+ADDED_DEFAULTS = {"compute_dtype": "float32"}
 
 
 def _off(value: Any) -> bool:
@@ -180,7 +183,8 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
   if isinstance(a, dict) and isinstance(b, dict):
     out = []
     for k in sorted(set(a) | set(b)):
-      if (k not in a and _off(b[k])) or f"{prefix}{k}" in NEUTRAL:
+      added = k not in a and (_off(b[k]) or ADDED_DEFAULTS.get(k, _MISSING) == b[k])
+      if added or f"{prefix}{k}" in NEUTRAL:
         continue
       out += _diff_keys(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
     return out
