@@ -27,3 +27,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 def pytest_sessionfinish(session):
   if _OWN_CACHE and not hasattr(session.config, "workerinput"):  # the controller, last out
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def pytest_addoption(parser):
+  parser.addoption("--slow", action="store_true",
+                   help="also run the tests marked slow (minutes each; not in CI)")
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--slow"):
+    return
+  import pytest
+  skip = pytest.mark.skip(reason="slow: run with --slow")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)

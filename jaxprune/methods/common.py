@@ -76,7 +76,8 @@ def loader_options(config: ml_collections.ConfigDict, ds: Dataset) -> dict[str, 
 
 
 # The normalisation of a source whose statistics are known (pixels scaled to [0, 1]).
-SOURCE_NORMALISATION = {"mnist5k": ((0.1307,), (0.3081,))}
+SOURCE_NORMALISATION = {"mnist5k": ((0.1307,), (0.3081,)),
+                        "tfds:imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
 
 def resolve_normalisation(config: ml_collections.ConfigDict) -> str:
