@@ -39,3 +39,27 @@ def test_config_runs_in_runlocal_form(name, tmp_path):
   # --overwrite deletes exactly these names: every top-level entry a run writes must be one
   written = set(os.listdir(tmp_path / "w"))
   assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES
+
+
+@pytest.mark.parametrize("name, arg", [
+    ("spvit_deit", a) for a in ("tiny", "small", "base", "tiny,smoke", "base,smoke")] + [
+    (n, a) for n in ("dcvit_deit_base", "practise_deit_base") for a in ("", "smoke")])
+def test_imagenet_configs_are_valid(name, arg):
+  """configs/imagenet/: every field passes validation (the data set is not opened)."""
+  import importlib
+
+  from jaxprune.validate import check_fields
+  config = importlib.import_module(f"configs.imagenet.{name}").get_config(arg)
+  check_fields(config)
+  assert config.model.image_size == 224 and config.data.eval_crop == 0.875
+  phases = [config[p].train for p in ("search", "finetune", "mimic") if p in config]
+  assert phases and all(t.compute_dtype == ("float32" if "smoke" in arg else "bfloat16")
+                        for t in phases)
+
+
+def test_imagenet_config_arguments_are_checked():
+  from configs.imagenet import dcvit_deit_base, spvit_deit
+  with pytest.raises(ValueError, match="start with one of tiny, small, base"):
+    spvit_deit.get_config("huge")
+  with pytest.raises(ValueError, match="'fast' is unknown; allowed: smoke"):
+    dcvit_deit_base.get_config("fast")
