@@ -114,6 +114,7 @@ RULES: list[tuple[str, Check]] = [
     ("data.augment.shift", NONNEG),
     ("data.threads", integer(-1)), ("data.workers", NONNEG),
     ("data.eval_crop", number(0, 1)),
+    ("data.augment.randaugment", number(0, 10)), ("data.augment.randaugment_std", number(0)),
     ("*train.drop_path", number(0, 1, hi_open=True)),
     ("data.augment.mixup", number(0)), ("data.augment.cutmix", number(0)),
     ("data.augment.erase", number(0, 1)),

@@ -348,6 +348,7 @@ def test_fields_added_after_a_run_at_their_off_value_do_not_block_resuming(tmp_p
   stored = json.loads((w / "config.json").read_text())
   del stored["train"]["drop_path"], stored["data"]["augment"]["cutmix"]  # an older jaxprune
   del stored["train"]["compute_dtype"]  # added at its default float32, the only dtype before
+  del stored["data"]["augment"]["randaugment_std"]  # inert while randaugment is 0
   (w / "config.json").write_text(json.dumps(stored))
   wd.prepare_workdir(str(w), config)  # accepted, and the file completed
   wd.unlock(str(w))

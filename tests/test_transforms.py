@@ -79,3 +79,43 @@ def test_crop_and_flip_are_not_repeated_on_the_device_for_host_cropped_sources()
   np.testing.assert_allclose(out["folder:/x"], (images / 255.0 - 0.5) / 0.5, atol=1e-6)
   assert not np.allclose(out["mnist5k"], out["folder:/x"])
   assert math.isfinite(float(out["mnist5k"].sum()))
+
+
+def test_randaugment_operations_do_what_they_say():
+  from PIL import Image
+
+  from jaxprune.data.randaugment import OPS, RandAugment
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  img = Image.fromarray(image)
+  op = lambda name, level, seed=0: np.asarray(  # noqa: E731
+      OPS[name](img, level, np.random.default_rng(seed), (124, 116, 104))).astype(int)
+  np.testing.assert_array_equal(op("invert", 5), 255 - image)
+  assert set(np.unique(op("posterize", 10) % 256)) == {0}  # level 10 keeps no bits
+  assert set(np.unique(op("posterize", 5) % 64)) == {0}  # level 5 keeps 2 bits
+  np.testing.assert_array_equal(op("solarize", 0), image)  # threshold 256: nothing inverted
+  np.testing.assert_array_equal(op("solarize", 10), 255 - image)  # threshold 0: all inverted
+  added = op("solarize_add", 10)
+  np.testing.assert_array_equal(added, np.where(image < 128, np.minimum(255, image + 110), image))
+  for name in ("brightness", "color", "contrast", "sharpness", "rotate", "shear_x", "shear_y",
+               "translate_x", "translate_y"):
+    np.testing.assert_array_equal(op(name, 0), image)  # level 0 = unchanged
+    assert np.abs(op(name, 10) - image).mean() > 5, name  # level 10 = a strong change
+  shifted = op("translate_x", 10, seed=1)  # ±45 % of the width, filled with the mean pixel
+  assert (shifted[:, :12] == (124, 116, 104)).all() or (shifted[:, -12:] == (124, 116, 104)).all()
+  # the pipeline: per image a pure function of its generator; prob 0 = identity; magnitude
+  # clipped to [0, 10] (a huge std does not fail)
+  ra = RandAugment(9.0, 0.5)
+  np.testing.assert_array_equal(ra(image, np.random.default_rng(7)), ra(image, np.random.default_rng(7)))
+  np.testing.assert_array_equal(RandAugment(9.0, prob=0.0)(image, rng), image)
+  assert RandAugment(9.0, std=100.0)(image, rng).shape == image.shape
+  changed = [not np.array_equal(ra(image, np.random.default_rng(s)), image) for s in range(200)]
+  assert 0.6 < np.mean(changed) < 0.9  # 2 layers at p = 0.5: 75 % of images see at least one
+
+
+def test_randaugment_moves_crop_and_flip_to_the_host_for_in_memory_sources():
+  from jaxprune.data.sources import augments_on_host
+  data = lambda source, m: ml_collections.ConfigDict(  # noqa: E731
+      {"source": source, "augment": {"randaugment": m}})
+  assert not augments_on_host(data("mnist5k", 0.0)) and augments_on_host(data("mnist5k", 9.0))
+  assert augments_on_host(data("folder:/x", 0.0))

@@ -94,9 +94,16 @@ def mnist5k_path() -> str:
 
 
 def decodes_per_batch(source: str) -> bool:
-  """Whether `source` is read from storage per batch (folder, TFDS) rather than held in memory:
-  its crops and flips run on the host, on full-resolution pixels (data/transforms.py)."""
+  """Whether `source` is read from storage per batch (folder, TFDS) rather than held in memory."""
   return source.startswith(("folder:", "tfds:"))
+
+
+def augments_on_host(data_config) -> bool:
+  """Whether crops and flips run on the host (data/transforms.py): for sources decoded per
+  batch (on full-resolution pixels) and with RandAugment (a host-side PIL transform that follows
+  them); otherwise on the device (data/augment.py)."""
+  return (decodes_per_batch(data_config.source)
+          or data_config.augment.get("randaugment", 0.0) > 0)
 
 
 def load_mnist5k() -> Dataset:

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from jaxprune.data.randaugment import RandAugment
+
 RATIO = (3 / 4, 4 / 3)
 
 
@@ -64,12 +66,14 @@ def random_box(rng: np.random.Generator, h: int, w: int, scale_min: float
 
 @dataclasses.dataclass(frozen=True)
 class TrainCrop:
-  """RandomResizedCrop to `size` (when `scale_min` < 1; else the eval view) + optional flip."""
+  """RandomResizedCrop to `size` (when `scale_min` < 1; else the eval view), optional flip and
+  RandAugment."""
 
   size: int
   scale_min: float = 1.0
   flip: bool = False
   eval_crop: float = 0.0
+  randaugment: RandAugment | None = None  # after the crop and flip, as timm orders them
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = image.shape[:2]
@@ -78,7 +82,9 @@ class TrainCrop:
     else:
       out = eval_view(image, self.size, self.eval_crop)
     if self.flip and rng.random() < 0.5:
-      out = out[:, ::-1]
+      out = np.ascontiguousarray(out[:, ::-1])
+    if self.randaugment is not None:
+      out = self.randaugment(out, rng)
     return out
 
 

@@ -15,7 +15,8 @@ from jaxprune.arch import ArchSpec, dense_spec
 from jaxprune.atomic import write_json
 from jaxprune.data import (Dataset, Subset, TrainBatches, augment, eval_batches,
                            fewshot_indices, load_source, normalise)
-from jaxprune.data.sources import ArraySplit, decodes_per_batch
+from jaxprune.data.randaugment import RandAugment
+from jaxprune.data.sources import ArraySplit, augments_on_host
 from jaxprune.data.transforms import TrainCrop
 from jaxprune.errors import UserError
 from jaxprune.train.mesh import check_batch, data_sharding, make_mesh
@@ -55,9 +56,13 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                       f"one per channel of the {channels}-channel source {ds.name}")
   loading = loader_options(config, ds)
   aug, host = config.data.augment, None
-  if decodes_per_batch(config.data.source) and (aug.crop_scale_min < 1 or aug.flip):
+  randaugment = aug.get("randaugment", 0.0)
+  if augments_on_host(config.data) and (aug.crop_scale_min < 1 or aug.flip or randaugment):
+    fill = tuple(int(round(255 * m)) for m in config.data.mean)
     host = TrainCrop(ds.image_shape[0], aug.crop_scale_min, aug.flip,
-                     config.data.get("eval_crop", 0.0))
+                     config.data.get("eval_crop", 0.0),
+                     RandAugment(randaugment, aug.get("randaugment_std", 0.5), fill=fill)
+                     if randaugment else None)
   batches = TrainBatches(train, config.train.batch_size, config.seed, data_sharding(mesh),
                          host=host, **loading)
   return Setup(mesh, ds, train, batches, loading)
@@ -152,7 +157,7 @@ def preprocess(config: ml_collections.ConfigDict, num_classes: int, batch, key, 
   x = batch["image"].astype(jnp.float32) / 255.0
   if train:
     aug = config.data.augment
-    if decodes_per_batch(config.data.source):  # cropped and flipped on the host already
+    if augments_on_host(config.data):  # cropped and flipped on the host already
       aug = ml_collections.ConfigDict(dict(aug.to_dict(), crop_scale_min=1.0, flip=False))
     x, targets = augment(key, x, batch["label"], num_classes, aug, config.data.mean,
                          config.data.std)
