@@ -40,8 +40,10 @@ def data_config(source: str = "mnist5k", **overrides) -> ml_collections.ConfigDi
       # crop_scale_min < 1: RandomResizedCrop of area U(crop_scale_min, 1) (DeiT: 0.08)
       # randaugment: RandAugment magnitude (0 = off; DeiT 9, std randaugment_std 0.5), on the
       # host after the crop and flip (which then run on the host too)
+      # repeats: repeated augmentation (DeiT: 3): each epoch takes N/repeats images, each
+      # `repeats` times in a row in the batch stream, every copy augmented on its own
       augment=dict(crop_scale_min=1.0, shift=0, flip=False, mixup=0.0, cutmix=0.0,
-                   erase=0.0, randaugment=0.0, randaugment_std=0.5),
+                   erase=0.0, randaugment=0.0, randaugment_std=0.5, repeats=1),
       skip_corrupt=False,     # folder:<path>: skip unreadable images (warned, counted) vs error
       # folder/TFDS eval view: shorter side to image_size / eval_crop, centre crop (DeiT 0.875);
       # 0 = squash the whole image. Their crop_scale_min / flip run on the host (bicubic).

@@ -115,6 +115,7 @@ RULES: list[tuple[str, Check]] = [
     ("data.threads", integer(-1)), ("data.workers", NONNEG),
     ("data.eval_crop", number(0, 1)),
     ("data.augment.randaugment", number(0, 10)), ("data.augment.randaugment_std", number(0)),
+    ("data.augment.repeats", integer(1)),
     ("*train.drop_path", number(0, 1, hi_open=True)),
     ("data.augment.mixup", number(0)), ("data.augment.cutmix", number(0)),
     ("data.augment.erase", number(0, 1)),

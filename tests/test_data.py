@@ -210,3 +210,15 @@ def test_folder_index_is_cached_and_rebuilt_when_the_folder_changes(tmp_path, ca
   ds = load_source(f"folder:{tmp_path}")
   assert "indexing" in capsys.readouterr().out
   assert np.bincount(ds.train.labels).tolist() == [5, 4, 5]
+
+
+def test_repeated_augmentation_repeats_each_image_in_a_row_and_keeps_the_epoch_length():
+  from jaxprune.data.pipeline import epoch_order
+  order = epoch_order(10, 0, seed=1, repeats=3)
+  assert len(order) == 10 and len(set(order.tolist())) == 4  # ceil(10 / 3) images
+  assert (order[:9].reshape(3, 3) == order[:9:3, None]).all()  # runs of 3 copies
+  np.testing.assert_array_equal(np.sort(epoch_order(10, 0, seed=1)), np.arange(10))
+  assert len(set(epoch_order(10, 1, seed=1, repeats=3).tolist()) - set(order.tolist())) > 0
+  stream = np.concatenate([batch_indices(10, 4, s, seed=1, repeats=3) for s in range(5)])
+  np.testing.assert_array_equal(stream[:10], order)  # batches cut the epoch stream
+  np.testing.assert_array_equal(stream[10:20], epoch_order(10, 1, seed=1, repeats=3))

@@ -119,3 +119,11 @@ def test_randaugment_moves_crop_and_flip_to_the_host_for_in_memory_sources():
       {"source": source, "augment": {"randaugment": m}})
   assert not augments_on_host(data("mnist5k", 0.0)) and augments_on_host(data("mnist5k", 9.0))
   assert augments_on_host(data("folder:/x", 0.0))
+
+
+def test_repeated_copies_are_augmented_differently(tmp_path):
+  ds = _folder(tmp_path)
+  crop = TrainCrop(16, 0.3, True, 0.875)
+  images, labels = _Rows(ds.train, 6, 0, slice(0, 6), crop, repeats=3)(0)
+  assert labels[0] == labels[1] == labels[2]
+  assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[1], images[2])

@@ -4,9 +4,9 @@ A pretrained model (`model.init_from`: e.g. `python -m jaxprune.convert` of a Hu
 and ImageNet (`data.source`: `tfds:imagenet2012` prepared offline, or `folder:<path>` holding
 train/<class>/*.JPEG and test/<class>/*.JPEG) at 224 px; the normalisation comes with the model.
 The DeiT recipe: RandomResizedCrop(0.08-1, bicubic) + flip on the host, Mixup 0.8 / CutMix 1.0
-(switch 0.5), RandAugment (m9, mstd 0.5), Random Erasing 0.25, label smoothing 0.1, drop-path
-0.1, eval resize 256 → centre 224, AdamW wd 0.05, bfloat16 compute over float32 parameters (set
-`train.compute_dtype=float32` on CPU). Not in jaxprune yet: repeated augmentation.
+(switch 0.5), RandAugment (m9, mstd 0.5), Random Erasing 0.25, repeated augmentation (3),
+label smoothing 0.1, drop-path 0.1, eval resize 256 → centre 224, AdamW wd 0.05, bfloat16
+compute over float32 parameters (set `train.compute_dtype=float32` on CPU).
 
 `:smoke` shrinks every count so a run takes a minute or two on a CPU with any small 224 px
 folder (a handful of images per class), to check a setup end to end before the real job.
@@ -18,9 +18,9 @@ from configs import common
 
 IMAGENET = "tfds:imagenet2012"
 DEIT_AUGMENT = dict(crop_scale_min=0.08, shift=0, flip=True, mixup=0.8, cutmix=1.0, erase=0.25,
-                    randaugment=9.0, randaugment_std=0.5)
+                    randaugment=9.0, randaugment_std=0.5, repeats=3)
 # Smoke runs: no batch mixing or erasing (a handful of images), the crop and flip kept.
-SMOKE_AUGMENT = dict(DEIT_AUGMENT, mixup=0.0, cutmix=0.0, erase=0.0)  # RandAugment kept
+SMOKE_AUGMENT = dict(DEIT_AUGMENT, mixup=0.0, cutmix=0.0, erase=0.0)  # RandAugment, repeats kept
 BATCH = 1024  # global; lr values below are for it (DeiT's linear scaling: lr × batch / 512)
 
 

@@ -68,15 +68,25 @@ class Subset:
 ENDLESS = 1 << 40  # a training stream's length: more steps than any run takes
 
 
-def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-  """Global batch `step`: positions [step·B, (step+1)·B) of the per-epoch permutation stream."""
+def epoch_order(num_examples: int, epoch: int, seed: int, repeats: int = 1) -> np.ndarray:
+  """Epoch `epoch`'s example order: a seeded permutation; with `repeats` r > 1 (DeiT's repeated
+  augmentation) its first ceil(N/r) examples each r times in a row, N positions in all, so an
+  epoch keeps its length and each batch holds r differently augmented copies of its images."""
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  if repeats <= 1:
+    return perm
+  return np.repeat(perm[:-(-num_examples // repeats)], repeats)[:num_examples]
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int,
+                  repeats: int = 1) -> np.ndarray:
+  """Global batch `step`: positions [step·B, (step+1)·B) of the stream of epoch orders."""
   start, end = step * batch_size, (step + 1) * batch_size
   out, pos = [], start
   while pos < end:
     epoch, offset = divmod(pos, num_examples)
-    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
     take = min(end - pos, num_examples - offset)
-    out.append(perm[offset:offset + take])
+    out.append(epoch_order(num_examples, epoch, seed, repeats)[offset:offset + take])
     pos += take
   return np.concatenate(out)
 
@@ -120,9 +130,10 @@ class _Rows:
   seed: int
   rows: slice
   host: TrainCrop | None = None  # host-side crop/flip (sources decoded per batch)
+  repeats: int = 1
 
   def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = batch_indices(len(self.split), self.batch_size, step, self.seed)
+    idx = batch_indices(len(self.split), self.batch_size, step, self.seed, self.repeats)
     if self.host is None:
       return self.split.get(idx[self.rows])
     images, labels = [], []
@@ -141,9 +152,10 @@ class TrainBatches:
   """
 
   def __init__(self, split: Split, batch_size: int, seed: int, sharding: jax.sharding.Sharding,
-               threads: int = 0, workers: int = 0, host: TrainCrop | None = None):
+               threads: int = 0, workers: int = 0, host: TrainCrop | None = None,
+               repeats: int = 1):
     self.split, self.batch_size, self.seed, self.sharding = split, batch_size, seed, sharding
-    self.threads, self.workers, self.host = threads, workers, host
+    self.threads, self.workers, self.host, self.repeats = threads, workers, host, repeats
     self._it, self._next = None, None
 
   @property
@@ -153,7 +165,7 @@ class TrainBatches:
   def __call__(self, step: int) -> dict[str, jax.Array]:
     if self._it is None or step != self._next:
       rows = _Rows(self.split, self.batch_size, self.seed, process_slice(self.batch_size),
-                   self.host)
+                   self.host, self.repeats)
       self._it = prefetched(rows, step, step + ENDLESS, self.threads, self.workers)
     images, labels = next(self._it)
     self._next = step + 1

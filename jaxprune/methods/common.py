@@ -64,7 +64,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                      RandAugment(randaugment, aug.get("randaugment_std", 0.5), fill=fill)
                      if randaugment else None)
   batches = TrainBatches(train, config.train.batch_size, config.seed, data_sharding(mesh),
-                         host=host, **loading)
+                         host=host, repeats=config.data.augment.get("repeats", 1), **loading)
   return Setup(mesh, ds, train, batches, loading)
 
 

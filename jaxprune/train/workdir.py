@@ -168,7 +168,7 @@ _MISSING = object()
 NEUTRAL = frozenset({"data.threads", "data.workers"})
 # Fields added later whose default is not an "off" value, by name: the default the runs before
 # them computed with.
-ADDED_DEFAULTS = {"compute_dtype": "float32", "randaugment_std": 0.5}
+ADDED_DEFAULTS = {"compute_dtype": "float32", "randaugment_std": 0.5, "repeats": 1}
 
 
 def _off(value: Any) -> bool:
