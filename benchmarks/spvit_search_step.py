@@ -27,6 +27,9 @@ def main() -> None:
   parser.add_argument("--patch", type=int, default=4)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--pruned", action="store_true",
+                      help="also a materialised pruned model's fine-tune step and eval latency")
+  parser.add_argument("--no-multipath", action="store_true")
   args = parser.parse_args()
 
   import jax
@@ -66,6 +69,12 @@ def main() -> None:
       "multi-path": (build_search_model(dense, search_options(multi)),
                      search_loss(search_cfg, 10, 0.6 * macs(spec), 1.0)),
   }
+  if args.no_multipath:
+    del models["multi-path"]
+  pruned = None
+  if args.pruned:
+    pruned = build_model(representative_pruned(spec))
+    models["pruned fine-tune"] = (pruned, supervised_loss(search_cfg, 10))
   steps = {}
   for name, (model, loss_fn) in models.items():
     graphdef, state, tx = init_state(model, lambda p: make_optimizer(search_cfg.optim, p, 1000))
@@ -89,7 +98,28 @@ def main() -> None:
   print(f"\n{args.variant}, {args.image}px, patch {args.patch}, batch {args.batch}, "
         f"{jax.devices()[0].platform}: median step over {len(times['dense'])}, interleaved")
   for name, t in results.items():
-    print(f"| {name:<14} | {t:8.1f} ms | {t / results['dense']:.2f}x dense |")
+    print(f"| {name:<16} | {t:8.1f} ms | {t / results['dense']:.2f}x dense |")
+  if pruned is not None:
+    from jaxprune.accounting import compare_latency
+    lat = compare_latency({"dense": dense, "pruned": pruned}, batch=args.batch, rounds=3)
+    ratio = macs(pruned.spec) / macs(spec)
+    print(f"pruned: {pruned.spec.layers[0].attn}/{pruned.spec.layers[0].mlp} then "
+          f"msa/{pruned.spec.layers[1].mlp} x{len(pruned.spec.layers) - 1}, MACs ratio "
+          f"{ratio:.3f}; eval latency batch {args.batch}: dense {lat['dense']:.1f} ms, pruned "
+          f"{lat['pruned']:.1f} ms, speed-up {lat['dense'] / lat['pruned']:.2f}x")
+
+
+def representative_pruned(spec):
+  """A pruned arch of the kind SPViT selects on DeiT-S at 3.2 GFLOPs (the reference's assigned
+  ops for it: block 0's attention a 1x1 conv, msa elsewhere): every MLP cut to 2/3 width."""
+  from jaxprune import ArchSpec
+  d = spec.to_dict()
+  layers = d["layers"]
+  head_dim = spec.width // spec.num_heads
+  for layer in layers:
+    layer["mlp"] = (layer["mlp"] * 2 // 3) // 8 * 8
+  layers[0].update(attn="conv1", heads=0, conv_dim=head_dim)
+  return ArchSpec.from_dict(d)
 
 
 if __name__ == "__main__":
