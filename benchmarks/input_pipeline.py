@@ -4,8 +4,11 @@ Grain pipeline vs torchvision's `DataLoader` with the same transforms and worker
 Both decode with PIL and do RandomResizedCrop(224, scale 0.08-1, bicubic) + horizontal flip,
 delivering uint8 [B, 224, 224, 3] batches of 64 (jaxprune normalises on the device; torchvision
 uses PILToTensor, so neither side converts to float on the host). Runs alternate between the
-two loaders (interleaved: the machine is shared) and each reports images/s over `--batches`
-batches after one warm-up batch; the table gives the median of `--repeats` runs and the ratio.
+two loaders (the machine is shared); each run builds a fresh loader and reports images/s over
+`--batches` batches after its first; the table gives the median of `--repeats` runs and the
+ratio. jaxprune's loader decodes with `--threads` threads per process (its default for
+folders); torchvision's workers decode one image at a time each (0 workers: in the main
+process).
 
 The images: `--images` JPEGs (quality 90) of 500x375, ImageNet's typical size, made from
 CIFAR-10 test images upsampled (bicubic) into a folder outside the repository, reused if there.
@@ -91,12 +94,20 @@ def torchvision_loader(folder: str, workers: int):
   return next_batch
 
 
-def images_per_s(next_batch, batches: int) -> float:
-  next_batch()  # warm-up: workers started, first batch made
+def images_per_s(make_loader, batches: int) -> float:
+  """A fresh loader per run: its first batch (workers started) is not timed, the next `batches`
+  are, back to back, then the loader is dropped. (Loaders kept alive between runs would fill
+  their prefetch buffers while the other one is timed.)"""
+  import gc
+  next_batch = make_loader()
+  next_batch()
   t0 = time.perf_counter()
   for _ in range(batches):
     next_batch()
-  return batches * BATCH / (time.perf_counter() - t0)
+  rate = batches * BATCH / (time.perf_counter() - t0)
+  del next_batch
+  gc.collect()
+  return rate
 
 
 def main() -> None:
@@ -118,16 +129,13 @@ def main() -> None:
   for workers in [int(w) for w in args.workers.split(",")]:
     # jaxprune: worker processes each with `threads` threads; with 0 workers, threads in this
     # process (torchvision's 0 workers decodes in the main process, serially)
-    ours = jaxprune_loader(folder, workers, args.threads)
-    theirs = torchvision_loader(folder, workers)
     a, b = [], []
-    for _ in range(args.repeats):
-      a.append(images_per_s(ours, args.batches))
-      b.append(images_per_s(theirs, args.batches))
+    for _ in range(args.repeats):  # runs alternate between the two loaders
+      a.append(images_per_s(lambda: jaxprune_loader(folder, workers, args.threads), args.batches))
+      b.append(images_per_s(lambda: torchvision_loader(folder, workers), args.batches))
     rows.append((workers, statistics.median(a), statistics.median(b)))
     print(f"workers {workers}: jaxprune {rows[-1][1]:.0f} img/s, torchvision {rows[-1][2]:.0f} "
           f"img/s", flush=True)
-    del ours, theirs
   print("\n| workers | jaxprune (Grain) img/s | torchvision DataLoader img/s | ratio |")
   print("|---|---|---|---|")
   for w, a, b in rows:
