@@ -102,7 +102,7 @@ def augments_on_host(data_config) -> bool:
   """Whether crops and flips run on the host (data/transforms.py): for sources decoded per
   batch (on full-resolution pixels) and with RandAugment (a host-side PIL transform that follows
   them); otherwise on the device (data/augment.py)."""
-  return (decodes_per_batch(data_config.source)
+  return (decodes_per_batch(data_config.get("source", ""))
           or data_config.augment.get("randaugment", 0.0) > 0)
 
 

@@ -28,7 +28,8 @@ def set_compute_dtype(model: nnx.Module, dtype) -> nnx.Module:
   (None = their parameters' float32). Returns `model`, changed in place."""
   if dtype is None:
     return model
-  for path, module in model.iter_modules():
+  iter_modules = getattr(nnx, "iter_modules", None)  # newer Flax; older: the method
+  for path, module in (iter_modules(model) if iter_modules else model.iter_modules()):
     if (isinstance(module, (nnx.Linear, nnx.Conv, nnx.LayerNorm))
         and not (path and path[-1] in FLOAT32_LAYERS)):
       module.dtype = dtype
