@@ -127,3 +127,14 @@ def test_repeated_copies_are_augmented_differently(tmp_path):
   images, labels = _Rows(ds.train, 6, 0, slice(0, 6), crop, repeats=3)(0)
   assert labels[0] == labels[1] == labels[2]
   assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[1], images[2])
+
+
+def test_pil_fast_path_gives_the_pixels_of_the_array_path(tmp_path):
+  ds = _folder(tmp_path)
+  crop = TrainCrop(16, 0.3, True, 0.875)
+  pil, label = ds.train.example_pil(3)
+  array, label2 = ds.train.example(3)
+  assert label == label2
+  np.testing.assert_array_equal(crop(pil, np.random.default_rng(5)),
+                                crop(array, np.random.default_rng(5)))
+  np.testing.assert_array_equal(eval_view(pil, 16, 0.875), eval_view(array, 16, 0.875))

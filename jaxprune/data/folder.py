@@ -35,9 +35,14 @@ SPLITS = ("train", "test")
 
 def _read_image(path: str) -> np.ndarray:
   """uint8 RGB [H, W, 3]."""
+  return np.asarray(_read_pil(path))
+
+
+def _read_pil(path: str):
+  """The decoded RGB PIL image (the host transforms crop and resize it without a numpy copy)."""
   from PIL import Image
   with Image.open(path) as img:
-    return np.asarray(img.convert("RGB"))
+    return img.convert("RGB")
 
 
 def _header(path: str) -> tuple[bool, int]:
@@ -185,20 +190,29 @@ class FolderSplit:
   def labels(self) -> np.ndarray:
     return self._labels
 
-  def example(self, i: int) -> tuple[np.ndarray, int]:
-    """(uint8 [H, W, channels] at the file's own size, label)."""
+  def _decode(self, i: int):
     path = os.path.join(self.root, self.files[i])
-    out, err = _try(_read_image, path)
+    out, err = _try(_read_pil, path)
     if err is not None:
       raise UserError(f"data.source 'folder:{self.root}': cannot read image {path} ({err}); fix "
                       "or remove it, or set data.skip_corrupt=True to skip unreadable images")
-    return out[..., :self.channels], int(self._labels[i])
+    return out
+
+  def example(self, i: int) -> tuple[np.ndarray, int]:
+    """(uint8 [H, W, channels] at the file's own size, label)."""
+    return np.asarray(self._decode(i))[..., :self.channels], int(self._labels[i])
+
+  def example_pil(self, i: int):
+    """(RGB PIL image, label) for 3-channel folders (the transforms' fast path), else None."""
+    return (self._decode(i), int(self._labels[i])) if self.channels == 3 else None
 
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     indices = np.asarray(indices)
     images = np.empty((len(indices), self.size, self.size, self.channels), np.uint8)
     for k, i in enumerate(indices):
-      images[k] = eval_view(self.example(int(i))[0], self.size, self.eval_crop)
+      pil = self.example_pil(int(i))
+      image = pil[0] if pil is not None else self.example(int(i))[0]
+      images[k] = eval_view(image, self.size, self.eval_crop)
     return images, self._labels[indices]
 
 

@@ -60,6 +60,10 @@ class Subset:
   def example(self, i: int):
     return self.split.example(int(self.indices[i]))
 
+  def example_pil(self, i: int):
+    fast = getattr(self.split, "example_pil", None)
+    return fast(int(self.indices[i])) if fast else None
+
   @property
   def labels(self) -> np.ndarray:
     return self.split.labels[self.indices]
@@ -137,8 +141,10 @@ class _Rows:
     if self.host is None:
       return self.split.get(idx[self.rows])
     images, labels = [], []
+    fast = getattr(self.split, "example_pil", None)  # decoded PIL image, no numpy copy
     for row in range(self.batch_size)[self.rows]:
-      image, label = self.split.example(int(idx[row]))
+      example = fast(int(idx[row])) if fast else None
+      image, label = example if example is not None else self.split.example(int(idx[row]))
       images.append(self.host(image, np.random.default_rng([self.seed, step, row])))
       labels.append(label)
     return np.stack(images), np.asarray(labels, np.int32)

@@ -23,9 +23,20 @@ from jaxprune.data.randaugment import RandAugment
 RATIO = (3 / 4, 4 / 3)
 
 
-def _pil(image: np.ndarray):
+def _pil(image):
+  """A PIL image of a uint8 [H, W, C] array (a PIL image passes through)."""
   from PIL import Image
+  if isinstance(image, Image.Image):
+    return image
   return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _hw(image) -> tuple[int, int]:
+  return (image.size[1], image.size[0]) if hasattr(image, "getbands") else image.shape[:2]
+
+
+def _array(pil, size: int, channels: int) -> np.ndarray:
+  return np.asarray(pil).reshape(size, size, channels)
 
 
 def crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int,
@@ -34,13 +45,14 @@ def crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int,
   size×size (no pixel outside the box contributes, as torchvision's `resized_crop`)."""
   from PIL import Image
   top, left, h, w = box
-  if image.shape[:2] == (h, w) == (size, size):
-    return image
   pil = _pil(image)
-  if (top, left, h, w) != (0, 0, *image.shape[:2]):
+  channels = len(pil.getbands())
+  if _hw(image) == (h, w) == (size, size):
+    return image if isinstance(image, np.ndarray) else _array(pil, size, channels)
+  if (top, left, h, w) != (0, 0, *_hw(image)):
     pil = pil.crop((left, top, left + w, top + h))
   out = pil.resize((size, size), Image.BICUBIC if bicubic else Image.BILINEAR)
-  return np.asarray(out).reshape(size, size, image.shape[-1])
+  return _array(out, size, channels)
 
 
 def random_box(rng: np.random.Generator, h: int, w: int, scale_min: float
@@ -75,8 +87,9 @@ class TrainCrop:
   eval_crop: float = 0.0
   randaugment: RandAugment | None = None  # after the crop and flip, as timm orders them
 
-  def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    h, w = image.shape[:2]
+  def __call__(self, image, rng: np.random.Generator) -> np.ndarray:
+    """`image`: uint8 [H, W, C] or a PIL image; returns uint8 [size, size, C]."""
+    h, w = _hw(image)
     if self.scale_min < 1.0:
       out = crop_resize(image, random_box(rng, h, w, self.scale_min), self.size)
     else:
@@ -94,7 +107,7 @@ def eval_view(image: np.ndarray, size: int, crop: float) -> np.ndarray:
   square at offsets round((side − size) / 2). Crop 0 keeps the bilinear squash of the whole
   image that the in-memory sources use."""
   from PIL import Image
-  h, w = image.shape[:2]
+  h, w = _hw(image)
   if crop <= 0:
     return crop_resize(image, (0, 0, h, w), size, bicubic=False)
   short = int(size / crop)
@@ -104,4 +117,4 @@ def eval_view(image: np.ndarray, size: int, crop: float) -> np.ndarray:
     pil = pil.resize((nw, nh), Image.BICUBIC)
   top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
   out = pil.crop((left, top, left + size, top + size))
-  return np.asarray(out).reshape(size, size, image.shape[-1])
+  return _array(out, size, len(pil.getbands()))
