@@ -9,6 +9,7 @@ larger than the (few-shot) training set works too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Iterator
 
 import jax
@@ -72,14 +73,16 @@ class Subset:
 ENDLESS = 1 << 40  # a training stream's length: more steps than any run takes
 
 
+@functools.lru_cache(maxsize=4)  # every batch of an epoch cuts the same order (1.28M: ~20 ms)
 def epoch_order(num_examples: int, epoch: int, seed: int, repeats: int = 1) -> np.ndarray:
   """Epoch `epoch`'s example order: a seeded permutation; with `repeats` r > 1 (DeiT's repeated
   augmentation) its first ceil(N/r) examples each r times in a row, N positions in all, so an
   epoch keeps its length and each batch holds r differently augmented copies of its images."""
   perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  if repeats <= 1:
-    return perm
-  return np.repeat(perm[:-(-num_examples // repeats)], repeats)[:num_examples]
+  if repeats > 1:
+    perm = np.repeat(perm[:-(-num_examples // repeats)], repeats)[:num_examples]
+  perm.flags.writeable = False  # shared by the cache
+  return perm
 
 
 def batch_indices(num_examples: int, batch_size: int, step: int, seed: int,
