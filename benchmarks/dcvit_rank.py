@@ -2,10 +2,14 @@
 
 For every candidate block (and each MLP width given), the block trial of a finished DC-ViT run is
 repeated: compress the block alone, recover it by feature mimicking, then measure
-  - KL(original ‖ candidate) on the synthetic metric set (what DC-ViT ranks by),
+  - KL(original ‖ candidate) on the run's synthetic metric set (what DC-ViT ranks by),
+  - the same KL on variants of that set: inverted with the TV norm per image instead of over
+    groups of 50 (`synthetic.tv_group` 1 vs the reference's 50, whichever the run did not use),
+    and each set saved as JPEG and read back as the reference does (`synth.jpeg_roundtrip`),
   - the same KL on the real few-shot training images (the comparison metric set),
   - real test accuracy.
-τ is computed between each metric and −accuracy (a good metric: lower KL ↔ higher accuracy).
+τ is computed between each metric and −accuracy (a good metric: lower KL ↔ higher accuracy);
+a random ranking's τ is shown as the mean ± std over 2000 random permutations.
 
   python -m jaxprune.main --config=configs/dcvit.py --workdir=runs/dcvit    # first
   python benchmarks/dcvit_rank.py --run runs/dcvit [--widths 96,72]
@@ -40,7 +44,9 @@ def main() -> None:
   import ml_collections
   import numpy as np
 
-  from jaxprune import load
+  import dataclasses
+
+  from jaxprune import load, synth
   from jaxprune.methods import common
   from jaxprune.methods.dcvit import kl_metric
   from jaxprune.methods.mimicking import freeze_after, mimic
@@ -48,17 +54,41 @@ def main() -> None:
   from jaxprune.train.logging import MetricWriter
 
   config = ml_collections.ConfigDict(json.load(open(os.path.join(args.run, "config.json"))))
+  if config.dcvit.get("seeds"):  # a seed sweep: its first few-shot set
+    config.data.fewshot_seed = int(config.dcvit.seeds[0])
   summary = json.load(open(os.path.join(args.run, "summary.json")))
   widths = ([int(w) for w in args.widths.split(",")] if args.widths
             else sorted({f["mlp_width"] for f in summary["family"]}, reverse=True)[:2])
-  dense = load(os.path.join(args.run, "dense"))
-  synthetic = np.load(os.path.join(args.run, "synthetic", "synthetic.npz"))["images"]
+  dense = load(os.path.join(args.run, "dense") if os.path.isdir(os.path.join(args.run, "dense"))
+               else config.model.init_from)
+  out = os.path.join(args.run, "rank_benchmark")
+  os.makedirs(out, exist_ok=True)
+  made = config.synthetic.get("tv_group", 1)
+  other = 1 if made != 1 else 50
+  c = config.synthetic
+  other_path = os.path.join(out, f"synthetic_tv{other}.npz")
+  if not os.path.exists(other_path):
+    from jaxprune.train.mesh import make_mesh
+    inv = synth.InversionConfig(steps=c.steps, lr=c.lr, warmup_steps=c.warmup_steps,
+                                tv_weight=c.tv_weight, tv_exponent=c.tv_exponent,
+                                l2_weight=c.l2_weight, jitter=c.jitter)
+    res = synth.invert(dense, synth.labels_for(c.num_images, dense.spec.num_classes),
+                       dataclasses.replace(inv, tv_group=other), make_mesh(), seed=config.seed,
+                       mean=config.data.mean, std=config.data.std)
+    np.savez(other_path, images=res["images"])
+  sets = {f"synthetic, TV over {made}": np.load(os.path.join(args.run, "synthetic",
+                                                             "synthetic.npz"))["images"],
+          f"synthetic, TV over {other}": np.load(other_path)["images"]}
+  for name in list(sets):
+    sets[name + ", JPEG q75"] = synth.jpeg_roundtrip(sets[name], config.data.mean,
+                                                     config.data.std, 75,
+                                                     config.data.get("eval_crop", 0.0))[0]
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
   real, _ = s.train.get(np.arange(len(s.train)))
   real = np.asarray(common.normalise(real.astype(np.float32) / 255.0, config.data.mean,
                                      config.data.std))
-  out = os.path.join(args.run, "rank_benchmark")
+  sets["real few-shot images"] = real
   writer = MetricWriter(out)
   rows = []
   for hidden in widths:
@@ -67,17 +97,21 @@ def main() -> None:
       student, _ = mimic(config, out, f"trial_b{block}_h{hidden}", student, dense,
                          freeze_after(block, dense.spec), config.dcvit.trial_steps, writer)
       rows.append({"block": block, "hidden": hidden,
-                   "kl_synthetic": kl_metric(dense, student, synthetic),
-                   "kl_real": kl_metric(dense, student, real),
+                   "kl": {name: kl_metric(dense, student, x) for name, x in sets.items()},
                    "test_accuracy": common.evaluate_model(mcfg, student, s)["accuracy"]})
       print(rows[-1], flush=True)
-  print("\n| width | blocks | τ(synthetic KL, −acc) | τ(real few-shot KL, −acc) |")
-  print("|---:|---:|---:|---:|")
+  rng = np.random.default_rng(0)
+  names = list(sets)
+  print("\n| width | blocks | " + " | ".join(f"τ({n} KL, −acc)" for n in names) +
+        " | τ(random ranking) |")
+  print("|---:|---:|" + "---:|" * (len(names) + 1))
   for hidden in widths + ["all"]:
     sel = [r for r in rows if hidden == "all" or r["hidden"] == hidden]
     neg_acc = [-r["test_accuracy"] for r in sel]
-    print(f"| {hidden} | {len(sel)} | {kendall_tau([r['kl_synthetic'] for r in sel], neg_acc):+.2f}"
-          f" | {kendall_tau([r['kl_real'] for r in sel], neg_acc):+.2f} |")
+    rand = [kendall_tau(list(rng.permutation(len(sel))), neg_acc) for _ in range(2000)]
+    print(f"| {hidden} | {len(sel)} | " +
+          " | ".join(f"{kendall_tau([r['kl'][n] for r in sel], neg_acc):+.2f}" for n in names) +
+          f" | {np.mean(rand):+.2f} ± {np.std(rand):.2f} |")
   json.dump(rows, open(os.path.join(out, "rows.json"), "w"), indent=2)
 
 

@@ -21,7 +21,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.fewshot = 100  # the compression methods' few-shot set (pretraining uses all)
   config.synthetic = ml_collections.ConfigDict(dict(
       num_images=100, steps=500, lr=0.25, warmup_steps=50, tv_weight=1e-4, tv_exponent=1.0,
-      l2_weight=1e-5, jitter=-1))
+      l2_weight=1e-5, jitter=-1,
+      tv_group=50,      # images per TV norm: the reference's batch of 50; 1 = one norm per image
+      jpeg_quality=0,   # > 0: save as JPEG at this quality and read back, as the reference does
+  ))
   config.mimic = ml_collections.ConfigDict({
       "train": common.train_config(batch_size=64, log_every=50, checkpoint_every=100),
       "optim": common.optim_config(lr=3e-4, warmup_steps=10, weight_decay=1e-4),
@@ -34,6 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width_multiple=8,
       group=0,                # blocks per candidate unit; 0 = 1 on ViT, 2 (pairs) on Swin
       trial_accuracy=False,   # also record each trial's real test accuracy (rank studies)
+      structure="rule",       # "rule": DC-ViT's; "search": drops, the rule and mixes compared
+                              # per target (methods/structure_search.py); "both": both families
+      seeds=(),               # few-shot seeds (data.fewshot_seed) to repeat over: mean ± std
   ))
   config.practise = ml_collections.ConfigDict(dict(num_drop=(2,), adaptor_steps=30))
   if arg == "runlocal":

@@ -8,13 +8,15 @@ from PIL import Image, ImageDraw
 
 
 def accuracy_vs_macs(path: str, dense: dict[str, Any], family: Sequence[dict[str, Any]],
-                     baseline: Sequence[dict[str, Any]], size=(720, 480)) -> str:
-  """DC-ViT family (blue line), PRACTISE (red squares), dense (black), on MMACs × accuracy %."""
+                     baseline: Sequence[dict[str, Any]], size=(720, 480),
+                     searched: Sequence[dict[str, Any]] = ()) -> str:
+  """DC-ViT family (blue line), searched family (green line), PRACTISE (red squares), dense
+  (black), on MMACs × accuracy %; ± `accuracy_std` as error bars where rows carry it."""
   w, h = size
   left, right, top, bottom = 70, 20, 30, 50
-  pts = [dense] + list(family) + list(baseline)
+  pts = [dense] + list(family) + list(baseline) + list(searched)
   xs = [p["macs"] / 1e6 for p in pts]
-  ys = [100 * p["accuracy"] for p in pts]
+  ys = [100 * (p["accuracy"] + s * p.get("accuracy_std", 0.0)) for p in pts for s in (-1, 1)]
   x0, x1 = min(xs) * 0.95, max(xs) * 1.02
   y0, y1 = min(ys) - 1.0, max(ys) + 1.0
 
@@ -34,15 +36,27 @@ def accuracy_vs_macs(path: str, dense: dict[str, Any], family: Sequence[dict[str
     d.line([left - 5, py, left, py], fill="black")
     d.text((5, py - 6), f"{yv:.1f}%", fill="black")
   d.text((w // 2 - 40, h - 20), "MACs (M) per image", fill="black")
-  d.text((left, 8), "test accuracy vs MACs: DC-ViT family (blue), PRACTISE (red), dense (black)",
-         fill="black")
-  fam = sorted(family, key=lambda p: p["macs"])
-  line = [to_px(p["macs"], p["accuracy"]) for p in fam]
-  if len(line) > 1:
-    d.line(line, fill="blue", width=2)
-  for x, y in line:
-    d.ellipse([x - 4, y - 4, x + 4, y + 4], fill="blue")
+  d.text((left, 8), "test accuracy vs MACs: DC-ViT family (blue), searched (green), PRACTISE "
+         "(red), dense (black)", fill="black")
+
+  def error_bar(p, colour):
+    if p.get("accuracy_std"):
+      x, lo = to_px(p["macs"], p["accuracy"] - p["accuracy_std"])
+      _, hi = to_px(p["macs"], p["accuracy"] + p["accuracy_std"])
+      d.line([x, lo, x, hi], fill=colour, width=1)
+      d.line([x - 4, lo, x + 4, lo], fill=colour)
+      d.line([x - 4, hi, x + 4, hi], fill=colour)
+
+  for rows, colour in ((family, "blue"), (searched, "green")):
+    fam = sorted(rows, key=lambda p: p["macs"])
+    line = [to_px(p["macs"], p["accuracy"]) for p in fam]
+    if len(line) > 1:
+      d.line(line, fill=colour, width=2)
+    for p, (x, y) in zip(fam, line):
+      error_bar(p, colour)
+      d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
   for p in baseline:
+    error_bar(p, "red")
     x, y = to_px(p["macs"], p["accuracy"])
     d.rectangle([x - 5, y - 5, x + 5, y + 5], fill="red")
   x, y = to_px(dense["macs"], dense["accuracy"])

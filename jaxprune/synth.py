@@ -2,9 +2,13 @@
 
 From Gaussian noise, minimise over the images x̃ (in the model's normalised input space)
 
-    CE(f(jitter(x̃)), y) + α_tv·Σ_dirs ‖Δ_dir x̃‖₂^β + α_l2·‖x̃‖₂          (means over the batch)
+    CE(f(jitter(x̃)), y) + α_tv·Σ_dirs ‖Δ_dir x̃‖₂^β + α_l2·‖x̃‖₂
 
-with four TV directions (down, right, and both diagonals), a random roll of up to ±`jitter`
+with four TV directions (down, right, and both diagonals). CE and the L2 term are means over the
+images; the TV norm is taken over groups of `tv_group` images and averaged over the groups. The
+reference (DeepInversion's code, batches of 50) takes one norm over its whole batch, √50 times
+stronger per image than a norm per image: `tv_group` 50 follows it, 1 is the per-image norm.
+A random roll of up to ±`jitter`
 pixels (±30 at 224, scaled to the image size) and a random horizontal flip each step; Adam
 (β 0.5, 0.9) with linear warm-up then cosine; pixels clipped to the valid range after every step;
 the lowest-loss batch is kept. The whole loop is one jitted `lax.scan`, the batch sharded on the
@@ -38,6 +42,7 @@ class InversionConfig:
   l2_weight: float = 1e-5
   jitter: int = -1           # ± pixels; -1 = 30 at 224, scaled to the image size
   flip: bool = True
+  tv_group: int = 50         # images per TV norm: 50 = the reference's batch, 1 = per image
 
 
 def labels_for(n: int, num_classes: int) -> np.ndarray:
@@ -45,12 +50,15 @@ def labels_for(n: int, num_classes: int) -> np.ndarray:
   return (np.arange(n) % num_classes).astype(np.int32)
 
 
-def total_variation(x: jax.Array, exponent: float) -> jax.Array:
-  """Σ over 4 directions of ‖Δx‖₂^β per image, averaged over the batch. x: [B,H,W,C]."""
+def total_variation(x: jax.Array, exponent: float, group: int = 1) -> jax.Array:
+  """Σ over 4 directions of ‖Δx‖₂^β, the norm over each group of `group` consecutive images
+  (the last group may be smaller), averaged over the groups. x: [B,H,W,C]."""
   diffs = (x[:, 1:, :] - x[:, :-1, :], x[:, :, 1:] - x[:, :, :-1],
            x[:, 1:, 1:] - x[:, :-1, :-1], x[:, 1:, :-1] - x[:, :-1, 1:])
-  norms = [jnp.sqrt(jnp.sum(d**2, axis=(1, 2, 3)) + 1e-12) for d in diffs]
-  return jnp.mean(sum(n**exponent for n in norms))
+  groups = -(-x.shape[0] // group)
+  which = jnp.arange(x.shape[0]) // group
+  sq = [jax.ops.segment_sum(jnp.sum(d**2, axis=(1, 2, 3)), which, groups) for d in diffs]
+  return jnp.mean(sum(jnp.sqrt(s + 1e-12)**exponent for s in sq))
 
 
 def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *, seed: int,
@@ -81,7 +89,7 @@ def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *,
       xa = jnp.where(jax.random.bernoulli(k_flip), xa[:, :, ::-1], xa)
     logits = nnx.merge(graphdef, state)(xa, train=False)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-    prior = (cfg.tv_weight * total_variation(x, cfg.tv_exponent)
+    prior = (cfg.tv_weight * total_variation(x, cfg.tv_exponent, cfg.tv_group)
              + cfg.l2_weight * jnp.mean(jnp.sqrt(jnp.sum(x**2, axis=(1, 2, 3)))))
     return ce + prior, ce
 
@@ -114,6 +122,37 @@ def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *,
           "loss_curve": np.asarray(losses), "ce_curve": np.asarray(ces),
           "best_loss": float(best), "seconds": seconds,
           "images_per_s": len(padded) * cfg.steps / seconds}
+
+
+def jpeg_roundtrip(images: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                   quality: int = 75, eval_crop: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+  """What the reference's metric set goes through between inversion and use: each image
+  rescaled to its own [min, max] → [0, 255] (torchvision `save_image(normalize=True,
+  scale_each=True)`, which does not undo the normalisation), saved as JPEG at `quality` (PIL's
+  default 75 is what it gets), read back through the eval view (`data.eval_crop`; DeiT's 0.875
+  is the reference's Resize(256) + CenterCrop(224)) and normalised again. Returns (normalised
+  images, the uint8 pixels as read back)."""
+  import io
+
+  from PIL import Image
+
+  from jaxprune.data.transforms import eval_view
+  n, size, _, ch = images.shape
+  lo = images.min(axis=(1, 2, 3), keepdims=True)
+  hi = images.max(axis=(1, 2, 3), keepdims=True)
+  pixels = np.clip((images - lo) / np.maximum(hi - lo, 1e-5) * 255 + 0.5, 0, 255).astype(np.uint8)
+  back = []
+  for p in pixels:
+    buf = io.BytesIO()
+    Image.fromarray(p[..., 0] if ch == 1 else p).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    img = np.asarray(Image.open(buf).convert("L" if ch == 1 else "RGB"))
+    img = img[..., None] if img.ndim == 2 else img
+    back.append(eval_view(img, size, eval_crop) if eval_crop > 0 else img)
+  back = np.stack(back)
+  mean = np.broadcast_to(np.asarray(mean, np.float32), (ch,))
+  std = np.broadcast_to(np.asarray(std, np.float32), (ch,))
+  return ((back.astype(np.float32) / 255.0 - mean) / std).astype(np.float32), back
 
 
 def save(directory: str, result: dict[str, Any], columns: int = 10) -> tuple[str, str]:

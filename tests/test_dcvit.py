@@ -117,18 +117,29 @@ def test_kl_metric():
 
 
 def test_dcvit_main_job(tmp_path):
+  """The whole job in its search form over one few-shot seed: PRACTISE, the drop and compress
+  trials, the searched family, the seeds' summary. (The rule's compress_to and Trials run in the
+  dcvit notebook's test; "both" only lists the two families' (name, builder) pairs.)"""
   w = tmp_path / "w"
-  r = run_config("dcvit", w)
+  r = run_config("dcvit", w, "--config.dcvit.structure=search", "--config.dcvit.seeds=(0,)")
   assert r.returncode == 0, r.stderr[-3000:]
-  s = json.load(open(w / "summary.json"))
+  top = json.load(open(w / "summary.json"))
+  assert top["seeds"] == [0] and top["family"][0]["accuracy_std"] == 0.0  # one seed: std 0
+  s = json.load(open(w / "seeds" / "0" / "summary.json"))  # that seed's full summary
   assert set(s["dense"]) >= {"params", "macs", "accuracy", "latency_ms"}
-  assert len(s["family"]) >= 2 and s["practise"] and s["block_ranking"]  # sweep + matched
-  for m in s["family"]:
-    assert {"blocks", "mlp_width", "target_ratio", "macs", "accuracy", "latency_ms"} <= set(m)
-    assert load(m["model_dir"]).spec.blocks[m["blocks"][0]].attn == "none"
-  assert set(s["block_ranking"]) == {"1", "2"}  # candidates: not the first or last block
+  assert len(s["family"]) >= 2 and s["practise"]  # the sweep's target + PRACTISE's matched one
+  for f in s["family"]:  # each under its target (pure drops: within the slack), chosen by score
+    assert {"blocks", "dropped", "mlp_width", "target_ratio", "macs", "accuracy"} <= set(f)
+    assert f["macs"] / s["dense"]["macs"] <= f["target_ratio"] + 1e-6
+    assert f["candidates"] and f["structure"]["score"] == min(c["score"] for c in f["candidates"])
+    assert f["candidates"][0]["dropped"] == []  # n = 0: DC-ViT's own structure was a candidate
+    spec = load(f["model_dir"]).spec
+    assert spec.depth == 4 - len(f["dropped"])
+    assert sum(b.attn == "none" for b in spec.blocks) == len(f["blocks"])
+  trials = os.listdir(w / "seeds" / "0" / "trials")
+  assert {"drop0.json", "drop3.json", "b1_h64.json", "b1_h32.json"} <= set(trials)  # H, H/2
   assert s["practise"][0]["dropped"] and os.path.getsize(w / "family.png") > 0
-  assert os.path.exists(w / "synthetic" / "synthetic.png")
+  assert os.path.exists(w / "synthetic" / "synthetic.png")  # one synthetic set for all seeds
   # --overwrite deletes exactly these names: every top-level entry a run writes must be one
   written = set(os.listdir(w))
   assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES

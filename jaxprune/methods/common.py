@@ -293,6 +293,7 @@ def print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
         f"| {'speed-up':>8} |")
   print(f"|{'-' * 24}|{'-' * 10}:|{'-' * 10}:|{'-' * 9}:|{'-' * 11}:|{'-' * 9}:|")
   for name, r in rows:
+    acc = f"{100 * r['accuracy']:7.2f}%" + (f" ± {100 * r['accuracy_std']:.2f}"
+                                             if "accuracy_std" in r else "")
     print(f"| {name:<22} | {r['params'] / 1e3:8.1f}k | {r['macs'] / 1e6:8.2f}M | "
-          f"{100 * r['accuracy']:7.2f}% | {r['latency_ms']:10.2f} | "
-          f"{base / r['latency_ms']:7.2f}x |")
+          f"{acc} | {r['latency_ms']:10.2f} | {base / r['latency_ms']:7.2f}x |")

@@ -8,14 +8,19 @@ Phases (each resumable; finished work is found on disk and reused):
      alone and recovered by feature mimicking on the few-shot images → metric
      KL(original ‖ candidate) on the synthetic set → rank ascending → progressive compression
      of the top-k, each step fine-tuned from the previous one. Trials are shared across
-     targets whose (unit, width) coincide.
+     targets whose (unit, width) coincide. `dcvit.structure = "search"` (or "both", next to
+     the rule's family) chooses each target's structure among drops, the rule and mixes
+     instead (`structure_search.py`).
   4. PRACTISE at matched MACs (`methods/practise.py`), evaluation, latency, table, plot.
+With `dcvit.seeds`, phases 3-4 run once per few-shot set (`seeds/<seed>/`) and the summary
+gives mean ± std per family member.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -27,12 +32,12 @@ import optax
 from jaxprune import accounting, synth
 from jaxprune.atomic import write_json
 from jaxprune.errors import UserError
-from jaxprune.methods import common, practise, pretrain
+from jaxprune.methods import common, practise, pretrain, structure_search
 from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import freeze_after, mimic
 from jaxprune.methods.structure import (block_costs, candidate_units, group_of, stages,
                                         structure_for)
-from jaxprune.surgery import compress_block
+from jaxprune.surgery import compress_block, drop_blocks
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.mesh import make_mesh
 from jaxprune.validate import planned_spec
@@ -60,15 +65,21 @@ def synthetic_set(config, workdir: str, dense) -> dict[str, Any]:
   labels = synth.labels_for(c.num_images, dense.spec.num_classes)
   result = synth.invert(dense, labels, synth.InversionConfig(
       steps=c.steps, lr=c.lr, warmup_steps=c.warmup_steps, tv_weight=c.tv_weight,
-      tv_exponent=c.tv_exponent, l2_weight=c.l2_weight, jitter=c.jitter),
-      make_mesh(), seed=config.seed, mean=config.data.mean, std=config.data.std)
+      tv_exponent=c.tv_exponent, l2_weight=c.l2_weight, jitter=c.jitter,
+      tv_group=c.get("tv_group", 1)), make_mesh(), seed=config.seed, mean=config.data.mean,
+      std=config.data.std)
+  if c.get("jpeg_quality", 0):  # the reference's save-as-JPEG-and-read-back
+    result["images"], result["pixels"] = synth.jpeg_roundtrip(
+        result["images"], config.data.mean, config.data.std, c.jpeg_quality,
+        config.data.get("eval_crop", 0.0))
   agree = float(np.mean(np.asarray(dense(jnp.asarray(result["images"]))).argmax(-1) == labels))
   result.update(teacher_agreement=agree)
   if jax.process_index() == 0:
     synth.save(out, result)
     write_json(os.path.join(out, "report.json"),
                {"images": len(labels), "steps": c.steps, "seconds": result["seconds"],
-                "images_per_s": result["images_per_s"], "first_loss":
+                "images_per_s": result["images_per_s"], "tv_group": c.get("tv_group", 1),
+                "jpeg_quality": c.get("jpeg_quality", 0), "first_loss":
                 float(result["loss_curve"][0]), "best_loss": result["best_loss"],
                 "teacher_agreement": agree}, indent=2)
     print(f"[synthetic] {len(labels)} images, {c.steps} steps in {result['seconds']:.1f} s "
@@ -105,21 +116,37 @@ class Trials:
     os.makedirs(self.dir, exist_ok=True)
 
   def metric(self, unit: tuple[int, ...], hidden: int) -> dict[str, Any]:
-    name = f"b{unit_name(unit)}_h{hidden}"
-
-    def compute():
-      student = self.dense
+    """DC-ViT's trial: `unit` compressed (attention removed, MLP `hidden`) alone."""
+    def student():
+      model = self.dense
       for b in unit:
-        student = compress_block(student, b, hidden, self.config.seed)
+        model = compress_block(model, b, hidden, self.config.seed)
+      return model, freeze_after(max(unit), self.dense.spec)
+
+    return self._trial(f"b{unit_name(unit)}_h{hidden}", unit, student, hidden=hidden)
+
+  def drop(self, unit: tuple[int, ...]) -> dict[str, Any]:
+    """The structure search's trial: `unit` dropped whole, the layers up to its successor
+    trainable."""
+    def student():
+      model = drop_blocks(self.dense, unit)
+      return model, freeze_after(unit[0] - 1, model.spec)
+
+    return self._trial(f"drop{unit_name(unit)}", unit, student, hidden=0, op="drop")
+
+  def _trial(self, name: str, unit, make, **fields) -> dict[str, Any]:
+    def compute():
+      t0 = time.perf_counter()
+      student, frozen = make()
       student, info = mimic(self.config, self.workdir, f"trial_{name}", student, self.dense,
-                            freeze_after(max(unit), self.dense.spec),
-                            self.config.dcvit.trial_steps, self.writer)
-      record = {"block": unit[0], "unit": list(unit), "hidden": hidden, **info,
+                            frozen, self.config.dcvit.trial_steps, self.writer)
+      record = {"block": unit[0], "unit": list(unit), **fields, **info,
                 "kl": kl_metric(self.dense, student, self.synthetic["images"])}
       if self.config.dcvit.trial_accuracy:  # for rank-quality studies: real test accuracy
         cfg = common.phase_config(self.config, "mimic")
         record["test_accuracy"] = common.evaluate_model(cfg, student,
                                                         common.setup(cfg))["accuracy"]
+      record["seconds"] = time.perf_counter() - t0
       return record
 
     return {**cached_json(os.path.join(self.dir, f"{name}.json"), compute), "unit": list(unit)}
@@ -147,6 +174,28 @@ def compress_to(config, workdir: str, dense, target: float, trials: Trials, cand
   return model, info
 
 
+def search_to(config, workdir: str, dense, target: float, trials: Trials, candidates,
+              writer) -> tuple[Any, dict[str, Any]]:
+  """`dcvit.structure = "search"`: the structure for `target` chosen among drops, DC-ViT's rule
+  and mixes (`structure_search.py`), then built progressively."""
+  units_dropped = practise.drop_units(config, dense.spec)
+  choice, scored = structure_search.choose(dense.spec, target, candidates, units_dropped,
+                                           trials, config.dcvit.width_multiple)
+  try:  # fine-tuning steps DC-ViT's rule spends here (k), so every structure gets as many
+    owed = structure_for(dense.spec, target, len(candidates), config.dcvit.width_multiple,
+                         unit=candidates[0]).k
+  except UserError:  # the rule alone cannot reach this target; drops can
+    owed = 0
+  model = structure_search.build(config, workdir, dense, choice, owed, f"search{target:.3f}",
+                                 trials, writer)
+  info = {"target_ratio": target,  # block indices of the dense model, as in the rule's family
+          "blocks": sorted(b for u in choice.compressed for b in u),
+          "dropped": sorted(b for u in choice.dropped for b in u),
+          "units": [list(u) for u in choice.compressed], "mlp_width": choice.hidden,
+          "structure": choice.describe(), "candidates": [c.describe() for c in scored]}
+  return model, info
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Before any work: the dense model has candidate units and only MSA blocks."""
   spec = planned_spec(config)
@@ -163,15 +212,42 @@ def check(config: ml_collections.ConfigDict) -> None:
   practise.check(config)
 
 
+STRUCTURES = {"rule": (("family", compress_to),), "search": (("family", search_to),),
+              "both": (("family", compress_to), ("searched", search_to))}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
   dense = pretrain.dense_model(config, workdir, writer)
+  synthetic = synthetic_set(config, workdir, dense)
+  seeds = [int(x) for x in config.dcvit.get("seeds", ())]
+  if not seeds:
+    summary = compress(config, workdir, dense, synthetic, writer)
+  else:  # one compression per few-shot set; dense model and synthetic set shared
+    runs = {}
+    for i, seed in enumerate(seeds):
+      if jax.process_index() == 0:
+        print(f"[dcvit] few-shot seed {seed} ({i + 1} of {len(seeds)})", flush=True)
+      c = ml_collections.ConfigDict(config.to_dict())
+      c.data.fewshot_seed = seed
+      sub = os.path.join(workdir, "seeds", str(seed))
+      seed_writer = MetricWriter(sub)  # each seed's phases logged beside its checkpoints
+      runs[seed] = compress(c, sub, dense, synthetic, seed_writer)
+      seed_writer.close()
+    summary = over_seeds(runs)
+    common.write_summary(workdir, summary)
+    report(config, workdir, summary, f"mean ± std over few-shot seeds {seeds}")
+  writer.close()
+  return summary
+
+
+def compress(config, workdir: str, dense, synthetic, writer) -> dict[str, Any]:
+  """PRACTISE and the DC-ViT family (or families: `dcvit.structure`) from one few-shot set;
+  writes `workdir/summary.json`."""
   candidates = candidate_units(dense.spec, group_of(config, dense.spec))
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
   evaluate = lambda m: common.evaluate_model(mcfg, m, s)["accuracy"]  # noqa: E731
-  batch = config.latency_batch
-  synthetic = synthetic_set(config, workdir, dense)
   trials = Trials(config, workdir, dense, synthetic, writer)
 
   # PRACTISE first: its MACs define the matched targets.
@@ -180,43 +256,90 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   matched = [accounting.macs(m.spec) / dense_macs for m, _ in pruned]
   targets = sorted(set(sweep_targets(config, dense.spec, candidates) + matched),
                    reverse=True)
-  family, entries = [], []
-  for target in targets:
-    out = os.path.join(workdir, "family", f"{target:.3f}")
-    model, extra = cached_model(out, lambda: (lambda m, i: (m, {"dcvit": i}))(
-        *compress_to(config, workdir, dense, target, trials, candidates, writer)),
-        common.preprocessing(config))
-    info = extra["dcvit"]
-    accuracy = evaluate(model)
-    family.append({**info, "model_dir": out})
-    entries.append((model, accuracy))
-    if jax.process_index() == 0:
-      print(f"[dcvit] target {target:.3f}: blocks {info['blocks']} MLP {info['mlp_width']} → "
-            f"{accounting.macs(model.spec) / dense_macs:.3f} MACs, accuracy {accuracy:.4f}",
-            flush=True)
+  families = {}
+  for key, make in STRUCTURES[config.dcvit.get("structure", "rule")]:
+    families[key] = []
+    for target in targets:
+      def compute(target=target, make=make):
+        t0 = time.perf_counter()
+        model, info = make(config, workdir, dense, target, trials, candidates, writer)
+        return model, {"dcvit": {**info, "seconds": time.perf_counter() - t0}}
 
-  # One table, timed together: dense, the family, PRACTISE.
-  rows = common.describe([(dense, evaluate(dense))] + entries +
-                         [(m, evaluate(m)) for m, _ in pruned], batch)
-  dense_row = rows[0]
-  family = [{**r, **f} for r, f in zip(rows[1:1 + len(family)], family)]
-  practise_rows = [{**r, "dropped": d} for r, (_, d) in zip(rows[1 + len(family):], pruned)]
-  ranking = next((f["ranking"] for f in family if f["target_ratio"] in matched), family[0]["ranking"])
-  summary = {"dense": dense_row, "family": family, "practise": practise_rows,
-             "block_ranking": ranking,
-             "synthetic": {k: v for k, v in json.load(open(os.path.join(
-                 workdir, "synthetic", "report.json"))).items()}
-             if os.path.exists(os.path.join(workdir, "synthetic", "report.json")) else {}}
+      out = os.path.join(workdir, key, f"{target:.3f}")
+      model, extra = cached_model(out, compute, common.preprocessing(config))
+      info = extra["dcvit"]
+      accuracy = evaluate(model)
+      families[key].append(({**info, "model_dir": out}, model, accuracy))
+      if jax.process_index() == 0:
+        what = (f"dropped {info['dropped']}, " if info.get("dropped") else "") + (
+            f"compressed {info['blocks']} MLP {info['mlp_width']}")
+        print(f"[dcvit] {key} target {target:.3f}: {what} → "
+              f"{accounting.macs(model.spec) / dense_macs:.3f} MACs, accuracy {accuracy:.4f}",
+              flush=True)
+
+  # One table, timed together: dense, the families, PRACTISE.
+  entries = [(dense, evaluate(dense))] + [(m, a) for fam in families.values()
+                                         for _, m, a in fam] + [(m, evaluate(m)) for m, _ in pruned]
+  rows = common.describe(entries, config.latency_batch)
+  summary, at = {"dense": rows[0]}, 1
+  for key, fam in families.items():
+    summary[key] = [{**r, **info} for r, (info, _, _) in zip(rows[at:at + len(fam)], fam)]
+    at += len(fam)
+  summary["practise"] = [{**r, "dropped": d} for r, (_, d) in zip(rows[at:], pruned)]
+  rule = summary["family"]
+  summary["block_ranking"] = next((f["ranking"] for f in rule if "ranking" in f and
+                                   f["target_ratio"] in matched), rule[0].get("ranking", {}))
+  report_path = os.path.join(workdir, "synthetic", "report.json")
+  summary["synthetic"] = json.load(open(report_path)) if os.path.exists(report_path) else {}
+  summary["trials"] = {"count": len(os.listdir(trials.dir)), "seconds": sum(
+      json.load(open(os.path.join(trials.dir, f))).get("seconds", 0.0)
+      for f in os.listdir(trials.dir) if f.endswith(".json"))}
   common.write_summary(workdir, summary)
-  if jax.process_index() == 0:
-    from jaxprune.plot import accuracy_vs_macs
-    png = accuracy_vs_macs(os.path.join(workdir, "family.png"), dense_row, family, practise_rows)
-    rows = [("dense", dense_row)]
-    rows += [(f"DC-ViT {f['macs'] / dense_macs:.3f}", f) for f in family]
-    rows += [(f"PRACTISE -{len(p['dropped'])} blocks", p) for p in practise_rows]
-    common.print_table(f"DC-ViT family and PRACTISE, {config.data.fewshot} training images; "
-                       f"latency: median eval forward, batch {batch}", rows)
-    print(f"block ranking (KL on the synthetic set, lower = recovers better): {ranking}\n"
-          f"wrote {os.path.join(workdir, 'summary.json')} and {png}")
-  writer.close()
+  report(config, workdir, summary, f"{config.data.fewshot} training images")
   return summary
+
+
+def over_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+  """Per family member (by position) and PRACTISE model: mean ± std over the seeds' runs of
+  accuracy, MACs, params and latency; every seed's row kept under `per_seed`."""
+  first = next(iter(runs.values()))
+
+  def combine(rows):
+    out = {k: float(np.mean([r[k] for r in rows])) for k in
+           ("accuracy", "macs", "params", "latency_ms")}
+    out["accuracy_std"] = float(np.std([r["accuracy"] for r in rows]))
+    out["per_seed"] = {str(s): r for s, r in zip(runs, rows)}
+    return out
+
+  summary = {"seeds": list(runs), "dense": first["dense"]}
+  for key in [k for k in ("family", "searched", "practise") if k in first]:
+    lengths = {len(r[key]) for r in runs.values()}
+    if len(lengths) != 1:
+      raise UserError(f"dcvit.seeds: the seeds' runs have different numbers of '{key}' models "
+                      f"({sorted(lengths)}); compare them from each seed's summary.json")
+    summary[key] = [combine([r[key][i] for r in runs.values()]) for i in range(lengths.pop())]
+  return summary
+
+
+def report(config, workdir: str, summary: dict[str, Any], what: str) -> None:
+  """The plot and the table of a summary (process 0)."""
+  if jax.process_index() != 0:
+    return
+  from jaxprune.plot import accuracy_vs_macs
+  dense_row = summary["dense"]
+  png = accuracy_vs_macs(os.path.join(workdir, "family.png"), dense_row, summary["family"],
+                         summary["practise"], searched=summary.get("searched", ()))
+  names = {"family": "DC-ViT" if config.dcvit.get("structure", "rule") != "search"
+           else "searched", "searched": "searched"}
+  rows = [("dense", dense_row)]
+  for key in ("family", "searched"):
+    rows += [(f"{names[key]} {f['macs'] / dense_row['macs']:.3f}", f)
+             for f in summary.get(key, ())]
+  rows += [(f"PRACTISE drop {n}", p) for n, p in zip(config.practise.num_drop,
+                                                     summary["practise"])]
+  common.print_table(f"DC-ViT family and PRACTISE, {what}; latency: median eval forward, "
+                     f"batch {config.latency_batch}", rows)
+  if summary.get("block_ranking"):
+    print("block ranking (KL on the synthetic set, lower = recovers better): "
+          f"{summary['block_ranking']}")
+  print(f"wrote {os.path.join(workdir, 'summary.json')} and {png}")

@@ -76,23 +76,35 @@ def block_costs(spec: ArchSpec, block: int = 0) -> tuple[int, int, int]:
   return m_attn, m_mlp, b.mlp
 
 
+def unit_costs(spec: ArchSpec, unit: tuple[int, ...]) -> tuple[int, int, int]:
+  """(M_attn, M_mlp, H) of a unit: its blocks' sums, H of its first block."""
+  costs = [block_costs(spec, b) for b in unit]
+  return sum(c[0] for c in costs), sum(c[1] for c in costs), costs[0][2]
+
+
+def rule(removal: float, m_attn: int, m_mlp: int, h: int, num_candidates: int,
+         width_multiple: int = 8) -> tuple[int, float, int]:
+  """DC-ViT's rule for removing `removal` MACs by compressing units of cost (m_attn, m_mlp):
+  (k, rd, hidden). The caller checks that the removal is reachable."""
+  k = min(math.ceil(removal / (m_attn + m_mlp) - 1e-9), num_candidates)
+  rd = min(max(((removal - k * m_attn) / k) / m_mlp, 0.0), 1.0)
+  return k, rd, int(h * (1 - rd)) // width_multiple * width_multiple
+
+
 def structure_for(spec: ArchSpec, target_ratio: float, num_candidates: int,
                   width_multiple: int = 8, unit: tuple[int, ...] = (0,)) -> Structure:
   """k (units) and rd for a target of `target_ratio` × dense MACs, each candidate unit costing
   what `unit` costs; errors name the reachable range."""
   dense = accounting.macs(spec)
-  costs = [block_costs(spec, b) for b in unit]
-  m_attn, m_mlp, h = sum(c[0] for c in costs), sum(c[1] for c in costs), costs[0][2]
+  m_attn, m_mlp, h = unit_costs(spec, unit)
   lo = (dense - num_candidates * (m_attn + m_mlp)) / dense
   hi = (dense - m_attn) / dense
-  r = dense * (1 - target_ratio)
   if not lo <= target_ratio <= hi:
     raise UserError(f"MACs target {target_ratio:.3f} x dense is unreachable by compressing "
                     f"{num_candidates} candidate units of {len(unit)} block(s): reachable are "
                     f"{lo:.3f} to {hi:.3f} x dense MACs")
-  k = min(math.ceil(r / (m_attn + m_mlp) - 1e-9), num_candidates)
-  rd = min(max(((r - k * m_attn) / k) / m_mlp, 0.0), 1.0)
-  hidden = int(h * (1 - rd)) // width_multiple * width_multiple
+  k, rd, hidden = rule(dense * (1 - target_ratio), m_attn, m_mlp, h, num_candidates,
+                       width_multiple)
   return Structure(int(dense * target_ratio), k, rd, hidden)
 
 

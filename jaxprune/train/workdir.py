@@ -30,7 +30,7 @@ LOCK_FILE = ".lock"
 RUN_ENTRIES = frozenset({
     CONFIG_FILE, MARKER_FILE, "metrics.jsonl", "tensorboard", "checkpoints", "summary.json",
     "model", "dense", "search", "pruned", "candidates", "synthetic", "trials", "family",
-    "family.png", "practise", "arch.png",
+    "family.png", "practise", "arch.png", "searched", "seeds",
 })
 
 _held: dict[str, IO] = {}  # workdir → open lock file, held for the life of the process
@@ -168,7 +168,8 @@ _MISSING = object()
 NEUTRAL = frozenset({"data.threads", "data.workers"})
 # Fields added later whose default is not an "off" value, by name: the default the runs before
 # them computed with.
-ADDED_DEFAULTS = {"compute_dtype": "float32", "randaugment_std": 0.5, "repeats": 1}
+ADDED_DEFAULTS = {"compute_dtype": "float32", "randaugment_std": 0.5, "repeats": 1,
+                  "tv_group": 1, "structure": "rule"}
 
 
 def _off(value: Any) -> bool:

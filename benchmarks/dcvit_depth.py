@@ -1,0 +1,125 @@
+"""Where does DC-ViT start to beat PRACTISE? A depth study on CIFAR-10, with the structure search.
+
+Dense DeiT-shaped models (width --width, 4 heads, MLP x4, patch 4, 32 px; 10,000-image balanced
+training subset, 30 epochs, as benchmarks/spvit_cifar10.py) at each --depths, trained once and
+cached under --out; then per depth one DC-ViT run with `dcvit.structure=both` (DC-ViT's rule
+family and the searched family, sharing trials) and PRACTISE, at the MACs of 1 and 2 dropped
+blocks, repeated over the few-shot --seeds (500 images each), with every trial's real test
+accuracy recorded (`dcvit.trial_accuracy`). Reruns reuse every finished run and trial.
+
+  mkdir -p /tmp/cifar10 && tar xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar10
+  python benchmarks/dcvit_depth.py --data /tmp/cifar10 [--depths 12,6,9] [--seeds 0,1,2]
+
+Prints per depth: accuracy mean ± std over seeds of PRACTISE, DC-ViT and the searched
+structure at each matched MACs; per candidate block (first seed) the accuracy and KL after the
+same short recovery with attention removed only vs the whole block dropped; and the time the
+rule and the search spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from spvit_cifar10 import CIFAR_DATA, PRETRAIN, SUBSET, main_job  # noqa: E402
+
+
+def dense_model(args, depth: int) -> dict:
+  model = ["--config.model.patch_size=4", f"--config.model.width={args.width}",
+           f"--config.model.depth={depth}", "--config.model.num_heads=4",
+           "--config.model.mlp_ratio=4.0"]
+  return main_job("pretrain", os.path.join(args.out, f"d{depth}", "dense"),
+                  f"--config.data.source=folder:{args.data}", *PRETRAIN,
+                  common=CIFAR_DATA + model + SUBSET)
+
+
+def compression(args, depth: int) -> dict:
+  d = os.path.join(args.out, f"d{depth}")
+  return main_job(
+      "dcvit", os.path.join(d, "dcvit"), f"--config.model.init_from={d}/dense/model",
+      f"--config.data.source=folder:{args.data}", "--config.data.fewshot=500",
+      "--config.data.fewshot_balanced=True", f"--config.dcvit.seeds=({args.seeds},)",
+      "--config.dcvit.structure=both", "--config.dcvit.trial_accuracy=True",
+      "--config.dcvit.num_targets=0", "--config.practise.num_drop=(1, 2)",
+      f"--config.dcvit.trial_steps={args.trial_steps}",
+      f"--config.dcvit.finetune_steps={args.finetune_steps}",
+      f"--config.practise.adaptor_steps={args.adaptor_steps}",
+      f"--config.synthetic.steps={args.synthetic_steps}", "--config.synthetic.warmup_steps=50",
+      common=CIFAR_DATA)  # the model's shape comes with init_from
+
+
+def mean_std(row) -> str:
+  return f"{100 * row['accuracy']:.2f} ± {100 * row.get('accuracy_std', 0.0):.2f}"
+
+
+def candidate_table(run: str, seed: str) -> list[str]:
+  """Per candidate block: attention removed only (the H-width compress trial) vs dropped."""
+  trials = {os.path.basename(p)[:-5]: json.load(open(p))
+            for p in glob.glob(os.path.join(run, "seeds", seed, "trials", "*.json"))}
+  drops = sorted((t["block"], t) for n, t in trials.items() if n.startswith("drop"))
+  full = max((t.get("hidden", 0) for t in trials.values()), default=0)
+  lines = []
+  for block, drop in drops:
+    attn = trials.get(f"b{block}_h{full}")
+    a = (f"{100 * attn['test_accuracy']:.2f} % (KL {attn['kl']:.3f})" if attn else "—")
+    lines.append(f"| {block} | {a} | {100 * drop['test_accuracy']:.2f} % "
+                 f"(KL {drop['kl']:.3f}) |")
+  return lines
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--data", required=True, help="folder holding train/ and test/")
+  parser.add_argument("--out", default="/tmp/jaxprune_bench/dcvit_depth")
+  parser.add_argument("--depths", default="12,6,9")
+  parser.add_argument("--width", type=int, default=64)
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--trial-steps", type=int, default=40)
+  parser.add_argument("--finetune-steps", type=int, default=80)
+  parser.add_argument("--adaptor-steps", type=int, default=20)
+  parser.add_argument("--synthetic-steps", type=int, default=500)
+  parser.add_argument("--dense-only", action="store_true", help="train the dense models only")
+  args = parser.parse_args()
+  # Identical programs recur across seeds and trials: keep their compilations.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.out, "xla_cache"))
+  depths = [int(d) for d in args.depths.split(",")]
+  dense = {d: dense_model(args, d) for d in depths}
+  print("\n| depth | params | MACs | test acc. | wall |\n|---:|---:|---:|---:|---:|")
+  for d, s in dense.items():
+    r = s["dense"]
+    print(f"| {d} | {r['params'] / 1e3:.0f}k | {r['macs'] / 1e6:.1f}M | "
+          f"{100 * r['accuracy']:.2f} % | {s['wall_s'] / 60:.1f} min |")
+  if args.dense_only:
+    return
+  for d in depths:
+    s = compression(args, d)
+    base = s["dense"]["macs"]
+    print(f"\n### depth {d} (dense {100 * s['dense']['accuracy']:.2f} %), few-shot seeds "
+          f"{s['seeds']}, wall {s['wall_s'] / 60:.1f} min")
+    print("| MACs of | PRACTISE | DC-ViT | searched (structure per seed) |\n|---|---:|---:|---|")
+    for p, f, q in zip(s["practise"], sorted(s["family"], key=lambda r: -r["macs"])[-2:],
+                       sorted(s["searched"], key=lambda r: -r["macs"])[-2:]):
+      shapes = "; ".join(f"drop {r.get('dropped')} compress {r.get('blocks')}"
+                         for r in q["per_seed"].values())
+      print(f"| {p['macs'] / base:.3f} / {f['macs'] / base:.3f} / {q['macs'] / base:.3f} | "
+            f"{mean_std(p)} | {mean_std(f)} | {mean_std(q)} ({shapes}) |")
+    run = os.path.join(args.out, f"d{d}", "dcvit")
+    seed = str(s["seeds"][0])
+    print(f"\nper candidate block (seed {seed}, {args.trial_steps} recovery steps): test accuracy "
+          "(KL on the synthetic set)\n| block | attention removed | block dropped |\n|---:|---:|---:|")
+    print("\n".join(candidate_table(run, seed)))
+    for sd in s["seeds"]:
+      sub = json.load(open(os.path.join(run, "seeds", str(sd), "summary.json")))
+      rule_s = sum(f.get("seconds", 0.0) for f in sub["family"])
+      search_s = sum(f.get("seconds", 0.0) for f in sub["searched"])
+      print(f"seed {sd}: rule family {rule_s / 60:.1f} min, search on top of it "
+            f"{search_s / 60:.1f} min ({sub['trials']['count']} trials)")
+
+
+if __name__ == "__main__":
+  main()
