@@ -124,3 +124,20 @@ def test_over_seeds_reports_mean_and_std_per_family_member():
   assert s["family"][1]["accuracy"] == pytest.approx(0.35)
   assert s["practise"][0]["per_seed"]["3"]["dropped"] == [5]
   assert s["searched"][0]["accuracy"] == pytest.approx(0.7)  # "both": the second family too
+
+
+def test_resume_may_add_seeds_but_not_change_the_inversion():
+  from configs import dcvit as dcvit_config
+  from jaxprune.train.workdir import _diff_keys
+  new = dcvit_config.get_config("runlocal").to_dict()
+  old = dcvit_config.get_config("runlocal").to_dict()
+  del old["synthetic"]["tv_group"], old["synthetic"]["jpeg_quality"], old["dcvit"]["seeds"]
+  del old["dcvit"]["structure"]
+  # A run from before these fields inverted with a norm per image: the new default differs.
+  assert _diff_keys(old, new) == ["synthetic.tv_group"]
+  new["synthetic"]["tv_group"] = 1
+  assert _diff_keys(old, new) == []
+  new["dcvit"]["seeds"] = (0, 1, 2)  # more seeds: each runs in its own folder
+  assert _diff_keys(old, new) == []
+  new["dcvit"]["structure"] = "search"
+  assert _diff_keys(old, new) == ["dcvit.structure"]

@@ -164,8 +164,10 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
 
 
 _MISSING = object()
-# Fields that change how fast a run goes, never what it computes: a resume may change them.
-NEUTRAL = frozenset({"data.threads", "data.workers"})
+# Fields a resume may change: how fast a run goes (loader threads and processes), never what it
+# computes; and `dcvit.seeds`, whose every seed runs in its own `seeds/<seed>/` folder, so a
+# resume with more seeds adds their runs and keeps the finished ones.
+NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds"})
 # Fields added later whose default is not an "off" value, by name: the default the runs before
 # them computed with.
 ADDED_DEFAULTS = {"compute_dtype": "float32", "randaugment_std": 0.5, "repeats": 1,
