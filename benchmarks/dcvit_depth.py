@@ -89,7 +89,8 @@ def main() -> None:
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.out, "xla_cache"))
   depths = [int(d) for d in args.depths.split(",")]
   dense = {d: dense_model(args, d) for d in depths}
-  print("\n| depth | params | MACs | test acc. | wall |\n|---:|---:|---:|---:|---:|")
+  print("\n| depth | params | MACs | test acc. | wall (this call; cached runs only reload) |\n"
+        "|---:|---:|---:|---:|---:|")
   for d, s in dense.items():
     r = s["dense"]
     print(f"| {d} | {r['params'] / 1e3:.0f}k | {r['macs'] / 1e6:.1f}M | "

@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
   config.dcvit = ml_collections.ConfigDict(dict(
       targets=(),             # MACs ratios; empty = num_targets from 0.95 to 0.5 (reachable part)
-      num_targets=8,
+      num_targets=8,          # sweep targets; 0 = only the MACs of the PRACTISE models
       trial_steps=60,         # feature-mimicking steps of one block trial
       finetune_steps=100,     # per progressive compression step
       width_multiple=8,

@@ -145,7 +145,7 @@ RULES: list[tuple[str, Check]] = [
     ("synthetic.tv_weight", number(0)), ("synthetic.tv_exponent", number(0, lo_open=True)),
     ("synthetic.l2_weight", number(0)), ("synthetic.jitter", integer(-1)),
     ("synthetic.tv_group", POSITIVE), ("synthetic.jpeg_quality", integer(0, 95)),
-    ("dcvit.targets", each(FRACTION)), ("dcvit.num_targets", POSITIVE),
+    ("dcvit.targets", each(FRACTION)), ("dcvit.num_targets", NONNEG),
     ("dcvit.trial_steps", POSITIVE), ("dcvit.finetune_steps", POSITIVE),
     ("dcvit.width_multiple", POSITIVE), ("dcvit.group", NONNEG),
     ("dcvit.structure", choice("rule", "search", "both")), ("dcvit.seeds", each(NONNEG)),

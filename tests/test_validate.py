@@ -65,6 +65,10 @@ def test_shipped_configs_validate_and_every_number_has_a_rule(name, arg):
                                           "expression"),
     ("dcvit", {"dcvit__targets": (0.5, 1.5)}, "dcvit.targets = (0.5, 1.5): every value"),
     ("dcvit", {"synthetic__steps": 0}, "synthetic.steps = 0"),
+    ("dcvit", {"synthetic__tv_group": 0}, "synthetic.tv_group = 0: must be an integer >= 1"),
+    ("dcvit", {"dcvit__structure": "best"}, "dcvit.structure = 'best'"),
+    ("dcvit", {"dcvit__seeds": (0, -1)}, "dcvit.seeds = (0, -1): every value"),
+    ("dcvit", {"dcvit__num_targets": -1}, "dcvit.num_targets = -1"),  # 0: matched MACs only
     ("spvit_random", {"random__num_archs": 0}, "random.num_archs = 0"),
     # structural checks run before any work (DC-ViT used to pre-train first)
     ("dcvit", {"model__depth": 2}, "DC-ViT finds no candidate unit of 1 block(s) in this model "
