@@ -11,8 +11,8 @@ stronger per image than a norm per image: `tv_group` 50 follows it, 1 is the per
 A random roll of up to ±`jitter`
 pixels (±30 at 224, scaled to the image size) and a random horizontal flip each step; Adam
 (β 0.5, 0.9) with linear warm-up then cosine; pixels clipped to the valid range after every step;
-the lowest-loss batch is kept. The whole loop is one jitted `lax.scan`, the batch sharded on the
-mesh, deterministic per seed.
+the lowest-loss batch is kept. The loop is a jitted `lax.scan` (run in ~10 chunks so that
+progress can be reported between them), the batch sharded on the mesh, deterministic per seed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,9 +62,12 @@ def total_variation(x: jax.Array, exponent: float, group: int = 1) -> jax.Array:
 
 
 def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *, seed: int,
-           mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+           mean: Sequence[float], std: Sequence[float],
+           progress: Callable[[int, int, float, float, float], None] | None = None
+           ) -> dict[str, Any]:
   """Synthesises one image per label. Returns `images` (normalised, [B,H,W,C]), `pixels`
-  (uint8), `loss_curve` (per step), `best_loss`, `seconds`, `images_per_s`."""
+  (uint8), `loss_curve` (per step), `best_loss`, `seconds`, `images_per_s`. `progress(step,
+  steps, loss, best loss, seconds)` is called about ten times along the way."""
   spec = model.spec
   size, ch = spec.image_size, spec.in_channels
   mean = jnp.broadcast_to(jnp.asarray(mean, jnp.float32), (ch,))
@@ -93,33 +96,48 @@ def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *,
              + cfg.l2_weight * jnp.mean(jnp.sqrt(jnp.sum(x**2, axis=(1, 2, 3)))))
     return ce + prior, ce
 
-  @jax.jit
-  def run(x0, key):
-    def step(carry, i):
-      x, opt, best_x, best = carry
-      (loss, ce), g = jax.value_and_grad(loss_fn, has_aux=True)(x, jax.random.fold_in(key, i))
-      better = loss < best
-      best_x = jnp.where(better, x, best_x)
-      best = jnp.where(better, loss, best)
-      updates, opt = tx.update(g, opt, x)
-      x = jnp.clip(optax.apply_updates(x, updates), lo, hi)
-      return (x, opt, best_x, best), (loss, ce)
+  def step(carry, i):
+    x, opt, best_x, best = carry
+    (loss, ce), g = jax.value_and_grad(loss_fn, has_aux=True)(x, jax.random.fold_in(key, i))
+    better = loss < best
+    best_x = jnp.where(better, x, best_x)
+    best = jnp.where(better, loss, best)
+    updates, opt = tx.update(g, opt, x)
+    x = jnp.clip(optax.apply_updates(x, updates), lo, hi)
+    return (x, opt, best_x, best), (loss, ce)
 
-    init = (x0, tx.init(x0), x0, jnp.asarray(jnp.inf, jnp.float32))
-    (_, _, best_x, best), (losses, ces) = jax.lax.scan(step, init, jnp.arange(cfg.steps))
-    return best_x, best, losses, ces
+  @jax.jit
+  def run(carry, indices):  # one chunk of the loop: a jitted lax.scan over global step indices
+    return jax.lax.scan(step, carry, indices)
 
   key = jax.random.key(seed)
   x0 = jax.random.normal(jax.random.fold_in(key, cfg.steps), (len(padded), size, size, ch))
   x0 = jax.device_put(jnp.clip(x0, lo, hi), data)
-  compiled = run.lower(x0, key).compile()
+  carry = (x0, tx.init(x0), x0, jnp.asarray(jnp.inf, jnp.float32))
+  # The loop runs in ~10 chunks (a function of `steps` alone, so the result does not depend on
+  # whether anyone watches) so that long inversions can report progress between them.
+  chunk = -(-cfg.steps // 10)
+  starts = list(range(0, cfg.steps, chunk))
+  programs = {}
+  for length in {min(chunk, cfg.steps - a) for a in starts}:  # compiled before the clock starts
+    programs[length] = run.lower(carry, jnp.arange(length)).compile()
   t0 = time.perf_counter()
-  best_x, best, losses, ces = jax.block_until_ready(compiled(x0, key))
+  losses, ces = [], []
+  for a in starts:
+    indices = jnp.arange(a, min(a + chunk, cfg.steps))
+    carry, (loss, ce) = programs[len(indices)](carry, indices)
+    losses.append(np.asarray(loss))
+    ces.append(np.asarray(ce))
+    if progress is not None:
+      progress(a + len(indices), cfg.steps, float(losses[-1][-1]), float(carry[3]),
+               time.perf_counter() - t0)
+  _, _, best_x, best = jax.block_until_ready(carry)
+  losses, ces = np.concatenate(losses), np.concatenate(ces)
   seconds = time.perf_counter() - t0
   images = np.asarray(best_x)[:n]
   pixels = np.clip(np.round((images * np.asarray(std) + np.asarray(mean)) * 255), 0, 255)
   return {"images": images, "pixels": pixels.astype(np.uint8), "labels": np.asarray(labels),
-          "loss_curve": np.asarray(losses), "ce_curve": np.asarray(ces),
+          "loss_curve": losses, "ce_curve": ces,
           "best_loss": float(best), "seconds": seconds,
           "images_per_s": len(padded) * cfg.steps / seconds}
 

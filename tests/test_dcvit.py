@@ -32,9 +32,13 @@ def test_inversion_lowers_its_loss_is_deterministic_and_stays_in_range(tmp_path)
   model = build_model(SPEC, seed=0)
   labels = labels_for(10, 4)  # not a multiple of the 8 devices: padded internally
   cfg = InversionConfig(steps=40, warmup_steps=5, lr=0.1)
-  a = invert(model, labels, cfg, make_mesh(), seed=1, mean=(0.5,), std=(0.25,))
+  seen = []
+  a = invert(model, labels, cfg, make_mesh(), seed=1, mean=(0.5,), std=(0.25,),
+             progress=lambda *r: seen.append(r))
   b = invert(model, labels, cfg, make_mesh(), seed=1, mean=(0.5,), std=(0.25,))
-  np.testing.assert_array_equal(a["images"], b["images"])
+  np.testing.assert_array_equal(a["images"], b["images"])  # watched or not
+  assert [r[0] for r in seen] == list(range(4, 41, 4)) and seen[-1][3] == a["best_loss"]
+  assert len(a["loss_curve"]) == 40 and seen[-1][2] == a["loss_curve"][-1]
   assert a["best_loss"] < a["loss_curve"][0]
   assert a["images"].min() >= -2 - 1e-6 and a["images"].max() <= 2 + 1e-6  # (0-.5)/.25 .. (1-.5)/.25
   assert a["images"].shape == (10, 16, 16, 1) and a["images_per_s"] > 0

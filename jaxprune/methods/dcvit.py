@@ -54,6 +54,13 @@ def kl_metric(teacher, student, images: np.ndarray, batch: int = 256) -> float:
   return total / len(images)
 
 
+def _inversion_progress(step: int, steps: int, loss: float, best: float, seconds: float):
+  if jax.process_index() == 0:
+    eta = seconds / step * (steps - step)
+    print(f"[synthetic] step {step}/{steps} | loss {loss:.3f} | best {best:.3f} | "
+          f"{seconds:.0f} s, ETA {eta:.0f} s", flush=True)
+
+
 def synthetic_set(config, workdir: str, dense) -> dict[str, Any]:
   """The synthetic metric set, made once and reused (`workdir/synthetic/synthetic.npz`)."""
   out = os.path.join(workdir, "synthetic")
@@ -67,7 +74,7 @@ def synthetic_set(config, workdir: str, dense) -> dict[str, Any]:
       steps=c.steps, lr=c.lr, warmup_steps=c.warmup_steps, tv_weight=c.tv_weight,
       tv_exponent=c.tv_exponent, l2_weight=c.l2_weight, jitter=c.jitter,
       tv_group=c.get("tv_group", 1)), make_mesh(), seed=config.seed, mean=config.data.mean,
-      std=config.data.std)
+      std=config.data.std, progress=_inversion_progress)
   if c.get("jpeg_quality", 0):  # the reference's save-as-JPEG-and-read-back
     result["images"], result["pixels"] = synth.jpeg_roundtrip(
         result["images"], config.data.mean, config.data.std, c.jpeg_quality,
