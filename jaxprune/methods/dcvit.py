@@ -189,17 +189,22 @@ def search_to(config, workdir: str, dense, target: float, trials: Trials, candid
   choice, scored = structure_search.choose(dense.spec, target, candidates, units_dropped,
                                            trials, config.dcvit.width_multiple)
   try:  # fine-tuning steps DC-ViT's rule spends here (k), so every structure gets as many
-    owed = structure_for(dense.spec, target, len(candidates), config.dcvit.width_multiple,
-                         unit=candidates[0]).k
+    rule = structure_for(dense.spec, target, len(candidates), config.dcvit.width_multiple,
+                         unit=candidates[0])
   except UserError:  # the rule alone cannot reach this target; drops can
-    owed = 0
-  model = structure_search.build(config, workdir, dense, choice, owed, f"search{target:.3f}",
-                                 trials, writer)
+    rule = None
+  searched = {"structure": choice.describe(), "candidates": [c.describe() for c in scored]}
+  if rule and not choice.dropped and choice.hidden == rule.hidden:
+    # DC-ViT's own structure won (same units: both take the top k of the exact trials): the
+    # rule's model, whose phases `both` has already run and this call resumes.
+    model, info = compress_to(config, workdir, dense, target, trials, candidates, writer)
+    return model, {**info, "dropped": [], **searched}
+  model = structure_search.build(config, workdir, dense, choice, rule.k if rule else 0,
+                                 f"search{target:.3f}", trials, writer)
   info = {"target_ratio": target,  # block indices of the dense model, as in the rule's family
           "blocks": sorted(b for u in choice.compressed for b in u),
           "dropped": sorted(b for u in choice.dropped for b in u),
-          "units": [list(u) for u in choice.compressed], "mlp_width": choice.hidden,
-          "structure": choice.describe(), "candidates": [c.describe() for c in scored]}
+          "units": [list(u) for u in choice.compressed], "mlp_width": choice.hidden, **searched}
   return model, info
 
 

@@ -16,7 +16,8 @@ drops whole blocks; this search lets each target pick either or a mix:
   score = Σ drop KL + Σ compress KL, the compress KL at h' read off the line through drop
   (width 0), H/2 and H; lowest score wins (ties: fewer operations)
   the winner's compressed units are ranked by exact trials at h' (DC-ViT's own trials), and
-  the model is built one operation per step in ascending-KL order, each step fine-tuned as
+  the model is built (by DC-ViT's own progression when n = 0 won, see `dcvit.search_to`)
+  one operation per step in ascending-KL order, each step fine-tuned as
   DC-ViT does (the last step longer when there are fewer steps than DC-ViT's rule takes at
   this target, so every structure gets the same fine-tuning).
 
