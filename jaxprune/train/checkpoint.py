@@ -85,12 +85,16 @@ class PhaseCheckpoints:
 
 
 def all_finite(tree: Any) -> bool:
-  """True when every floating-point leaf of `tree` is finite (reduced on device)."""
-  return bool(_finite(tree))
+  """True when every floating-point leaf of `tree` is finite (reduced on device).
+
+  One small program per leaf shape, not one per tree: a tree-wide jit recompiled for every
+  model structure (each DC-ViT trial, each phase) and cost more than the check itself.
+  """
+  flags = [_leaf_finite(x) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]  # all dispatched, then read
+  return all(bool(f) for f in flags)
 
 
 @jax.jit
-def _finite(tree):
-  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-  return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+def _leaf_finite(x):
+  return jnp.all(jnp.isfinite(x))
