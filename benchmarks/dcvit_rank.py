@@ -10,6 +10,10 @@ repeated: compress the block alone, recover it by feature mimicking, then measur
   - real test accuracy.
 τ is computed between each metric and −accuracy (a good metric: lower KL ↔ higher accuracy);
 a random ranking's τ is shown as the mean ± std over 2000 random permutations.
+A trial the run already made (its checkpoint under the run's workdir, or its first seed's) is
+restored, not retrained — the same student, checked by its KL on the run's set matching the
+trial's record — and its recorded test accuracy (`dcvit.trial_accuracy`) is reused; only the
+missing (block, width) trials train, under `rank_benchmark/`.
 
   python -m jaxprune.main --config=configs/dcvit.py --workdir=runs/dcvit    # first
   python benchmarks/dcvit_rank.py --run runs/dcvit [--widths 96,72]
@@ -63,8 +67,8 @@ def main() -> None:
                else config.model.init_from)
   out = os.path.join(args.run, "rank_benchmark")
   os.makedirs(out, exist_ok=True)
-  made = config.synthetic.get("tv_group", 1)
-  other = 1 if made != 1 else 50
+  made_tv = config.synthetic.get("tv_group", 1)
+  other = 1 if made_tv != 1 else 50
   c = config.synthetic
   other_path = os.path.join(out, f"synthetic_tv{other}.npz")
   if not os.path.exists(other_path):
@@ -76,7 +80,7 @@ def main() -> None:
                        dataclasses.replace(inv, tv_group=other), make_mesh(), seed=config.seed,
                        mean=config.data.mean, std=config.data.std)
     np.savez(other_path, images=res["images"])
-  sets = {f"synthetic, TV over {made}": np.load(os.path.join(args.run, "synthetic",
+  sets = {f"synthetic, TV over {made_tv}": np.load(os.path.join(args.run, "synthetic",
                                                              "synthetic.npz"))["images"],
           f"synthetic, TV over {other}": np.load(other_path)["images"]}
   for name in list(sets):
@@ -90,15 +94,27 @@ def main() -> None:
                                      config.data.std))
   sets["real few-shot images"] = real
   writer = MetricWriter(out)
+  run_dir = (os.path.join(args.run, "seeds", str(config.data.fewshot_seed))
+             if config.dcvit.get("seeds") else args.run)  # where the run's trials are
   rows = []
   for hidden in widths:
     for block in range(1, dense.spec.depth - 1):
+      phase = f"trial_b{block}_h{hidden}"
+      made = os.path.isdir(os.path.join(run_dir, "checkpoints", phase))
       student = compress_block(dense, block, hidden, config.seed)
-      student, _ = mimic(config, out, f"trial_b{block}_h{hidden}", student, dense,
+      student, _ = mimic(config, run_dir if made else out, phase, student, dense,
                          freeze_after(block, dense.spec), config.dcvit.trial_steps, writer)
-      rows.append({"block": block, "hidden": hidden,
-                   "kl": {name: kl_metric(dense, student, x) for name, x in sets.items()},
-                   "test_accuracy": common.evaluate_model(mcfg, student, s)["accuracy"]})
+      record_path = os.path.join(run_dir, "trials", f"b{block}_h{hidden}.json")
+      record = json.load(open(record_path)) if made and os.path.exists(record_path) else {}
+      kl = {name: kl_metric(dense, student, x) for name, x in sets.items()}
+      if "kl" in record and not np.isclose(record["kl"], kl[f"synthetic, TV over {made_tv}"],
+                                           rtol=1e-3, atol=1e-6):
+        raise SystemExit(f"{phase}: restored student's KL {kl} differs from the run's record "
+                         f"{record['kl']}: not the trial's model")
+      acc = record.get("test_accuracy")
+      rows.append({"block": block, "hidden": hidden, "kl": kl, "reused": made,
+                   "test_accuracy": acc if acc is not None else
+                   common.evaluate_model(mcfg, student, s)["accuracy"]})
       print(rows[-1], flush=True)
   rng = np.random.default_rng(0)
   names = list(sets)

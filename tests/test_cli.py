@@ -93,6 +93,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
   assert "resumed from checkpoint at step" in r.stdout
   sa, sb = (json.load(open(os.path.join(d, "summary.json"))) for d in (a, b))
   assert sa["dense"]["accuracy"] == pytest.approx(sb["dense"]["accuracy"], abs=1e-6)
+  from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES  # (the pretrain config's smoke test)
+  for d in (a, b):  # --overwrite deletes exactly these names: every entry written must be one
+    assert set(os.listdir(d)) <= RUN_ENTRIES | {LOCK_FILE}, set(os.listdir(d)) - RUN_ENTRIES
   from jaxprune import load
   import jax
   ma, mb = load(os.path.join(a, "model")), load(os.path.join(b, "model"))

@@ -11,8 +11,10 @@ import pytest
 from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Configs with an end-to-end test of their own (checking more than this smoke test does).
-OWN_TEST = {"spvit", "dcvit"}
+# Configs with an end-to-end test of their own (checking more than this smoke test does):
+# tests/test_spvit_method.py, tests/test_dcvit.py, tests/test_cli.py (pretrain: run, killed,
+# resumed; its written entries checked there).
+OWN_TEST = {"spvit", "dcvit", "pretrain"}
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                  if os.path.basename(p) not in ("__init__.py", "common.py"))
 # Run by hand, not in CI: its runlocal form alone takes minutes on the 2-core CI machine (many
