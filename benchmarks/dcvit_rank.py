@@ -34,7 +34,7 @@ def kendall_tau(a, b) -> float:
   n, s = len(a), 0
   for i in range(n):
     for j in range(i + 1, n):
-      s += ((a[i] > a[j]) - (a[i] < a[j])) * ((b[i] > b[j]) - (b[i] < b[j]))
+      s += (int(a[i] > a[j]) - int(a[i] < a[j])) * (int(b[i] > b[j]) - int(b[i] < b[j]))
   return 2 * s / (n * (n - 1))
 
 
@@ -116,6 +116,7 @@ def main() -> None:
                    "test_accuracy": acc if acc is not None else
                    common.evaluate_model(mcfg, student, s)["accuracy"]})
       print(rows[-1], flush=True)
+  json.dump(rows, open(os.path.join(out, "rows.json"), "w"), indent=2)
   rng = np.random.default_rng(0)
   names = list(sets)
   print("\n| width | blocks | " + " | ".join(f"τ({n} KL, −acc)" for n in names) +
@@ -128,7 +129,6 @@ def main() -> None:
     print(f"| {hidden} | {len(sel)} | " +
           " | ".join(f"{kendall_tau([r['kl'][n] for r in sel], neg_acc):+.2f}" for n in names) +
           f" | {np.mean(rand):+.2f} ± {np.std(rand):.2f} |")
-  json.dump(rows, open(os.path.join(out, "rows.json"), "w"), indent=2)
 
 
 if __name__ == "__main__":

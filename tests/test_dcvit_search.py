@@ -138,6 +138,7 @@ def test_resume_may_add_seeds_but_not_change_the_inversion():
   new["synthetic"]["tv_group"] = 1
   assert _diff_keys(old, new) == []
   new["dcvit"]["seeds"] = (0, 1, 2)  # more seeds: each runs in its own folder
+  new["dcvit"]["trial_accuracy"] = not old["dcvit"]["trial_accuracy"]  # a measurement only
   assert _diff_keys(old, new) == []
   new["dcvit"]["structure"] = "search"
   assert _diff_keys(old, new) == ["dcvit.structure"]

@@ -166,8 +166,10 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
 _MISSING = object()
 # Fields a resume may change: how fast a run goes (loader threads and processes), never what it
 # computes; and `dcvit.seeds`, whose every seed runs in its own `seeds/<seed>/` folder, so a
-# resume with more seeds adds their runs and keeps the finished ones.
-NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds"})
+# resume with more seeds adds their runs and keeps the finished ones; `dcvit.trial_accuracy`,
+# which only adds a measurement to the trials it runs (nothing is chosen by it), so a study can
+# record it for one seed and spare the test-set passes on the others.
+NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds", "dcvit.trial_accuracy"})
 # Fields added later whose default is not an "off" value, by name: the default the runs before
 # them computed with.
 ADDED_DEFAULTS = {"compute_dtype": "float32", "randaugment_std": 0.5, "repeats": 1,
