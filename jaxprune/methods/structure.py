@@ -86,7 +86,7 @@ def rule(removal: float, m_attn: int, m_mlp: int, h: int, num_candidates: int,
          width_multiple: int = 8) -> tuple[int, float, int]:
   """DC-ViT's rule for removing `removal` MACs by compressing units of cost (m_attn, m_mlp):
   (k, rd, hidden). The caller checks that the removal is reachable."""
-  k = min(math.ceil(removal / (m_attn + m_mlp) - 1e-9), num_candidates)
+  k = min(max(math.ceil(removal / (m_attn + m_mlp) - 1e-9), 1), num_candidates)
   rd = min(max(((removal - k * m_attn) / k) / m_mlp, 0.0), 1.0)
   return k, rd, int(h * (1 - rd)) // width_multiple * width_multiple
 

@@ -80,7 +80,7 @@ def candidates_for(spec, target: float, candidates, drop_units, trials,
     gone = {b for u in dropped for b in u}
     rest = removal - (dense - accounting.macs(spec.drop_blocks(gone)))
     drop_kl = sum(trials.drop(u)["kl"] for u in dropped)
-    if rest <= 0:
+    if rest < 1:  # under one MAC left: the rounding of a target at a drop point (PRACTISE's)
       if -rest <= DROP_SLACK * dense:
         out.append(Candidate(dropped, (), h, drop_kl))
       break  # more drops only add KL
