@@ -145,6 +145,8 @@ def test_dcvit_main_job(tmp_path):
   assert s["family"][0]["candidates"][0]["dropped"] == []
   trials = os.listdir(w / "seeds" / "0" / "trials")
   assert {"drop0.json", "drop2.json", "b1_h64.json", "b1_h32.json"} <= set(trials)  # H, H/2
+  record = json.load(open(w / "seeds" / "0" / "trials" / "drop2.json"))
+  assert record["kl"] >= 0 and record["kl_fewshot"] >= 0  # both metric sets measured
   assert s["practise"][0]["dropped"] and os.path.getsize(w / "family.png") > 0
   assert os.path.exists(w / "synthetic" / "synthetic.png")  # one synthetic set for all seeds
   # --overwrite deletes exactly these names: every top-level entry a run writes must be one

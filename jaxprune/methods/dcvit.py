@@ -121,6 +121,18 @@ class Trials:
     self.synthetic, self.writer = synthetic, writer
     self.dir = os.path.join(workdir, "trials")
     os.makedirs(self.dir, exist_ok=True)
+    self._fewshot = None
+
+  def fewshot_images(self) -> np.ndarray:
+    """The few-shot training images, normalised: a second metric set, measured beside the
+    synthetic one (on CIFAR-10 it ranked trials far better; see README's depth study)."""
+    if self._fewshot is None:
+      cfg = common.phase_config(self.config, "mimic")
+      split = common.setup(cfg).train
+      images, _ = split.get(np.arange(len(split)))
+      self._fewshot = np.asarray(common.normalise(
+          jnp.asarray(images).astype(jnp.float32) / 255.0, cfg.data.mean, cfg.data.std))
+    return self._fewshot
 
   def metric(self, unit: tuple[int, ...], hidden: int) -> dict[str, Any]:
     """DC-ViT's trial: `unit` compressed (attention removed, MLP `hidden`) alone."""
@@ -150,6 +162,8 @@ class Trials:
       record = {"block": unit[0], "unit": list(unit), **fields, **info,
                 "kl": kl_metric(self.dense, student, self.synthetic["images"]),
                 "seconds": time.perf_counter() - t0}  # what the method spends on the trial
+      # Measured, not used to choose: KL on the real few-shot images (rank studies).
+      record["kl_fewshot"] = kl_metric(self.dense, student, self.fewshot_images())
       if self.config.dcvit.trial_accuracy:  # for rank-quality studies: real test accuracy
         cfg = common.phase_config(self.config, "mimic")
         record["test_accuracy"] = common.evaluate_model(cfg, student,
