@@ -93,10 +93,7 @@ def main() -> None:
                                                      config.data.get("eval_crop", 0.0))[0]
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
-  real, _ = s.train.get(np.arange(len(s.train)))
-  real = np.asarray(common.normalise(real.astype(np.float32) / 255.0, config.data.mean,
-                                     config.data.std))
-  sets["real few-shot images"] = real
+  sets["real few-shot images"] = common.split_images(mcfg, s.train)
   writer = MetricWriter(out)
   run_dir = (os.path.join(args.run, "seeds", str(config.data.fewshot_seed))
              if config.dcvit.get("seeds") else args.run)  # where the run's trials are

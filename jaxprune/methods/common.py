@@ -152,6 +152,13 @@ def total_steps(config: ml_collections.ConfigDict, s: Setup) -> int:
   return int(config.train.epochs) * s.batches.steps_per_epoch
 
 
+def split_images(config: ml_collections.ConfigDict, split) -> np.ndarray:
+  """Every image of `split` (e.g. the few-shot set), as the model reads them: float, normalised."""
+  images, _ = split.get(np.arange(len(split)))
+  return np.asarray(normalise(jnp.asarray(images).astype(jnp.float32) / 255.0,
+                              config.data.mean, config.data.std))
+
+
 def preprocess(config: ml_collections.ConfigDict, num_classes: int, batch, key, train: bool):
   """uint8 batch → (normalised float images, soft targets), augmented when `train`."""
   x = batch["image"].astype(jnp.float32) / 255.0

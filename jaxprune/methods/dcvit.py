@@ -128,10 +128,7 @@ class Trials:
     synthetic one (on CIFAR-10 it ranked trials far better; see README's depth study)."""
     if self._fewshot is None:
       cfg = common.phase_config(self.config, "mimic")
-      split = common.setup(cfg).train
-      images, _ = split.get(np.arange(len(split)))
-      self._fewshot = np.asarray(common.normalise(
-          jnp.asarray(images).astype(jnp.float32) / 255.0, cfg.data.mean, cfg.data.std))
+      self._fewshot = common.split_images(cfg, common.setup(cfg).train)
     return self._fewshot
 
   def metric(self, unit: tuple[int, ...], hidden: int) -> dict[str, Any]:

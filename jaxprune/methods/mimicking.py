@@ -15,7 +15,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
 from flax import nnx
 
@@ -51,10 +50,7 @@ def mimic_loss(config: ml_collections.ConfigDict, num_classes: int, teacher_grap
 
 def feature_mse(config, model, teacher, s: common.Setup) -> float:
   """Mean squared feature error of `model` vs `teacher` over the (few-shot) training images."""
-  n = len(s.train)
-  images, _ = s.train.get(np.arange(n))
-  x = common.normalise(jnp.asarray(images).astype(jnp.float32) / 255.0, config.data.mean,
-                       config.data.std)
+  x = jnp.asarray(common.split_images(config, s.train))
   return float(jnp.mean((model.features(x) - teacher.features(x))**2))
 
 
