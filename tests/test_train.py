@@ -149,10 +149,19 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   assert (tmp_path / "w" / "notes.txt").exists()          # nothing else does
 
 
-def test_training_never_deletes_the_callers_model():
-  mesh = make_mesh(jax.devices()[:1])  # same device: device_put could alias without a copy
+@pytest.mark.parametrize("devices", [1, 8])
+def test_training_never_deletes_the_callers_model(devices):
+  """On 8 devices, JAX 0.10's device_put(may_alias=False) of a one-device array still reuses
+  its buffer as the first shard: the donated step then freed the caller's (teacher's) weights
+  and a DC-ViT trial on a freshly built model crashed (segfault)."""
+  mesh = make_mesh(jax.devices()[:devices])
   model = build_model(SPEC, seed=0)
   graphdef, state, tx = init_state(model, lambda p: optax.sgd(0.1))
+  placed = place(state, mesh)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(placed)):
+    if isinstance(a, jax.Array):
+      assert all(s.data.unsafe_buffer_pointer() != a.unsafe_buffer_pointer()
+                 for s in b.addressable_shards)
   step = make_train_step(graphdef, tx, _loss, mesh, seed=0)
-  step(place(state, mesh), _batch(0, mesh))  # donates its input state
+  step(placed, _batch(0, mesh))  # donates its input state
   assert np.isfinite(np.asarray(model(jnp.zeros((1, 8, 8, 1))))).all()

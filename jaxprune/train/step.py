@@ -110,5 +110,12 @@ def make_eval_step(graphdef, mesh, compute_dtype=None) -> Callable:
 
 def place(state: Any, mesh) -> Any:
   """A copy of `state` replicated on the mesh. Always a copy: train steps donate their state,
-  which must never delete the arrays of a model the caller still holds."""
-  return jax.device_put(state, replicated(mesh), may_alias=False)
+  which must never delete the arrays of a model the caller still holds. (JAX 0.10's
+  `may_alias=False` still reuses a one-device array's buffer as the first shard of a
+  multi-device copy, hence the explicit copy of those.)"""
+  def copy(x):
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) == 1:
+      return jnp.copy(x)
+    return x
+
+  return jax.device_put(jax.tree.map(copy, state), replicated(mesh), may_alias=False)
