@@ -39,6 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       trial_accuracy=False,   # also record each trial's real test accuracy (rank studies)
       structure="rule",       # "rule": DC-ViT's; "search": drops, the rule and mixes compared
                               # per target (methods/structure_search.py); "both": both families
+      metric_set="synthetic", # what trials are ranked by: KL on the "synthetic" set (DC-ViT's)
+                              # or on the real "fewshot" training images (no inversion made)
       seeds=(),               # few-shot seeds (data.fewshot_seed) to repeat over: mean ± std
   ))
   config.practise = ml_collections.ConfigDict(dict(num_drop=(2,), adaptor_steps=30))

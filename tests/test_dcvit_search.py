@@ -61,12 +61,12 @@ class FakeTrials:
     self.asked = []
 
   def drop(self, unit):
-    return {"kl": self.drop_kl[unit[0]]}
+    return {"score": self.drop_kl[unit[0]]}
 
   def metric(self, unit, hidden):
     self.asked.append((unit, hidden))
     h = SPEC.blocks[0].mlp
-    return {"kl": self.attn_only[unit[0]] + self.slope * (h - hidden) / h}
+    return {"score": self.attn_only[unit[0]] + self.slope * (h - hidden) / h}
 
 
 def test_search_drops_whole_blocks_when_their_trials_say_so():

@@ -67,6 +67,7 @@ def test_shipped_configs_validate_and_every_number_has_a_rule(name, arg):
     ("dcvit", {"synthetic__steps": 0}, "synthetic.steps = 0"),
     ("dcvit", {"synthetic__tv_group": 0}, "synthetic.tv_group = 0: must be an integer >= 1"),
     ("dcvit", {"dcvit__structure": "best"}, "dcvit.structure = 'best'"),
+    ("dcvit", {"dcvit__metric_set": "test"}, "dcvit.metric_set = 'test'"),
     ("dcvit", {"dcvit__seeds": (0, -1)}, "dcvit.seeds = (0, -1): every value"),
     ("dcvit", {"dcvit__num_targets": -1}, "dcvit.num_targets = -1"),  # 0: matched MACs only
     ("spvit_random", {"random__num_archs": 0}, "random.num_archs = 0"),

@@ -6,7 +6,8 @@ Phases (each resumable; finished work is found on disk and reused):
   3. per target ratio: structure (k units, MLP width) → unit trials: each candidate unit (a
      block; a pair of consecutive blocks on Swin; never the first or last block) compressed
      alone and recovered by feature mimicking on the few-shot images → metric
-     KL(original ‖ candidate) on the synthetic set → rank ascending → progressive compression
+     KL(original ‖ candidate) on the synthetic set (`dcvit.metric_set = "fewshot"`: on the
+     real few-shot images instead, no inversion) → rank ascending → progressive compression
      of the top-k, each step fine-tuned from the previous one. Trials are shared across
      targets whose (unit, width) coincide. `dcvit.structure = "search"` (or "both", next to
      the rule's family) chooses each target's structure among drops, the rule and mixes
@@ -113,19 +114,26 @@ def sweep_targets(config, spec, candidates) -> list[float]:
   return [float(t) for t in np.linspace(hi, lo, config.dcvit.num_targets)]
 
 
+METRIC_KEYS = {"synthetic": "kl", "fewshot": "kl_fewshot"}  # dcvit.metric_set → field
+
+
 class Trials:
-  """Unit trials keyed by (unit, width), on disk under `workdir/trials/` and shared."""
+  """Unit trials keyed by (unit, width), on disk under `workdir/trials/` and shared.
+
+  A trial's record holds KL(original ‖ candidate) on each metric set available: `kl` on the
+  synthetic set (DC-ViT's; absent when `dcvit.metric_set = "fewshot"` skips the inversion) and
+  `kl_fewshot` on the real few-shot images; `score` is the one `dcvit.metric_set` ranks by."""
 
   def __init__(self, config, workdir, dense, synthetic, writer):
     self.config, self.workdir, self.dense = config, workdir, dense
     self.synthetic, self.writer = synthetic, writer
+    self.key = METRIC_KEYS[config.dcvit.get("metric_set", "synthetic")]
     self.dir = os.path.join(workdir, "trials")
     os.makedirs(self.dir, exist_ok=True)
     self._fewshot = None
 
   def fewshot_images(self) -> np.ndarray:
-    """The few-shot training images, normalised: a second metric set, measured beside the
-    synthetic one (on CIFAR-10 it ranked trials far better; see README's depth study)."""
+    """The few-shot training images, normalised: the `fewshot` metric set."""
     if self._fewshot is None:
       cfg = common.phase_config(self.config, "mimic")
       self._fewshot = common.split_images(cfg, common.setup(cfg).train)
@@ -150,24 +158,54 @@ class Trials:
 
     return self._trial(f"drop{unit_name(unit)}", unit, student, hidden=0, op="drop")
 
+  def _kl(self, student, key: str) -> float:
+    images = self.fewshot_images() if key == "kl_fewshot" else self.synthetic["images"]
+    return kl_metric(self.dense, student, images)
+
+  def _sets(self) -> list[str]:
+    """The record fields of the metric sets this run has."""
+    return [k for k in METRIC_KEYS.values() if k == "kl_fewshot" or self.synthetic is not None]
+
   def _trial(self, name: str, unit, make, **fields) -> dict[str, Any]:
+    def recover():  # resumable: a finished trial's student is restored, not retrained
+      student, frozen = make()
+      return mimic(self.config, self.workdir, f"trial_{name}", student, self.dense, frozen,
+                   self.config.dcvit.trial_steps, self.writer)
+
     def compute():
       t0 = time.perf_counter()
-      student, frozen = make()
-      student, info = mimic(self.config, self.workdir, f"trial_{name}", student, self.dense,
-                            frozen, self.config.dcvit.trial_steps, self.writer)
+      student, info = recover()
       record = {"block": unit[0], "unit": list(unit), **fields, **info,
-                "kl": kl_metric(self.dense, student, self.synthetic["images"]),
+                self.key: self._kl(student, self.key),
                 "seconds": time.perf_counter() - t0}  # what the method spends on the trial
-      # Measured, not used to choose: KL on the real few-shot images (rank studies).
-      record["kl_fewshot"] = kl_metric(self.dense, student, self.fewshot_images())
+      # The other metric set too: measured, not used to choose (rank studies).
+      record.update({k: self._kl(student, k) for k in self._sets() if k != self.key})
       if self.config.dcvit.trial_accuracy:  # for rank-quality studies: real test accuracy
         cfg = common.phase_config(self.config, "mimic")
         record["test_accuracy"] = common.evaluate_model(cfg, student,
                                                         common.setup(cfg))["accuracy"]
       return record
 
-    return {**cached_json(os.path.join(self.dir, f"{name}.json"), compute), "unit": list(unit)}
+    path = os.path.join(self.dir, f"{name}.json")
+    record = cached_json(path, compute)
+    if self.key not in record:  # made by a version that did not measure this metric set
+      record = self._backfill(path, record, recover)
+    return {**record, "unit": list(unit), "score": record[self.key]}
+
+  def _backfill(self, path: str, record: dict[str, Any], recover) -> dict[str, Any]:
+    """Measures the metric sets an older trial record lacks on its restored student; the
+    student must reproduce the record's own KL (else its checkpoint is not the trial's)."""
+    student, info = recover()
+    kls = {k: self._kl(student, k) for k in self._sets()}
+    for k, v in {**info, **kls}.items():
+      if k in record and not np.isclose(v, record[k], rtol=1e-3, atol=1e-6):
+        raise UserError(f"{path}: the restored trial's {k} is {v:.6g}, its record says "
+                        f"{record[k]:.6g}: its checkpoint under {self.workdir}/checkpoints is "
+                        "not the trial's model; delete the record to rerun the trial")
+    record = {**record, **kls}
+    if jax.process_index() == 0:
+      write_json(path, record, indent=2)
+    return record
 
 
 def compress_to(config, workdir: str, dense, target: float, trials: Trials, candidates,
@@ -176,7 +214,7 @@ def compress_to(config, workdir: str, dense, target: float, trials: Trials, cand
   st = structure_for(dense.spec, target, len(candidates), config.dcvit.width_multiple,
                      unit=candidates[0])
   records = [trials.metric(u, st.hidden) for u in candidates]
-  ranked = [tuple(r["unit"]) for r in sorted(records, key=lambda r: (r["kl"], r["unit"]))]
+  ranked = [tuple(r["unit"]) for r in sorted(records, key=lambda r: (r["score"], r["unit"]))]
   chosen = ranked[:st.k]
   model, done = dense, []
   for j, unit in enumerate(chosen):
@@ -188,7 +226,7 @@ def compress_to(config, workdir: str, dense, target: float, trials: Trials, cand
                      writer)
   info = {"target_ratio": target, "blocks": done, "units": [list(u) for u in chosen],
           "mlp_width": st.hidden, "rd": st.rd,
-          "ranking": {unit_name(r["unit"]): r["kl"] for r in records}}
+          "ranking": {unit_name(r["unit"]): r["score"] for r in records}}
   return model, info
 
 
@@ -242,7 +280,9 @@ STRUCTURES = {"rule": (("family", compress_to),), "search": (("family", search_t
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
   dense = pretrain.dense_model(config, workdir, writer)
-  synthetic = synthetic_set(config, workdir, dense)
+  # The real few-shot images need no inversion: the synthetic set is made only to rank by.
+  synthetic = (synthetic_set(config, workdir, dense)
+               if config.dcvit.get("metric_set", "synthetic") == "synthetic" else None)
   seeds = [int(x) for x in config.dcvit.get("seeds", ())]
   if not seeds:
     summary = compress(config, workdir, dense, synthetic, writer)
@@ -365,6 +405,8 @@ def report(config, workdir: str, summary: dict[str, Any], what: str) -> None:
   common.print_table(f"DC-ViT family and PRACTISE, {what}; latency: median eval forward, "
                      f"batch {config.latency_batch}", rows)
   if summary.get("block_ranking"):
-    print("block ranking (KL on the synthetic set, lower = recovers better): "
+    where = {"synthetic": "the synthetic set", "fewshot": "the real few-shot images"}[
+        config.dcvit.get("metric_set", "synthetic")]
+    print(f"block ranking (KL on {where}, lower = recovers better): "
           f"{summary['block_ranking']}")
   print(f"wrote {os.path.join(workdir, 'summary.json')} and {png}")

@@ -63,7 +63,7 @@ def interpolated_kl(trials, unit, hidden: int, h: int, width_multiple: int) -> f
   """Compress KL of `unit` at `hidden`, linear in width through drop (0), H/2 and H."""
   half, full = grid_widths(h, width_multiple)
   xs = [0, half, full]
-  ys = [trials.drop(unit)["kl"], trials.metric(unit, half)["kl"], trials.metric(unit, full)["kl"]]
+  ys = [trials.drop(unit)["score"], trials.metric(unit, half)["score"], trials.metric(unit, full)["score"]]
   return float(np.interp(hidden, xs, ys))
 
 
@@ -73,13 +73,13 @@ def candidates_for(spec, target: float, candidates, drop_units, trials,
   dense = accounting.macs(spec)
   removal = dense * (1 - target)
   m_attn, m_mlp, h = unit_costs(spec, candidates[0])
-  drops_ranked = sorted(drop_units, key=lambda u: (trials.drop(u)["kl"], u))
+  drops_ranked = sorted(drop_units, key=lambda u: (trials.drop(u)["score"], u))
   out = []
   for n in range(len(drop_units)):
     dropped = tuple(drops_ranked[:n])
     gone = {b for u in dropped for b in u}
     rest = removal - (dense - accounting.macs(spec.drop_blocks(gone)))
-    drop_kl = sum(trials.drop(u)["kl"] for u in dropped)
+    drop_kl = sum(trials.drop(u)["score"] for u in dropped)
     if rest < 1:  # under one MAC left: the rounding of a target at a drop point (PRACTISE's)
       if -rest <= DROP_SLACK * dense:
         out.append(Candidate(dropped, (), h, drop_kl))
@@ -107,7 +107,7 @@ def choose(spec, target: float, candidates, drop_units, trials, width_multiple: 
   if best.compressed:  # DC-ViT's own ranking at the chosen width, among the units left
     gone = {b for u in best.dropped for b in u}
     pool = [u for u in candidates if not gone & set(u)]
-    exact = sorted((trials.metric(u, best.hidden)["kl"], u) for u in pool)
+    exact = sorted((trials.metric(u, best.hidden)["score"], u) for u in pool)
     best = dataclasses.replace(best, compressed=tuple(u for _, u in
                                                       exact[:len(best.compressed)]))
   return best, scored
@@ -118,8 +118,8 @@ def build(config, workdir: str, dense, choice: Candidate, steps_owed: int, tag: 
   """The chosen structure, one operation per progressive step in ascending trial KL, each
   fine-tuned by feature mimicking with DC-ViT's trainable set (embeddings up to the block after
   every changed unit); the last step takes the `steps_owed` − (steps taken) extra steps."""
-  ops = [(trials.drop(u)["kl"], "drop", u) for u in choice.dropped]
-  ops += [(trials.metric(u, choice.hidden)["kl"], "compress", u) for u in choice.compressed]
+  ops = [(trials.drop(u)["score"], "drop", u) for u in choice.dropped]
+  ops += [(trials.metric(u, choice.hidden)["score"], "compress", u) for u in choice.compressed]
   ops.sort(key=lambda o: (o[0], o[2]))
   model, dropped, done = dense, set(), []
 

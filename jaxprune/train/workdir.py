@@ -173,7 +173,8 @@ NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds", "dcvit.trial
 # Fields added later whose default is not an "off" value, by name: the default the runs before
 # them computed with.
 ADDED_DEFAULTS = {"compute_dtype": "float32", "randaugment_std": 0.5, "repeats": 1,
-                  "tv_group": 1, "structure": "rule"}
+                  "tv_group": 1, "structure": "rule",
+                  "metric_set": "synthetic"}
 
 
 def _off(value: Any) -> bool:
