@@ -6,6 +6,10 @@ cached under --out; then per depth one DC-ViT run with `dcvit.structure=both` (D
 family and the searched family, sharing trials) and PRACTISE, at the MACs of 1 and 2 dropped
 blocks, repeated over the few-shot --seeds (500 images each), with the first seed's every trial's
 real test accuracy recorded (`dcvit.trial_accuracy`). Reruns reuse every finished run and trial.
+With --metric-set fewshot the trials are ranked by KL on the real few-shot images instead of the
+synthetic set (`dcvit.metric_set`), in `d<depth>/dcvit_fewshot/`, which starts from hard links to
+the synthetic run's trials and PRACTISE models where they exist (neither depends on the metric
+set; the KL a trial record lacks is measured on its restored student).
 
   mkdir -p /tmp/cifar10 && tar xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar10
   python benchmarks/dcvit_depth.py --data /tmp/cifar10 [--depths 12,6,9] [--seeds 0,1,2]
@@ -22,6 +26,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -42,17 +47,41 @@ def dense_model(args, depth: int) -> dict:
                   common=CIFAR_DATA + model + SUBSET)
 
 
+def run_dir(args, depth: int) -> str:
+  name = "dcvit" if args.metric_set == "synthetic" else f"dcvit_{args.metric_set}"
+  return os.path.join(args.out, f"d{depth}", name)
+
+
+def reuse_trials(src: str, dst: str, metric_set: str) -> None:
+  """Starts the `metric_set` run `dst` from the synthetic run `src`: its config (but the metric
+  set), and per seed hard links to its trials and PRACTISE phases (records and checkpoints)."""
+  if os.path.exists(os.path.join(dst, "config.json")) or not os.path.exists(
+      os.path.join(src, "config.json")):
+    return
+  config = json.load(open(os.path.join(src, "config.json")))
+  config["dcvit"]["metric_set"] = metric_set
+  for seed in glob.glob(os.path.join(src, "seeds", "*")):
+    for part in ("trials", "practise", "checkpoints/trial_*", "checkpoints/practise_*"):
+      for path in glob.glob(os.path.join(seed, part)):
+        to = os.path.join(dst, os.path.relpath(path, src))
+        shutil.copytree(path, to, copy_function=os.link, dirs_exist_ok=True)
+  json.dump(config, open(os.path.join(dst, "config.json"), "w"), indent=2)
+
+
 def compression(args, depth: int) -> dict:
   """The first seed with every trial's test accuracy, then the others without (a resume-neutral
   measurement: one test-set pass per trial, as long as the trial itself on these settings)."""
   d = os.path.join(args.out, f"d{depth}")
   seeds = args.seeds.split(",")
+  if args.metric_set != "synthetic":
+    reuse_trials(os.path.join(d, "dcvit"), run_dir(args, depth), args.metric_set)
   for sweep, accuracy in ((seeds[:1], True), (seeds, False)):
     s = main_job(
-        "dcvit", os.path.join(d, "dcvit"), f"--config.model.init_from={d}/dense/model",
+        "dcvit", run_dir(args, depth), f"--config.model.init_from={d}/dense/model",
         f"--config.data.source=folder:{args.data}", "--config.data.fewshot=500",
         "--config.data.fewshot_balanced=True", f"--config.dcvit.seeds=({','.join(sweep)},)",
         "--config.dcvit.structure=both", f"--config.dcvit.trial_accuracy={accuracy}",
+        f"--config.dcvit.metric_set={args.metric_set}",
         "--config.dcvit.num_targets=0", "--config.practise.num_drop=(1, 2)",
         f"--config.dcvit.trial_steps={args.trial_steps}",
         f"--config.dcvit.finetune_steps={args.finetune_steps}",
@@ -66,6 +95,11 @@ def mean_std(row) -> str:
   return f"{100 * row['accuracy']:.2f} ± {100 * row.get('accuracy_std', 0.0):.2f}"
 
 
+def kls(trial) -> str:
+  """A trial's KLs: on the synthetic set / on the real few-shot images (— where not measured)."""
+  return " / ".join(f"{trial[k]:.3f}" if k in trial else "—" for k in ("kl", "kl_fewshot"))
+
+
 def candidate_table(run: str, seed: str) -> list[str]:
   """Per candidate block: attention removed only (the H-width compress trial) vs dropped."""
   trials = {os.path.basename(p)[:-5]: json.load(open(p))
@@ -75,9 +109,8 @@ def candidate_table(run: str, seed: str) -> list[str]:
   lines = []
   for block, drop in drops:
     attn = trials.get(f"b{block}_h{full}")
-    a = (f"{100 * attn['test_accuracy']:.2f} % (KL {attn['kl']:.3f})" if attn else "—")
-    lines.append(f"| {block} | {a} | {100 * drop['test_accuracy']:.2f} % "
-                 f"(KL {drop['kl']:.3f}) |")
+    a = f"{100 * attn['test_accuracy']:.2f} % ({kls(attn)})" if attn else "—"
+    lines.append(f"| {block} | {a} | {100 * drop['test_accuracy']:.2f} % ({kls(drop)}) |")
   return lines
 
 
@@ -93,6 +126,8 @@ def main() -> None:
   parser.add_argument("--finetune-steps", type=int, default=80)
   parser.add_argument("--adaptor-steps", type=int, default=20)
   parser.add_argument("--synthetic-steps", type=int, default=500)
+  parser.add_argument("--metric-set", default="synthetic", choices=("synthetic", "fewshot"),
+                      help="dcvit.metric_set: what the trials are ranked by")
   parser.add_argument("--dense-only", action="store_true", help="train the dense models only")
   args = parser.parse_args()
   # Identical programs recur across seeds and trials: keep their compilations.
@@ -119,10 +154,11 @@ def main() -> None:
                          for r in q["per_seed"].values())
       print(f"| {p['macs'] / base:.3f} / {f['macs'] / base:.3f} / {q['macs'] / base:.3f} | "
             f"{mean_std(p)} | {mean_std(f)} | {mean_std(q)} ({shapes}) |")
-    run = os.path.join(args.out, f"d{d}", "dcvit")
+    run = run_dir(args, d)
     seed = str(s["seeds"][0])
     print(f"\nper candidate block (seed {seed}, {args.trial_steps} recovery steps): test accuracy "
-          "(KL on the synthetic set)\n| block | attention removed | block dropped |\n|---:|---:|---:|")
+          "(KL on the synthetic set / on the real few-shot images)\n"
+          "| block | attention removed | block dropped |\n|---:|---:|---:|")
     print("\n".join(candidate_table(run, seed)))
     for sd in s["seeds"]:
       sub = json.load(open(os.path.join(run, "seeds", str(sd), "summary.json")))
