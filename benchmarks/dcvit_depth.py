@@ -54,18 +54,21 @@ def run_dir(args, depth: int) -> str:
 
 def reuse_trials(src: str, dst: str, metric_set: str) -> None:
   """Starts the `metric_set` run `dst` from the synthetic run `src`: its config (but the metric
-  set), and per seed hard links to its trials and PRACTISE phases (records and checkpoints)."""
-  if os.path.exists(os.path.join(dst, "config.json")) or not os.path.exists(
-      os.path.join(src, "config.json")):
+  set), and per seed `dst` has not started, hard links to `src`'s trials and PRACTISE phases
+  (records and checkpoints)."""
+  if not os.path.exists(os.path.join(src, "config.json")):
     return
-  config = json.load(open(os.path.join(src, "config.json")))
-  config["dcvit"]["metric_set"] = metric_set
   for seed in glob.glob(os.path.join(src, "seeds", "*")):
+    if os.path.exists(os.path.join(dst, os.path.relpath(seed, src))):
+      continue
     for part in ("trials", "practise", "checkpoints/trial_*", "checkpoints/practise_*"):
       for path in glob.glob(os.path.join(seed, part)):
         to = os.path.join(dst, os.path.relpath(path, src))
-        shutil.copytree(path, to, copy_function=os.link, dirs_exist_ok=True)
-  json.dump(config, open(os.path.join(dst, "config.json"), "w"), indent=2)
+        shutil.copytree(path, to, copy_function=os.link)
+  if not os.path.exists(os.path.join(dst, "config.json")):
+    config = json.load(open(os.path.join(src, "config.json")))
+    config["dcvit"]["metric_set"] = metric_set
+    json.dump(config, open(os.path.join(dst, "config.json"), "w"), indent=2)
 
 
 def compression(args, depth: int) -> dict:
