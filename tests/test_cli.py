@@ -82,6 +82,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+  """Also (on the finished run, rather than a run of its own): the pretrain config's smoke
+  test, and a workdir holding another config's run is refused before any work."""
   extra = ["--config.train.steps=60", "--config.train.checkpoint_every=10",
            "--config.train.eval_every_epochs=0"]
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
@@ -102,11 +104,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
   from flax import nnx
   for x, y in zip(jax.tree.leaves(nnx.state(ma)), jax.tree.leaves(nnx.state(mb))):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
-
-
-def test_workdir_with_other_config_is_refused(tmp_path):
-  w = str(tmp_path / "w")
-  assert _main(CONFIG, f"--workdir={w}", "--config.train.steps=2").returncode == 0
-  r = _main(CONFIG, f"--workdir={w}", "--config.train.steps=3")
+  r = _main(CONFIG, f"--workdir={a}", "--config.train.steps=61", *extra[1:])
   assert r.returncode == 2 and "holds a run of a different config (differs in: train.steps)" in \
       r.stderr
+
+
