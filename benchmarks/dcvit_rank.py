@@ -16,7 +16,7 @@ trial's record — and its recorded test accuracy (`dcvit.trial_accuracy`) is re
 missing (block, width) trials train, under `rank_benchmark/`.
 
   python -m jaxprune.main --config=configs/dcvit.py --workdir=runs/dcvit    # first
-  python benchmarks/dcvit_rank.py --run runs/dcvit [--widths 96,72]
+  python benchmarks/dcvit_rank.py --run runs/dcvit [--widths 96,72] [--drops]
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", required=True, help="workdir of a finished DC-ViT run")
   parser.add_argument("--widths", default="", help="MLP widths (default: the family's widths)")
+  parser.add_argument("--drops", action="store_true",
+                      help="also the drop trials of a structure-search run (every block)")
   args = parser.parse_args()
 
   import ml_collections
@@ -58,7 +60,7 @@ def main() -> None:
   from jaxprune.methods import common
   from jaxprune.methods.dcvit import kl_metric
   from jaxprune.methods.mimicking import freeze_after, mimic
-  from jaxprune.surgery import compress_block
+  from jaxprune.surgery import compress_block, drop_blocks
   from jaxprune.train.logging import MetricWriter
 
   config = ml_collections.ConfigDict(json.load(open(os.path.join(args.run, "config.json"))))
@@ -97,26 +99,32 @@ def main() -> None:
   writer = MetricWriter(out)
   run_dir = (os.path.join(args.run, "seeds", str(config.data.fewshot_seed))
              if config.dcvit.get("seeds") else args.run)  # where the run's trials are
+  # (phase, student, its trainable set, row fields): compress trials per width, then the
+  # structure search's drop trials where the run made them (every block, the last included).
+  cases = [(f"trial_b{b}_h{h}", lambda b=b, h=h: compress_block(dense, b, h, config.seed),
+            lambda b=b: freeze_after(b, dense.spec), {"block": b, "hidden": h})
+           for h in widths for b in range(1, dense.spec.depth - 1)]
+  if args.drops:
+    cases += [(f"trial_drop{b}", lambda b=b: drop_blocks(dense, (b,)),
+               lambda b=b: freeze_after(b - 1, dense.spec.drop_blocks({b})),
+               {"block": b, "hidden": "drop"}) for b in range(dense.spec.depth)]
   rows = []
-  for hidden in widths:
-    for block in range(1, dense.spec.depth - 1):
-      phase = f"trial_b{block}_h{hidden}"
-      made = os.path.isdir(os.path.join(run_dir, "checkpoints", phase))
-      student = compress_block(dense, block, hidden, config.seed)
-      student, _ = mimic(config, run_dir if made else out, phase, student, dense,
-                         freeze_after(block, dense.spec), config.dcvit.trial_steps, writer)
-      record_path = os.path.join(run_dir, "trials", f"b{block}_h{hidden}.json")
-      record = json.load(open(record_path)) if made and os.path.exists(record_path) else {}
-      kl = {name: kl_metric(dense, student, x) for name, x in sets.items()}
-      if "kl" in record and not np.isclose(record["kl"], kl[f"synthetic, TV over {made_tv}"],
-                                           rtol=1e-3, atol=1e-6):
-        raise SystemExit(f"{phase}: restored student's KL {kl} differs from the run's record "
-                         f"{record['kl']}: not the trial's model")
-      acc = record.get("test_accuracy")
-      rows.append({"block": block, "hidden": hidden, "kl": kl, "reused": made,
-                   "test_accuracy": acc if acc is not None else
-                   common.evaluate_model(mcfg, student, s)["accuracy"]})
-      print(rows[-1], flush=True)
+  for phase, make, frozen, fields in cases:
+    made = os.path.isdir(os.path.join(run_dir, "checkpoints", phase))
+    student, _ = mimic(config, run_dir if made else out, phase, make(), dense, frozen(),
+                       config.dcvit.trial_steps, writer)
+    record_path = os.path.join(run_dir, "trials", phase[len("trial_"):] + ".json")
+    record = json.load(open(record_path)) if made and os.path.exists(record_path) else {}
+    kl = {name: kl_metric(dense, student, x) for name, x in sets.items()}
+    if "kl" in record and not np.isclose(record["kl"], kl[f"synthetic, TV over {made_tv}"],
+                                         rtol=1e-3, atol=1e-6):
+      raise SystemExit(f"{phase}: restored student's KL {kl} differs from the run's record "
+                       f"{record['kl']}: not the trial's model")
+    acc = record.get("test_accuracy")
+    rows.append({**fields, "kl": kl, "reused": made,
+                 "test_accuracy": acc if acc is not None else
+                 common.evaluate_model(mcfg, student, s)["accuracy"]})
+    print(rows[-1], flush=True)
   json.dump(rows, open(os.path.join(out, "rows.json"), "w"), indent=2)
   rng = np.random.default_rng(0)
   names = list(sets)
@@ -125,8 +133,9 @@ def main() -> None:
   print("|---:|---:|" + "---:|" * (len(names) + 1))
   # "all" pools every pair (the width separates most of them); "within widths" pools only the
   # pairs of one width: how well a metric orders blocks, which is DC-ViT's use of it.
-  for hidden in widths + ["all", "within widths"]:
-    sel = [r for r in rows if not isinstance(hidden, int) or r["hidden"] == hidden]
+  kinds = widths + (["drop"] if args.drops else []) + ["all", "within widths"]
+  for hidden in kinds:  # "all" and "within widths" pool compress and drop trials alike
+    sel = [r for r in rows if hidden in ("all", "within widths") or r["hidden"] == hidden]
     groups = [r["hidden"] for r in sel] if hidden == "within widths" else None
     neg_acc = [-r["test_accuracy"] for r in sel]
     rand = [kendall_tau(list(rng.permutation(len(sel))), neg_acc, groups) for _ in range(2000)]
