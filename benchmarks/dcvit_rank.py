@@ -47,6 +47,9 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", required=True, help="workdir of a finished DC-ViT run")
   parser.add_argument("--widths", default="", help="MLP widths (default: the family's widths)")
+  parser.add_argument("--no-other-tv", action="store_true",
+                      help="skip the set inverted with the other TV grouping (an inversion as "
+                           "long as the run's: half an hour on the depth-12 CIFAR model)")
   parser.add_argument("--drops", action="store_true",
                       help="also the drop trials of a structure-search run (every block)")
   args = parser.parse_args()
@@ -66,9 +69,11 @@ def main() -> None:
   config = ml_collections.ConfigDict(json.load(open(os.path.join(args.run, "config.json"))))
   if config.dcvit.get("seeds"):  # a seed sweep: its first few-shot set
     config.data.fewshot_seed = int(config.dcvit.seeds[0])
-  summary = json.load(open(os.path.join(args.run, "summary.json")))
-  widths = ([int(w) for w in args.widths.split(",")] if args.widths
-            else sorted({f["mlp_width"] for f in summary["family"]}, reverse=True)[:2])
+  if args.widths:  # (a run still making its trials has no summary yet)
+    widths = [int(w) for w in args.widths.split(",")]
+  else:
+    summary = json.load(open(os.path.join(args.run, "summary.json")))
+    widths = sorted({f["mlp_width"] for f in summary["family"]}, reverse=True)[:2]
   dense = load(os.path.join(args.run, "dense") if os.path.isdir(os.path.join(args.run, "dense"))
                else config.model.init_from)
   out = os.path.join(args.run, "rank_benchmark")
@@ -76,8 +81,10 @@ def main() -> None:
   made_tv = config.synthetic.get("tv_group", 1)
   other = 1 if made_tv != 1 else 50
   c = config.synthetic
+  sets = {f"synthetic, TV over {made_tv}": np.load(os.path.join(args.run, "synthetic",
+                                                             "synthetic.npz"))["images"]}
   other_path = os.path.join(out, f"synthetic_tv{other}.npz")
-  if not os.path.exists(other_path):
+  if not args.no_other_tv and not os.path.exists(other_path):
     from jaxprune.train.mesh import make_mesh
     inv = synth.InversionConfig(steps=c.steps, lr=c.lr, warmup_steps=c.warmup_steps,
                                 tv_weight=c.tv_weight, tv_exponent=c.tv_exponent,
@@ -86,9 +93,8 @@ def main() -> None:
                        dataclasses.replace(inv, tv_group=other), make_mesh(), seed=config.seed,
                        mean=config.data.mean, std=config.data.std)
     np.savez(other_path, images=res["images"])
-  sets = {f"synthetic, TV over {made_tv}": np.load(os.path.join(args.run, "synthetic",
-                                                             "synthetic.npz"))["images"],
-          f"synthetic, TV over {other}": np.load(other_path)["images"]}
+  if not args.no_other_tv:
+    sets[f"synthetic, TV over {other}"] = np.load(other_path)["images"]
   for name in list(sets):
     sets[name + ", JPEG q75"] = synth.jpeg_roundtrip(sets[name], config.data.mean,
                                                      config.data.std, 75,
