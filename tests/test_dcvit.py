@@ -152,6 +152,32 @@ def test_dcvit_main_job(tmp_path):
   # --overwrite deletes exactly these names: every top-level entry a run writes must be one
   written = set(os.listdir(w))
   assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES
+  _check_trials_by_metric_set(w)
+
+
+def _check_trials_by_metric_set(w):
+  """On the finished run (rather than trials of its own): `dcvit.metric_set = "fewshot"` scores
+  by the real few-shot images' KL, needs no synthetic set; a record written before a metric set
+  was measured gets it from its restored student, checked against the record's feature MSE."""
+  import ml_collections
+  from jaxprune.methods import pretrain
+  from jaxprune.methods.dcvit import Trials
+  from jaxprune.train.logging import MetricWriter
+  config = ml_collections.ConfigDict(json.load(open(w / "config.json")))
+  config.data.fewshot_seed, config.dcvit.metric_set = 0, "fewshot"
+  run, path = w / "seeds" / "0", w / "seeds" / "0" / "trials" / "drop2.json"
+  writer = MetricWriter(str(run))
+  dense = pretrain.dense_model(config, str(w), writer)  # the run's, read back
+  full = json.load(open(path))
+  old = {k: v for k, v in full.items() if k != "kl_fewshot"}
+  json.dump(old, open(path, "w"))  # as written before kl_fewshot existed
+  r = Trials(config, str(run), dense, None, writer).drop((2,))
+  assert r["score"] == r["kl_fewshot"] == pytest.approx(full["kl_fewshot"], rel=1e-5)
+  assert json.load(open(path))["kl_fewshot"] == r["score"]  # written back
+  json.dump({**old, "feature_mse": old["feature_mse"] * 2}, open(path, "w"))
+  with pytest.raises(UserError, match="feature_mse"):  # a checkpoint that is not the trial's
+    Trials(config, str(run), dense, None, writer).drop((2,))
+  writer.close()
 
 
 def test_practise_latency_saved_replaces_non_positive_measurements(monkeypatch, capsys):
@@ -168,32 +194,3 @@ def test_practise_latency_saved_replaces_non_positive_measurements(monkeypatch, 
   assert saved[(3,)] == pytest.approx(10.0 * share) and saved[(3,)] > 0
   assert "dropping block(s) [3] measured -0.200 ms" in capsys.readouterr().out
 
-
-def test_trials_rank_by_the_metric_set_chosen_and_fill_in_what_old_records_lack(tmp_path):
-  """`dcvit.metric_set = "fewshot"`: no synthetic set needed, trials scored by KL on the real
-  few-shot images. A record made before a metric set was measured gets it from the restored
-  trial student, checked against the record's own feature MSE."""
-  from configs import dcvit as dcvit_config
-  from jaxprune.methods import common
-  from jaxprune.methods.dcvit import Trials
-  from jaxprune.train.logging import MetricWriter
-  config = dcvit_config.get_config("runlocal")
-  common.resolve_normalisation(config)
-  config.dcvit.metric_set = "fewshot"
-  data = common.setup(common.phase_config(config, "mimic")).data
-  dense = build_model(common.model_spec(config, data), seed=0)
-  writer = MetricWriter(str(tmp_path))
-  r = Trials(config, str(tmp_path), dense, None, writer).metric((1,), 32)
-  assert r["score"] == r["kl_fewshot"] > 0 and "kl" not in r  # no synthetic set: not measured
-  path = tmp_path / "trials" / "b1_h32.json"
-  old = {k: v for k, v in json.load(open(path)).items() if k != "kl_fewshot"}
-  json.dump(old, open(path, "w"))  # as written before kl_fewshot existed
-  synthetic = {"images": np.asarray(jax.random.normal(jax.random.key(1), (5, 16, 16, 1)))}
-  again = Trials(config, str(tmp_path), dense, synthetic, writer).metric((1,), 32)
-  assert again["score"] == pytest.approx(r["score"], rel=1e-5)  # the same student, restored
-  on_disk = json.load(open(path))
-  assert on_disk["kl_fewshot"] == again["score"] and on_disk["kl"] > 0  # both sets now
-  json.dump({**old, "feature_mse": old["feature_mse"] * 2}, open(path, "w"))
-  with pytest.raises(UserError, match="feature_mse"):  # a checkpoint that is not the trial's
-    Trials(config, str(tmp_path), dense, synthetic, writer).metric((1,), 32)
-  writer.close()
