@@ -11,4 +11,6 @@ from configs import dcvit
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = dcvit.get_config(arg)
   config.method = "practise"
+  if arg == "runlocal":  # one adaptor phase per block: 3 blocks keep the smoke run short
+    config.model.depth = 3
   return config
