@@ -54,13 +54,16 @@ def run_dir(args, depth: int) -> str:
 
 def reuse_trials(src: str, dst: str, metric_set: str) -> None:
   """Starts the `metric_set` run `dst` from the synthetic run `src`: its config (but the metric
-  set), and per seed `dst` has not started, hard links to `src`'s trials and PRACTISE phases
-  (records and checkpoints)."""
+  set), and per seed where `dst` has no trial yet, hard links to `src`'s trials and PRACTISE
+  phases (records and checkpoints)."""
   if not os.path.exists(os.path.join(src, "config.json")):
     return
   for seed in glob.glob(os.path.join(src, "seeds", "*")):
-    if os.path.exists(os.path.join(dst, os.path.relpath(seed, src))):
-      continue
+    started = os.path.join(dst, os.path.relpath(seed, src))
+    if glob.glob(os.path.join(started, "trials", "*.json")) or not glob.glob(
+        os.path.join(seed, "trials", "*.json")):
+      continue  # dst made trials of its own (or src has none yet): nothing to link
+    shutil.rmtree(started, ignore_errors=True)  # an empty start, e.g. links of a killed src
     for part in ("trials", "practise", "checkpoints/trial_*", "checkpoints/practise_*"):
       for path in glob.glob(os.path.join(seed, part)):
         to = os.path.join(dst, os.path.relpath(path, src))
