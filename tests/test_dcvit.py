@@ -174,6 +174,8 @@ def _check_trials_by_metric_set(w):
   r = Trials(config, str(run), dense, None, writer).drop((2,))
   assert r["score"] == r["kl_fewshot"] == pytest.approx(full["kl_fewshot"], rel=1e-5)
   assert json.load(open(path))["kl_fewshot"] == r["score"]  # written back
+  fresh = Trials(config, str(run), dense, None, writer).metric((1,), 16)  # a new trial
+  assert "kl" not in fresh and fresh["score"] == fresh["kl_fewshot"] > 0  # no synthetic set
   json.dump({**old, "feature_mse": old["feature_mse"] * 2}, open(path, "w"))
   with pytest.raises(UserError, match="feature_mse"):  # a checkpoint that is not the trial's
     Trials(config, str(run), dense, None, writer).drop((2,))
