@@ -117,6 +117,11 @@ def sweep_targets(config, spec, candidates) -> list[float]:
 METRIC_KEYS = {"synthetic": "kl", "fewshot": "kl_fewshot"}  # dcvit.metric_set → field
 
 
+def metric_set(config) -> str:
+  """`dcvit.metric_set`; configs saved before it existed ranked by the synthetic set."""
+  return config.dcvit.get("metric_set", "synthetic")
+
+
 class Trials:
   """Unit trials keyed by (unit, width), on disk under `workdir/trials/` and shared.
 
@@ -127,7 +132,7 @@ class Trials:
   def __init__(self, config, workdir, dense, synthetic, writer):
     self.config, self.workdir, self.dense = config, workdir, dense
     self.synthetic, self.writer = synthetic, writer
-    self.key = METRIC_KEYS[config.dcvit.get("metric_set", "synthetic")]
+    self.key = METRIC_KEYS[metric_set(config)]
     self.dir = os.path.join(workdir, "trials")
     os.makedirs(self.dir, exist_ok=True)
     self._fewshot = None
@@ -281,8 +286,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
   dense = pretrain.dense_model(config, workdir, writer)
   # The real few-shot images need no inversion: the synthetic set is made only to rank by.
-  synthetic = (synthetic_set(config, workdir, dense)
-               if config.dcvit.get("metric_set", "synthetic") == "synthetic" else None)
+  synthetic = (synthetic_set(config, workdir, dense) if metric_set(config) == "synthetic"
+               else None)
   seeds = [int(x) for x in config.dcvit.get("seeds", ())]
   if not seeds:
     summary = compress(config, workdir, dense, synthetic, writer)
@@ -406,7 +411,7 @@ def report(config, workdir: str, summary: dict[str, Any], what: str) -> None:
                      f"batch {config.latency_batch}", rows)
   if summary.get("block_ranking"):
     where = {"synthetic": "the synthetic set", "fewshot": "the real few-shot images"}[
-        config.dcvit.get("metric_set", "synthetic")]
+        metric_set(config)]
     print(f"block ranking (KL on {where}, lower = recovers better): "
           f"{summary['block_ranking']}")
   print(f"wrote {os.path.join(workdir, 'summary.json')} and {png}")

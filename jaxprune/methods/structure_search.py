@@ -5,7 +5,8 @@ DC-ViT fixes the structure from the target (k compressed units, one MLP width) a
 drops whole blocks; this search lets each target pick either or a mix:
 
   trials (each: one unit changed alone, recovered by feature mimicking for `dcvit.trial_steps`,
-  scored by KL(original ‖ candidate) on the synthetic set; shared by every target):
+  scored by KL(original ‖ candidate) on the metric set (`dcvit.metric_set`: the synthetic
+  set, or the real few-shot images); shared by every target):
     drop(u)         every unit PRACTISE may drop, the last block included
     compress(u, w)  DC-ViT's candidate units at w = H (attention removed only) and w = H/2
   for a target removing R MACs, the candidate structures n = 0, 1, 2, ...:
@@ -63,7 +64,8 @@ def interpolated_kl(trials, unit, hidden: int, h: int, width_multiple: int) -> f
   """Compress KL of `unit` at `hidden`, linear in width through drop (0), H/2 and H."""
   half, full = grid_widths(h, width_multiple)
   xs = [0, half, full]
-  ys = [trials.drop(unit)["score"], trials.metric(unit, half)["score"], trials.metric(unit, full)["score"]]
+  ys = [trials.drop(unit)["score"], trials.metric(unit, half)["score"],
+        trials.metric(unit, full)["score"]]
   return float(np.interp(hidden, xs, ys))
 
 
