@@ -10,20 +10,15 @@ import time
 import numpy as np
 import pytest
 
+from tests.jobs import job_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "--config=configs/pretrain.py:runlocal"
 
 
-def _env(devices=8):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
-
-
 def _main(*args, devices=8, **kw):
-  return subprocess.run([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT, env=_env(devices),
-                        capture_output=True, text=True, timeout=300, **kw)
+  return subprocess.run([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT,
+                        env=job_env(devices), capture_output=True, text=True, timeout=300, **kw)
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -54,7 +49,7 @@ def test_missing_config_file_is_one_line():
 
 def _signal_at_first_checkpoint(workdir, args, sig):
   """Starts the command, sends `sig` once its first checkpoint exists; (returncode, stderr)."""
-  proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT, env=_env(),
+  proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT, env=job_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           # Ctrl-C as in a terminal, even when the tests run under nohup
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES
+from tests.jobs import job_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Configs with an end-to-end test of their own (checking more than this smoke test does):
@@ -24,11 +25,9 @@ SMOKE = [c for c in CONFIGS if c not in OWN_TEST | BY_HAND]
 
 
 def run_config(name, workdir, *overrides):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
   return subprocess.run([sys.executable, "-m", "jaxprune.main",
                          f"--config=configs/{name}.py:runlocal", f"--workdir={workdir}",
-                         *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
+                         *overrides], cwd=ROOT, env=job_env(), capture_output=True, text=True,
                         timeout=600)
 
 

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from jaxprune import ArchSpec, convert, load  # noqa: E402
 from jaxprune.export import read_preprocessing  # noqa: E402
+from tests.jobs import job_env  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -46,10 +47,9 @@ def deit224(tmp_path_factory):
 
 
 def _run(config, workdir, model, folder):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
   return subprocess.run([sys.executable, "-m", "jaxprune.main", f"--config={config}",
                          f"--workdir={workdir}", f"--config.model.init_from={model}",
-                         f"--config.data.source=folder:{folder}"], cwd=ROOT, env=env,
+                         f"--config.data.source=folder:{folder}"], cwd=ROOT, env=job_env(),
                         capture_output=True, text=True, timeout=900)
 
 

@@ -8,15 +8,11 @@ import sys
 
 import pytest
 
+from tests.jobs import job_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["-m", "jaxprune.main", "--config=configs/pretrain.py:runlocal", "--config.train.steps=6",
         "--config.train.checkpoint_every=3", "--config.train.eval_every_epochs=0"]
-
-
-def _env(devices):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return env
 
 
 def _free_port():
@@ -27,14 +23,14 @@ def _free_port():
 
 def test_two_processes_match_one(tmp_path):
   single = str(tmp_path / "single")
-  r = subprocess.run([sys.executable, *ARGS, f"--workdir={single}"], cwd=ROOT, env=_env(4),
+  r = subprocess.run([sys.executable, *ARGS, f"--workdir={single}"], cwd=ROOT, env=job_env(4),
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
 
   multi, port = str(tmp_path / "multi"), _free_port()
   procs = [subprocess.Popen([sys.executable, *ARGS, f"--workdir={multi}",
                              f"--coordinator=localhost:{port}", "--num_processes=2",
-                             f"--process_id={i}"], cwd=ROOT, env=_env(2),
+                             f"--process_id={i}"], cwd=ROOT, env=job_env(2),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
