@@ -46,10 +46,10 @@ def deit224(tmp_path_factory):
   return root / "deit", root / "jpeg"
 
 
-def _run(config, workdir, model, folder):
+def _run(config, workdir, model, folder):  # 2 fake devices, as test_configs' smoke runs
   return subprocess.run([sys.executable, "-m", "jaxprune.main", f"--config={config}",
                          f"--workdir={workdir}", f"--config.model.init_from={model}",
-                         f"--config.data.source=folder:{folder}"], cwd=ROOT, env=job_env(),
+                         f"--config.data.source=folder:{folder}"], cwd=ROOT, env=job_env(2),
                         capture_output=True, text=True, timeout=900)
 
 
