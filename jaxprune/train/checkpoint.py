@@ -6,6 +6,12 @@ writes to a temporary folder and renames it when complete, so a process killed m
 the previous checkpoint as the latest. A checkpoint that does not read back (truncated, a
 folder deleted) or holds non-finite values is skipped with a message naming it and why, and the
 newest good one is restored instead.
+
+Arrays are written whole by their first replica unless a replica's share is at least
+`REPLICA_PARALLEL_MIN_BYTES`: orbax otherwise splits every replicated array across the replicas
+(on CPU and TPU), and each (shape, replica) slice is a program of its own to compile — 320
+compiles, 16 s, for the first save of 40 small replicated arrays on 8 CPU devices; 0.3 s without.
+Large matrices (a DeiT-B MLP weight, 9.4 MB, 1.2 MB per replica on 8) still save in parallel.
 """
 
 from __future__ import annotations
@@ -16,10 +22,23 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 from jaxprune.errors import UserError
+
+
+REPLICA_PARALLEL_MIN_BYTES = 1 << 20
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """orbax's standard handlers, but for jax.Array the replica-parallel threshold above."""
+  th = ocp.type_handlers
+  registry = th.create_type_handler_registry(
+      *[(ty, th.get_type_handler(ty)) for ty in (int, float, bytes, np.number, np.ndarray, str)],
+      (jax.Array, th.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES)))
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
 class PhaseCheckpoints:
@@ -28,14 +47,15 @@ class PhaseCheckpoints:
   def __init__(self, workdir: str, phase: str, max_to_keep: int = 2):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints", phase)
     self.manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "meta"),
+        self.directory,
+        item_handlers={"state": _state_handler(), "meta": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                                     meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
@@ -52,7 +72,9 @@ class PhaseCheckpoints:
     for s in steps:
       try:
         out = self.manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            state=ocp.args.PyTreeRestore(
+                abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
+            meta=ocp.args.JsonRestore()))
         state, meta = out["state"], dict(out["meta"])
         if not all_finite(state):
           raise ValueError("it holds non-finite values")
@@ -85,16 +107,20 @@ class PhaseCheckpoints:
 
 
 def all_finite(tree: Any) -> bool:
-  """True when every floating-point leaf of `tree` is finite (reduced on device).
+  """True when every floating-point leaf of `tree` is finite.
 
-  One small program per leaf shape, not one per tree: a tree-wide jit recompiled for every
-  model structure (each DC-ViT trial, each phase) and cost more than the check itself.
+  Checked on the host, one copy of each distinct shard this process holds: on device, one small
+  program per leaf shape cost 0.2 s of compiling each on 8 CPU devices (7.7 s to restore a
+  40-leaf state), and a tree-wide program recompiled for every model structure. Saving copies
+  the state to the host anyway.
   """
-  flags = [_leaf_finite(x) for x in jax.tree.leaves(tree)
-           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]  # all dispatched, then read
-  return all(bool(f) for f in flags)
-
-
-@jax.jit
-def _leaf_finite(x):
-  return jnp.all(jnp.isfinite(x))
+  for x in jax.tree.leaves(tree):
+    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+      continue
+    if isinstance(x, jax.Array):
+      shards = {str(s.index): s.data for s in x.addressable_shards}.values()
+    else:
+      shards = [x]
+    if not all(np.isfinite(np.asarray(d)).all() for d in shards):
+      return False
+  return True
