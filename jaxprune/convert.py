@@ -238,7 +238,7 @@ def _norm(sd, name):
 def timm_to_state(sd: Mapping[str, np.ndarray], spec: ArchSpec) -> dict[str, Any]:
   """Maps a timm-layout state dict onto the pure-dict state of `ViT(spec)`."""
   sd = {k: np.asarray(v, np.float32) for k, v in sd.items() if not k.startswith("_heads.")}
-  expected = set(nnx.state(nnx.eval_shape(lambda: build_model(spec))).to_pure_dict())
+  expected = set(nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(spec)))))
   try:
     state = {
         "patch_embed": {"kernel": sd.pop("patch_embed.proj.weight").transpose(2, 3, 1, 0),
@@ -347,14 +347,14 @@ def _fill(spec: ArchSpec, state: dict[str, Any]) -> nnx.Module:
   """The model of `spec` holding `state` (a pure dict), after checking every shape."""
   model = nnx.eval_shape(lambda: build_model(spec))
   graphdef, abstract = nnx.split(model)
-  want = jax.tree.map(lambda x: tuple(x.shape), abstract.to_pure_dict())
+  want = jax.tree.map(lambda x: tuple(x.shape), nnx.to_pure_dict(abstract))
   got = jax.tree.map(lambda x: tuple(x.shape), state)
   bad = [f"{jax.tree_util.keystr(k)}: checkpoint {g}, model {w}" for (k, w), g in
          zip(jax.tree_util.tree_leaves_with_path(want, is_leaf=lambda x: isinstance(x, tuple)),
              jax.tree.leaves(got, is_leaf=lambda x: isinstance(x, tuple))) if w != g]
   if bad:
     raise UserError(f"checkpoint shapes do not match the inferred ArchSpec: {bad}")
-  abstract.replace_by_pure_dict(jax.tree.map(jnp.asarray, state))
+  nnx.replace_by_pure_dict(abstract, jax.tree.map(jnp.asarray, state))
   return nnx.merge(graphdef, abstract)
 
 

@@ -39,7 +39,7 @@ def save_model(directory: str, model: nnx.Module, extra: dict[str, Any] | None =
   directory = os.path.abspath(directory)
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
-  state = jax.device_get(nnx.state(model).to_pure_dict())
+  state = jax.device_get(nnx.to_pure_dict(nnx.state(model)))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, STATE_DIR), state, force=True)
   if jax.process_index() == 0:  # last, atomically: an arch.json means the model is complete
@@ -134,7 +134,7 @@ def load(directory: str) -> nnx.Module:
   spec = read_spec(directory)
   abstract = nnx.eval_shape(lambda: build_model(spec))
   graphdef, abstract_state = nnx.split(abstract)
-  target = abstract_state.to_pure_dict()
+  target = nnx.to_pure_dict(abstract_state)
   state_dir = os.path.join(os.path.abspath(directory), STATE_DIR)
   if not os.path.isdir(state_dir):
     raise UserError(f"model {directory!r} has no {STATE_DIR}/ folder of weights; export or "
@@ -151,5 +151,5 @@ def load(directory: str) -> nnx.Module:
     except Exception as e:
       raise UserError(f"model {directory!r}: cannot read the weights ({type(e).__name__}: "
                       f"{' '.join(str(e).split())[:200]})") from None
-  abstract_state.replace_by_pure_dict(restored)
+  nnx.replace_by_pure_dict(abstract_state, restored)
   return nnx.merge(graphdef, abstract_state)

@@ -70,7 +70,7 @@ def encode_arch(search_model: nnx.Module, arch: ArchSpec, masks: list[str] | Non
   with the largest gate logits θ."""
   for i, (block, b) in enumerate(zip(search_model.blocks, arch.blocks)):
     depth = OPS_BY_DEPTH.index(b.attn)
-    block.theta_attn.value = jnp.asarray([GATE_INIT if j < depth else -GATE_INIT
+    block.theta_attn[...] = jnp.asarray([GATE_INIT if j < depth else -GATE_INIT
                                           for j in range(3)], jnp.float32)
     theta = np.asarray(block.theta_mlp[...])
     k = b.mlp // block.opts.ffn_group
@@ -84,7 +84,7 @@ def encode_arch(search_model: nnx.Module, arch: ArchSpec, masks: list[str] | Non
     if keep.sum() != k:
       raise UserError(f"block {i}: {int(keep.sum())} FFN groups recorded but the architecture "
                       f"keeps {k}")
-    block.theta_mlp.value = jnp.where(jnp.asarray(keep), GATE_INIT, -GATE_INIT)
+    block.theta_mlp[...] = jnp.where(jnp.asarray(keep), GATE_INIT, -GATE_INIT)
 
 
 def derive_arch(search_model: nnx.Module) -> ArchSpec:
@@ -140,7 +140,7 @@ def block_slots(spec: ArchSpec) -> tuple[str, list[int]]:
 def block_states(model: nnx.Module) -> list[dict]:
   """The state (a pure dict) of each block of `model`, in `spec.blocks` order."""
   coll, slots = block_slots(model.spec)
-  src = nnx.state(model).to_pure_dict()[coll]
+  src = nnx.to_pure_dict(nnx.state(model))[coll]
   return [src[j] for j in slots]
 
 
@@ -167,8 +167,8 @@ def transplant(model: nnx.Module, target: nnx.Module, blocks=None) -> nnx.Module
   gates, a fresh adaptor), which an abstract target does not have: that is an error.
   """
   graphdef, state = nnx.split(target)
-  out = state.to_pure_dict()
-  src = nnx.state(model).to_pure_dict()
+  out = nnx.to_pure_dict(state)
+  src = nnx.to_pure_dict(nnx.state(model))
   s_coll, s_slots = block_slots(model.spec)
   t_coll, t_slots = block_slots(target.spec)
   blocks = block_states(model) if blocks is None else list(blocks)
@@ -188,7 +188,7 @@ def transplant(model: nnx.Module, target: nnx.Module, blocks=None) -> nnx.Module
              if isinstance(v, jax.ShapeDtypeStruct)]
   if missing:
     raise ValueError(f"transplant: no weights given for {missing[:5]} of an abstract target")
-  state.replace_by_pure_dict(jax.tree.map(jnp.asarray, out))
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, out))
   return nnx.merge(graphdef, state)
 
 

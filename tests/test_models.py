@@ -48,12 +48,13 @@ def test_split_separates_weights_gates_and_state():
 
   model = Gated()
   graphdef, weights, gates, rest = nnx.split(model, nnx.Param, Gate, ...)
-  assert set(gates.to_pure_dict()) == {"theta"}
+  assert set(nnx.to_pure_dict(gates)) == {"theta"}
   assert all(isinstance(v, nnx.BatchStat) for v in jax.tree.leaves(
       rest, is_leaf=lambda x: isinstance(x, nnx.Variable)))
   assert len(jax.tree.leaves(rest)) == 2  # BatchNorm mean and var
   merged = nnx.merge(graphdef, weights, gates, rest)
-  chex.assert_trees_all_equal(nnx.state(merged).to_pure_dict(), nnx.state(model).to_pure_dict())
+  chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(merged)),
+                              nnx.to_pure_dict(nnx.state(model)))
 
 
 def test_distilled_eval_logits_are_mean_of_heads():

@@ -14,10 +14,10 @@ SPEC = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=3, dept
 def test_transplant_copies_everything_outside_the_blocks_and_the_given_block_states():
   a, b = build_model(SPEC, seed=1), build_model(SPEC, seed=2)
   states = block_states(a)
-  want_b = nnx.state(b).to_pure_dict()  # before: b's arrays are reused by the result
+  want_b = nnx.to_pure_dict(nnx.state(b))  # before: b's arrays are reused by the result
   out = transplant(a, b, [states[0], {}, states[2]])  # block 1 keeps b's own weights
-  got = jax.tree_util.tree_leaves_with_path(nnx.state(out).to_pure_dict())
-  for (path, x), ya, yb in zip(got, jax.tree.leaves(nnx.state(a).to_pure_dict()),
+  got = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(out)))
+  for (path, x), ya, yb in zip(got, jax.tree.leaves(nnx.to_pure_dict(nnx.state(a))),
                                jax.tree.leaves(want_b)):
     from_b = jax.tree_util.keystr(path).startswith("['blocks'][1]")
     np.testing.assert_array_equal(x, yb if from_b else ya, err_msg=jax.tree_util.keystr(path))

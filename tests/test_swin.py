@@ -123,11 +123,11 @@ def test_compress_block_on_swin_removes_attention_only():
   i = 2  # first block after the merge: width 64
   compressed = compress_block(dense, i, ODD.blocks[i].mlp, seed=0)
   assert compressed.spec.blocks[i].attn == "none"
-  no_attn = nnx.state(dense).to_pure_dict()
+  no_attn = nnx.to_pure_dict(nnx.state(dense))
   proj = no_attn["layers"][3]["attn"]["proj"]  # layers: block, block, merge, block, block
   proj["kernel"], proj["bias"] = 0 * proj["kernel"], 0 * proj["bias"]
   graphdef, state = nnx.split(dense)
-  state.replace_by_pure_dict(no_attn)
+  nnx.replace_by_pure_dict(state, no_attn)
   np.testing.assert_allclose(compressed(X30), nnx.merge(graphdef, state)(X30), atol=1e-5)
 
 

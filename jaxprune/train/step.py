@@ -80,7 +80,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn,
         state["params"], state["rest"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
     return {"step": state["step"] + 1, "params": params, "rest": rest, "opt": opt}, metrics
 
   rep, data = replicated(mesh), data_sharding(mesh)
