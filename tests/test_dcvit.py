@@ -1,5 +1,6 @@
 """DC-ViT and PRACTISE: synthetic set, structure, surgery, mimicking, end to end."""
 
+import dataclasses
 import json
 import os
 
@@ -182,17 +183,27 @@ def _check_trials_by_metric_set(w):
   writer.close()
 
 
-def test_practise_latency_saved_replaces_non_positive_measurements(monkeypatch, capsys):
+def test_practise_latency_saved_times_each_pruned_architecture_once(monkeypatch, capsys):
+  """Identical blocks share one measured saving (timer noise must not order them); a different
+  block is timed on its own; a saving measured <= 0 falls back to the MACs share."""
   from jaxprune import accounting
   from jaxprune.methods import practise
-  dense = build_model(SPEC, seed=0)
+  spec = SPEC.replace(blocks=SPEC.blocks[:3] + (dataclasses.replace(SPEC.blocks[3], mlp=SPEC.blocks[3].mlp // 2),)
+                      + SPEC.blocks[4:])  # block 3 differs from the other five
+  dense = build_model(spec, seed=0)
   units = [(i,) for i in range(6)]
-  fake = {"dense": 10.0, **{u: 8.0 for u in units}}
-  fake[(3,)] = 10.2  # timer noise: dropping block 3 "costs" time
-  monkeypatch.setattr(accounting, "compare_latency", lambda models, batch: fake)
+  timed = []
+
+  def fake(models, batch):
+    timed.append(sorted(k for k in models if k != "dense"))
+    return {"dense": 10.0, **{u: (10.2 if u == (3,) else 8.0) for u in models if u != "dense"}}
+
+  monkeypatch.setattr(accounting, "compare_latency", fake)
   saved = practise.latency_saved(dense, 4, units)
+  # blocks 0-2 leave the odd block at position 2, blocks 4-5 at position 3: two architectures
+  assert timed == [[(0,), (3,), (4,)]]
   assert [saved[(i,)] for i in (0, 1, 2, 4, 5)] == [2.0] * 5
-  share = 1 - macs(drop_blocks(dense, [3]).spec) / macs(SPEC)
+  share = 1 - macs(drop_blocks(dense, [3]).spec) / macs(spec)
   assert saved[(3,)] == pytest.approx(10.0 * share) and saved[(3,)] > 0
   assert "dropping block(s) [3] measured -0.200 ms" in capsys.readouterr().out
 
