@@ -70,8 +70,8 @@ def encode_arch(search_model: nnx.Module, arch: ArchSpec, masks: list[str] | Non
   with the largest gate logits θ."""
   for i, (block, b) in enumerate(zip(search_model.blocks, arch.blocks)):
     depth = OPS_BY_DEPTH.index(b.attn)
-    block.theta_attn[...] = jnp.asarray([GATE_INIT if j < depth else -GATE_INIT
-                                          for j in range(3)], jnp.float32)
+    block.theta_attn.set_value(jnp.asarray([GATE_INIT if j < depth else -GATE_INIT
+                                            for j in range(3)], jnp.float32))
     theta = np.asarray(block.theta_mlp[...])
     k = b.mlp // block.opts.ffn_group
     if masks is not None:
@@ -84,7 +84,7 @@ def encode_arch(search_model: nnx.Module, arch: ArchSpec, masks: list[str] | Non
     if keep.sum() != k:
       raise UserError(f"block {i}: {int(keep.sum())} FFN groups recorded but the architecture "
                       f"keeps {k}")
-    block.theta_mlp[...] = jnp.where(jnp.asarray(keep), GATE_INIT, -GATE_INIT)
+    block.theta_mlp.set_value(jnp.where(jnp.asarray(keep), GATE_INIT, -GATE_INIT))
 
 
 def derive_arch(search_model: nnx.Module) -> ArchSpec:
