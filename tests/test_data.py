@@ -1,4 +1,5 @@
 import gzip
+import multiprocessing
 import os
 
 import numpy as np
@@ -189,12 +190,17 @@ def test_grain_threads_and_workers_give_the_batches_of_a_plain_loop(tmp_path):
   ds = load_source(f"folder:{tmp_path}")
   sharding = data_sharding(make_mesh())
   expected = {s: ds.train.get(rows(len(ds.train), 8, s, seed=5)) for s in range(6)}
+  before = set(multiprocessing.active_children())
   for threads, workers in ((0, 0), (3, 0), (2, 2)):
     batches = TrainBatches(ds.train, 8, 5, sharding, threads=threads, workers=workers)
     for s in (0, 1, 2, 4, 5, 1, 2):
       got = batches(s)
       np.testing.assert_array_equal(np.asarray(got["image"]), expected[s][0])
       np.testing.assert_array_equal(np.asarray(got["label"]), expected[s][1])
+    batches.close()  # the worker processes end here, not whenever the iterator is collected
+    assert set(multiprocessing.active_children()) <= before
+  np.testing.assert_array_equal(np.asarray(batches(3)["label"]), expected[3][1])  # restarts
+  batches.close()
 
 
 def test_folder_index_is_cached_and_rebuilt_when_the_folder_changes(tmp_path, capsys):

@@ -173,12 +173,19 @@ class TrainBatches:
 
   def __call__(self, step: int) -> dict[str, jax.Array]:
     if self._it is None or step != self._next:
+      self.close()
       rows = _Rows(self.split, self.batch_size, self.seed, process_slice(self.batch_size),
                    self.host, self.repeats)
       self._it = prefetched(rows, step, step + ENDLESS, self.threads, self.workers)
     images, labels = next(self._it)
     self._next = step + 1
     return {"image": to_global(images, self.sharding), "label": to_global(labels, self.sharding)}
+
+  def close(self) -> None:
+    """Stops the pipeline's threads and worker processes (a later call restarts it)."""
+    if self._it is not None:
+      self._it.close()
+      self._it, self._next = None, None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +205,10 @@ def eval_batches(split: Split, batch_size: int, sharding: jax.sharding.Sharding,
                  threads: int = 0, workers: int = 0):
   """The whole split in order, last batch padded; yields dicts with a `mask` of real rows."""
   rows = _EvalRows(split, batch_size, process_slice(batch_size))
-  for images, labels, mask in prefetched(rows, 0, -(-len(split) // batch_size), threads, workers):
-    yield {"image": to_global(images, sharding), "label": to_global(labels, sharding),
-           "mask": to_global(mask, sharding)}
+  it = prefetched(rows, 0, -(-len(split) // batch_size), threads, workers)
+  try:
+    for images, labels, mask in it:
+      yield {"image": to_global(images, sharding), "label": to_global(labels, sharding),
+             "mask": to_global(mask, sharding)}
+  finally:  # also when the caller stops early: Grain's threads and worker processes end here
+    it.close()

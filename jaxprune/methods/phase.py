@@ -60,9 +60,12 @@ def train_phase(cfg: ml_collections.ConfigDict, workdir: str, phase: str, model,
   schedule = Schedule(total_steps=steps, log_every=cfg.train.log_every,
                       eval_every=eval_every if evaluate_fn else 0,
                       checkpoint_every=cfg.train.checkpoint_every)
-  state, metrics = fit(workdir=workdir, phase=phase, state=place(state, s.mesh),
-                       train_step=step_fn, batches=s.batches, schedule=schedule, writer=writer,
-                       evaluate=evaluate_fn, meta=meta, show=show, stop_when=stop_when,
-                       on_start=on_start)
+  try:
+    state, metrics = fit(workdir=workdir, phase=phase, state=place(state, s.mesh),
+                         train_step=step_fn, batches=s.batches, schedule=schedule, writer=writer,
+                         evaluate=evaluate_fn, meta=meta, show=show, stop_when=stop_when,
+                         on_start=on_start)
+  finally:
+    s.batches.close()  # the loader's threads and worker processes
   state = jax.device_get(state)
   return Trained(merge(graphdef, state), metrics, int(state["step"]))
