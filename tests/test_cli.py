@@ -49,10 +49,18 @@ def test_missing_config_file_is_one_line():
 
 def _signal_at_first_checkpoint(workdir, args, sig):
   """Starts the command, sends `sig` once its first checkpoint exists; (returncode, stderr)."""
-  proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT, env=job_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          # Ctrl-C as in a terminal, even when the tests run under nohup
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # Ctrl-C as in a terminal, even when the tests run under nohup: an ignored SIGINT would be
+  # inherited, a handled one is reset by exec (no preexec_fn: forking a threaded JAX process)
+  ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  if ignored:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT,
+                            env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+  finally:
+    if ignored:
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
   ckpt_dir = os.path.join(workdir, "checkpoints", "pretrain")
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
