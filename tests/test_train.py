@@ -92,6 +92,27 @@ def test_checkpoint_round_trip(tmp_path, monkeypatch):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
 
 
+def test_a_checkpoint_of_other_work_is_not_resumed(tmp_path):
+  """Same phase name and ArchSpec, other dropped blocks (a re-made choice): refused by name;
+  the same work resumes, and checkpoints without the entry (older runs) resume too."""
+  mesh = make_mesh()
+  schedule = Schedule(total_steps=2, log_every=1, checkpoint_every=2)
+
+  def run(meta, phase="p"):
+    _, state, step = _setup(mesh)
+    return fit(workdir=str(tmp_path), phase=phase, state=state, train_step=step,
+               batches=lambda s: _batch(s, mesh), schedule=schedule,
+               writer=MetricWriter(str(tmp_path)), meta=meta)
+
+  run({"arch": SPEC.to_dict(), "dropped": [10]})
+  run({"arch": SPEC.to_dict(), "dropped": [10]})  # the same work: resumed (done)
+  with pytest.raises(UserError, match=r"holds a checkpoint of phase p for another dropped "
+                                      r"\(\[10\], now \[11\]\); delete that folder"):
+    run({"arch": SPEC.to_dict(), "dropped": [11]})
+  run({"arch": SPEC.to_dict()}, phase="q")
+  run({"arch": SPEC.to_dict(), "dropped": [3]}, phase="q")  # written before the entry existed
+
+
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
   mesh = make_mesh()
   _, state, step = _setup(mesh)

@@ -228,7 +228,7 @@ def compress_to(config, workdir: str, dense, target: float, trials: Trials, cand
       model = compress_block(model, b, st.hidden, config.seed)
     model, _ = mimic(config, workdir, f"target{target:.3f}_step{j}", model, dense,
                      freeze_after(max(done), dense.spec), config.dcvit.finetune_steps,
-                     writer)
+                     writer, meta={"compressed": list(done)})
   info = {"target_ratio": target, "blocks": done, "units": [list(u) for u in chosen],
           "mlp_width": st.hidden, "rd": st.rd,
           "ranking": {unit_name(r["unit"]): r["score"] for r in records}}

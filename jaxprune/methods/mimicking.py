@@ -55,11 +55,12 @@ def feature_mse(config, model, teacher, s: common.Setup) -> float:
 
 
 def mimic(config: ml_collections.ConfigDict, workdir: str, phase: str, student, teacher,
-          frozen: str, steps: int, writer: MetricWriter, setup: common.Setup | None = None
-          ) -> tuple[Any, dict[str, Any]]:
+          frozen: str, steps: int, writer: MetricWriter, setup: common.Setup | None = None,
+          meta: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
   """Fine-tunes `student` to mimic `teacher`'s features for `steps` steps (resumable phase).
 
-  `config.mimic.{train, optim}` give the recipe; `frozen` overrides `optim.frozen`.
+  `config.mimic.{train, optim}` give the recipe; `frozen` overrides `optim.frozen`; `meta` adds
+  to the checkpoints' metadata (e.g. `dropped`, which a resume must match).
   Returns (student, {"feature_mse": ...} on the training images).
   """
   cfg = common.phase_config(config, "mimic")
@@ -68,6 +69,7 @@ def mimic(config: ml_collections.ConfigDict, workdir: str, phase: str, student, 
   teacher_graphdef, teacher_state = nnx.split(teacher)
   t = train_phase(cfg, workdir, phase, student,
                   mimic_loss(cfg, s.data.num_classes, teacher_graphdef), s, writer, steps=steps,
-                  aux=teacher_state, evaluate=False, meta={"arch": student.spec.to_dict()},
+                  aux=teacher_state, evaluate=False,
+                  meta={"arch": student.spec.to_dict(), **(meta or {})},
                   show=("loss",))
   return t.model, {"feature_mse": feature_mse(cfg, t.model, teacher, s)}

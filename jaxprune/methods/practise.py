@@ -105,7 +105,8 @@ def prune(config, workdir: str, dense, n: int, scores, writer) -> tuple[Any, lis
     best = sorted(scores, key=lambda r: (r["score"], r["block"]))[:n]
     dropped = sorted(b for r in best for b in r.get("unit", [r["block"]]))
     model, _ = mimic(config, workdir, f"practise_drop{n}", drop_blocks(dense, dropped), dense,
-                     r"^weights/head", (n + 1) * config.dcvit.finetune_steps, writer)
+                     r"^weights/head", (n + 1) * config.dcvit.finetune_steps, writer,
+                     meta={"dropped": dropped})
     return model, {"dropped": dropped}
 
   model, extra = cached_model(os.path.join(workdir, "practise", f"drop{n}"), compute,

@@ -8,6 +8,7 @@ checkpoint intact, and saves at the end.
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import threading
 from typing import Any, Callable
@@ -71,6 +72,26 @@ class Interrupted(Exception):
                      "command to resume")
 
 
+# Meta entries naming what a phase trains: a checkpoint written for other values is not resumed.
+# (An ArchSpec alone does not tell which blocks were dropped: dropping block 10 or block 11 of a
+# plain ViT gives the same one.)
+IDENTITY_KEYS = ("arch", "dropped", "compressed")
+
+
+def _check_same_work(directory: str, phase: str, meta: dict[str, Any],
+                     saved: dict[str, Any]) -> None:
+  for key in IDENTITY_KEYS:
+    if key in meta and key in saved and json.loads(json.dumps(meta[key])) != saved[key]:
+      raise UserError(f"{directory} holds a checkpoint of phase {phase} for another {key} "
+                      f"({_short(saved[key])}, now {_short(meta[key])}); delete that folder to "
+                      "train the phase again")
+
+
+def _short(value: Any) -> str:
+  text = json.dumps(value)
+  return text if len(text) <= 80 else text[:77] + "..."
+
+
 def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: Callable[[int], Any],
         schedule: Schedule, writer: MetricWriter, meta: dict[str, Any] | None = None,
         evaluate: Callable[[Any], dict[str, float]] | None = None,
@@ -100,6 +121,7 @@ def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: 
   start, done = 0, False
   if ckpts.latest_step() is not None:
     state, saved = ckpts.restore(state)
+    _check_same_work(ckpts.directory, phase, meta, saved)
     start, done = int(saved["step"]), bool(saved.get("done", False))
     logging.info("%s: resumed from step %d", phase, start)
     if jax.process_index() == 0:
