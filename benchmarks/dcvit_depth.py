@@ -74,6 +74,19 @@ def reuse_trials(src: str, dst: str, metric_set: str) -> None:
     json.dump(config, open(os.path.join(dst, "config.json"), "w"), indent=2)
 
 
+def rescore_practise(run: str, seeds: list[str]) -> None:
+  """Deletes PRACTISE's scores, pruned models and their fine-tune checkpoints in `run` for
+  `seeds` (the adaptor phases stay): runs made before jaxprune timed each distinct pruned
+  architecture once ranked identical blocks by timer noise, and their drop checkpoints carry
+  no `dropped` entry for the resume check to catch a changed choice."""
+  for seed in seeds:
+    sub = os.path.join(run, "seeds", seed)
+    for path in (glob.glob(os.path.join(sub, "practise", "*"))
+                 + glob.glob(os.path.join(sub, "checkpoints", "practise_drop*"))):
+      print(f"[rescore] removing {path}", flush=True)
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def compression(args, depth: int) -> dict:
   """The first seed with every trial's test accuracy, then the others without (a resume-neutral
   measurement: one test-set pass per trial, as long as the trial itself on these settings)."""
@@ -81,6 +94,8 @@ def compression(args, depth: int) -> dict:
   seeds = args.seeds.split(",")
   if args.metric_set != "synthetic":
     reuse_trials(os.path.join(d, "dcvit"), run_dir(args, depth), args.metric_set)
+  if args.rescore_practise:
+    rescore_practise(run_dir(args, depth), seeds)
   for sweep, accuracy in ((seeds[:1], True), (seeds, False)):
     s = main_job(
         "dcvit", run_dir(args, depth), f"--config.model.init_from={d}/dense/model",
@@ -135,6 +150,9 @@ def main() -> None:
   parser.add_argument("--metric-set", default="synthetic", choices=("synthetic", "fewshot"),
                       help="dcvit.metric_set: what the trials are ranked by")
   parser.add_argument("--dense-only", action="store_true", help="train the dense models only")
+  parser.add_argument("--rescore-practise", action="store_true",
+                      help="redo PRACTISE's scoring, pruning and fine-tunes of these seeds, once "
+                           "(runs made before its one-timing-per-architecture latency)")
   args = parser.parse_args()
   # Identical programs recur across seeds and trials: keep their compilations.
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.out, "xla_cache"))
