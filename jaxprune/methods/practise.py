@@ -53,11 +53,10 @@ def latency_saved(dense, batch: int, unit_list) -> dict[tuple[int, ...], float]:
   its saving shared: timed separately, timer noise alone reordered identical blocks and made the
   choice vary between runs (a depth-12 CIFAR model's twelve identical blocks, on a shared 2-core
   CPU: savings of 5.2–23.4 ms in one run, −6.8–15.4 ms in the next, against a 13.7 ms share of
-  the MACs). All models are
-  timed interleaved (`accounting.compare_latency`), so machine drift cancels in the
-  differences. A saving that still measures <= 0 (timer noise on a tiny model) is replaced
-  by the dense latency scaled by the unit's share of the MACs, with a warning: a score divided
-  by ~0 would otherwise rank that unit as never droppable.
+  the MACs). All models are timed interleaved (`accounting.compare_latency`), so machine drift
+  cancels in the differences. A saving that still measures <= 0 (timer noise on a tiny model)
+  is replaced by the dense latency scaled by the unit's share of the MACs, with a warning: a
+  score divided by ~0 would otherwise rank that unit as never droppable.
   """
   pruned = {u: drop_blocks(dense, u) for u in unit_list}
   timed = {}  # pruned ArchSpec -> the unit timed for it
