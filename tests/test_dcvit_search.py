@@ -153,3 +153,19 @@ def test_a_target_at_a_drop_point_up_to_rounding_is_a_pure_drop():
   for target in (one_dropped - 1e-12, one_dropped, one_dropped + 1e-12):
     best, _ = structure_search.choose(SPEC, target, CANDIDATES, DROP_UNITS, trials, 8)
     assert best.dropped == ((5,),) and best.compressed == ()
+
+
+@pytest.mark.parametrize("metric_set, inverted", [("synthetic", True), ("fewshot", False)])
+def test_the_synthetic_set_is_made_only_to_rank_by_it(metric_set, inverted, monkeypatch, tmp_path):
+  """`dcvit.metric_set = "fewshot"` ranks by the real few-shot images: no inversion is run."""
+  from configs import dcvit as dcvit_config
+  from jaxprune.methods import dcvit
+  config = dcvit_config.get_config("runlocal")
+  config.dcvit.metric_set = metric_set
+  made, given = [], []
+  monkeypatch.setattr(dcvit.pretrain, "dense_model", lambda *a: "dense")
+  monkeypatch.setattr(dcvit, "synthetic_set", lambda *a: made.append(1) or "images")
+  monkeypatch.setattr(dcvit, "compress",
+                      lambda c, w, dense, synthetic, writer: given.append(synthetic) or {})
+  dcvit.run(config, str(tmp_path))
+  assert bool(made) == inverted and given == ["images" if inverted else None]
