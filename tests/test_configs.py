@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES
-from tests.jobs import job_env
+from tests.jobs import SMOKE_DEVICES, job_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Configs with an end-to-end test of their own (checking more than this smoke test does):
@@ -22,12 +22,6 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 
 # distinct Swin graphs to compile); its pieces are tested in tests/test_swin.py.
 BY_HAND = {"dcvit_swin"}
 SMOKE = [c for c in CONFIGS if c not in OWN_TEST | BY_HAND]
-
-
-# The smoke runs shard over 2 fake devices, not 8: the sharded code paths are the same, and the
-# method jobs with tests of their own (above) run on 8. A 4-block Swin SPViT job took 55 s
-# instead of 72 s (user 64 s instead of 82 s).
-SMOKE_DEVICES = 2
 
 
 def run_config(name, workdir, *overrides, devices=8):

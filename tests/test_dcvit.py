@@ -188,8 +188,8 @@ def test_practise_latency_saved_times_each_pruned_architecture_once(monkeypatch,
   block is timed on its own; a saving measured <= 0 falls back to the MACs share."""
   from jaxprune import accounting
   from jaxprune.methods import practise
-  spec = SPEC.replace(blocks=SPEC.blocks[:3] + (dataclasses.replace(SPEC.blocks[3], mlp=SPEC.blocks[3].mlp // 2),)
-                      + SPEC.blocks[4:])  # block 3 differs from the other five
+  odd = dataclasses.replace(SPEC.blocks[3], mlp=SPEC.blocks[3].mlp // 2)
+  spec = SPEC.replace(blocks=SPEC.blocks[:3] + (odd,) + SPEC.blocks[4:])  # block 3 differs
   dense = build_model(spec, seed=0)
   units = [(i,) for i in range(6)]
   timed = []

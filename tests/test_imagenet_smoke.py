@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from jaxprune import ArchSpec, convert, load  # noqa: E402
 from jaxprune.export import read_preprocessing  # noqa: E402
-from tests.jobs import job_env  # noqa: E402
+from tests.jobs import SMOKE_DEVICES, job_env  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -46,11 +46,11 @@ def deit224(tmp_path_factory):
   return root / "deit", root / "jpeg"
 
 
-def _run(config, workdir, model, folder):  # 2 fake devices, as test_configs' smoke runs
+def _run(config, workdir, model, folder):
   return subprocess.run([sys.executable, "-m", "jaxprune.main", f"--config={config}",
                          f"--workdir={workdir}", f"--config.model.init_from={model}",
-                         f"--config.data.source=folder:{folder}"], cwd=ROOT, env=job_env(2),
-                        capture_output=True, text=True, timeout=900)
+                         f"--config.data.source=folder:{folder}"], cwd=ROOT,
+                        env=job_env(SMOKE_DEVICES), capture_output=True, text=True, timeout=900)
 
 
 def test_spvit_smoke_on_a_converted_224px_deit(deit224, tmp_path):
