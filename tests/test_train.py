@@ -60,8 +60,9 @@ def test_sharded_step_equals_single_device():
     results.append(jax.device_get(state["params"]))
     losses.append(run_losses)
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  # Parameters are O(1); 8 shards sum in another order: up to 1.4e-6 apart (XLA CPU, test flags)
   for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-6)
 
 
 def test_update_step_compiles_once():
