@@ -7,9 +7,11 @@ family and the searched family, sharing trials) and PRACTISE, at the MACs of 1 a
 blocks, repeated over the few-shot --seeds (500 images each), with the first seed's every trial's
 real test accuracy recorded (`dcvit.trial_accuracy`). Reruns reuse every finished run and trial.
 With --metric-set fewshot the trials are ranked by KL on the real few-shot images instead of the
-synthetic set (`dcvit.metric_set`), in `d<depth>/dcvit_fewshot/`, which starts from hard links to
-the synthetic run's trials and PRACTISE models where they exist (neither depends on the metric
-set; the KL a trial record lacks is measured on its restored student).
+synthetic set (`dcvit.metric_set`), in `d<depth>/dcvit_fewshot/`, and with --metric-temperature
+T at that softmax temperature (`dcvit.metric_temperature`), in `d<depth>/dcvit[_fewshot]_T<T>/`;
+such a run starts from hard links to the synthetic run's trials and PRACTISE models where they
+exist (neither depends on the metric; the KL a trial record lacks is measured on its restored
+student).
 
   mkdir -p /tmp/cifar10 && tar xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar10
   python benchmarks/dcvit_depth.py --data /tmp/cifar10 [--depths 12,6,9] [--seeds 0,1,2]
@@ -49,13 +51,15 @@ def dense_model(args, depth: int) -> dict:
 
 def run_dir(args, depth: int) -> str:
   name = "dcvit" if args.metric_set == "synthetic" else f"dcvit_{args.metric_set}"
+  if args.metric_temperature != 1:
+    name += f"_T{args.metric_temperature:g}"
   return os.path.join(args.out, f"d{depth}", name)
 
 
-def reuse_trials(src: str, dst: str, metric_set: str) -> None:
-  """Starts the `metric_set` run `dst` from the synthetic run `src`: its config (but the metric
-  set), and per seed where `dst` has no trial yet, hard links to `src`'s trials and PRACTISE
-  phases (records and checkpoints)."""
+def reuse_trials(src: str, dst: str, metric_set: str, temperature: float) -> None:
+  """Starts the run `dst` ranking by `metric_set` at `temperature` from the synthetic run `src`:
+  its config (but the metric), and per seed where `dst` has no trial yet, hard links to `src`'s
+  trials and PRACTISE phases (records and checkpoints)."""
   if not os.path.exists(os.path.join(src, "config.json")):
     return
   for seed in glob.glob(os.path.join(src, "seeds", "*")):
@@ -70,7 +74,7 @@ def reuse_trials(src: str, dst: str, metric_set: str) -> None:
         shutil.copytree(path, to, copy_function=os.link)
   if not os.path.exists(os.path.join(dst, "config.json")):
     config = json.load(open(os.path.join(src, "config.json")))
-    config["dcvit"]["metric_set"] = metric_set
+    config["dcvit"].update(metric_set=metric_set, metric_temperature=temperature)
     json.dump(config, open(os.path.join(dst, "config.json"), "w"), indent=2)
 
 
@@ -92,8 +96,9 @@ def compression(args, depth: int) -> dict:
   measurement: one test-set pass per trial, as long as the trial itself on these settings)."""
   d = os.path.join(args.out, f"d{depth}")
   seeds = args.seeds.split(",")
-  if args.metric_set != "synthetic":
-    reuse_trials(os.path.join(d, "dcvit"), run_dir(args, depth), args.metric_set)
+  if run_dir(args, depth) != os.path.join(d, "dcvit"):
+    reuse_trials(os.path.join(d, "dcvit"), run_dir(args, depth), args.metric_set,
+                 args.metric_temperature)
   if args.rescore_practise:
     rescore_practise(run_dir(args, depth), seeds)
   for sweep, accuracy in ((seeds[:1], True), (seeds, False)):
@@ -103,6 +108,7 @@ def compression(args, depth: int) -> dict:
         "--config.data.fewshot_balanced=True", f"--config.dcvit.seeds=({','.join(sweep)},)",
         "--config.dcvit.structure=both", f"--config.dcvit.trial_accuracy={accuracy}",
         f"--config.dcvit.metric_set={args.metric_set}",
+        f"--config.dcvit.metric_temperature={args.metric_temperature}",
         "--config.dcvit.num_targets=0", "--config.practise.num_drop=(1, 2)",
         f"--config.dcvit.trial_steps={args.trial_steps}",
         f"--config.dcvit.finetune_steps={args.finetune_steps}",
@@ -149,6 +155,9 @@ def main() -> None:
   parser.add_argument("--synthetic-steps", type=int, default=500)
   parser.add_argument("--metric-set", default="synthetic", choices=("synthetic", "fewshot"),
                       help="dcvit.metric_set: what the trials are ranked by")
+  parser.add_argument("--metric-temperature", type=float, default=1.0,
+                      help="dcvit.metric_temperature; other than 1 runs in d<depth>/dcvit[_fewshot]"
+                           "_T<t>/, starting from the synthetic run's trials")
   parser.add_argument("--dense-only", action="store_true", help="train the dense models only")
   parser.add_argument("--rescore-practise", action="store_true",
                       help="redo PRACTISE's scoring, pruning and fine-tunes of these seeds, once "

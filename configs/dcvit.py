@@ -41,6 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                               # per target (methods/structure_search.py); "both": both families
       metric_set="synthetic", # what trials are ranked by: KL on the "synthetic" set (DC-ViT's)
                               # or on the real "fewshot" training images (no inversion made)
+      metric_temperature=1.0, # the KL's softmax temperature; 1 = DC-ViT's (see README: a
+                              # synthetic set classified near-certainly ranks better at 2)
       seeds=(),               # few-shot seeds (data.fewshot_seed) to repeat over: mean ± std
   ))
   config.practise = ml_collections.ConfigDict(dict(num_drop=(2,), adaptor_steps=30))

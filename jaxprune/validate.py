@@ -149,7 +149,8 @@ RULES: list[tuple[str, Check]] = [
     ("dcvit.trial_steps", POSITIVE), ("dcvit.finetune_steps", POSITIVE),
     ("dcvit.width_multiple", POSITIVE), ("dcvit.group", NONNEG),
     ("dcvit.structure", choice("rule", "search", "both")),
-    ("dcvit.metric_set", choice("synthetic", "fewshot")), ("dcvit.seeds", each(NONNEG)),
+    ("dcvit.metric_set", choice("synthetic", "fewshot")),
+    ("dcvit.metric_temperature", number(0, lo_open=True)), ("dcvit.seeds", each(NONNEG)),
     ("practise.num_drop", each(POSITIVE, 1)), ("practise.adaptor_steps", POSITIVE),
     ("random.num_archs", POSITIVE), ("random.seed", NONNEG),
 ]

@@ -119,6 +119,17 @@ def test_kl_metric():
   images = np.asarray(X)
   assert kl_metric(a, a, images) == pytest.approx(0.0, abs=1e-6)
   assert kl_metric(a, b, images) > 0
+  # At temperature T: KL of softmax(logits / T), checked against a float64 numpy computation
+  def kl(t, s):
+    p = np.exp(t - t.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    log_q = s - s.max(-1, keepdims=True)
+    log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
+    return np.mean(np.sum(p * (np.log(p) - log_q), -1))
+
+  ta, tb = (np.asarray(m(X), np.float64) for m in (a, b))
+  for t in (1.0, 2.0, 4.0):
+    assert kl_metric(a, b, images, temperature=t) == pytest.approx(kl(ta / t, tb / t), rel=1e-4)
 
 
 def test_dcvit_main_job(tmp_path):
@@ -177,6 +188,11 @@ def _check_trials_by_metric_set(w):
   assert json.load(open(path))["kl_fewshot"] == r["score"]  # written back
   fresh = Trials(config, str(run), dense, None, writer).metric((1,), 16)  # a new trial
   assert "kl" not in fresh and fresh["score"] == fresh["kl_fewshot"] > 0  # no synthetic set
+  config.dcvit.metric_temperature = 2.0  # a record gets its KL at another temperature beside
+  warm = Trials(config, str(run), dense, None, writer).drop((2,))
+  assert warm["score"] == warm["kl_fewshot_T2"] != warm["kl_fewshot"] == r["score"]
+  assert json.load(open(path))["kl_fewshot_T2"] == warm["score"]
+  config.dcvit.metric_temperature = 1.0
   json.dump({**old, "feature_mse": old["feature_mse"] * 2}, open(path, "w"))
   with pytest.raises(UserError, match="feature_mse"):  # a checkpoint that is not the trial's
     Trials(config, str(run), dense, None, writer).drop((2,))

@@ -44,13 +44,15 @@ from jaxprune.train.mesh import make_mesh
 from jaxprune.validate import planned_spec
 
 
-def kl_metric(teacher, student, images: np.ndarray, batch: int = 256) -> float:
-  """Mean KL(teacher ‖ student) of the class logits over `images` (normalised inputs)."""
+def kl_metric(teacher, student, images: np.ndarray, batch: int = 256,
+              temperature: float = 1.0) -> float:
+  """Mean KL(teacher ‖ student) of the class distributions softmax(logits / `temperature`)
+  over `images` (normalised inputs). DC-ViT's metric is temperature 1."""
   total = 0.0
   for i in range(0, len(images), batch):
     x = jnp.asarray(images[i:i + batch])
-    t = jax.nn.log_softmax(teacher(x))
-    s = jax.nn.log_softmax(student(x))
+    t = jax.nn.log_softmax(teacher(x) / temperature)
+    s = jax.nn.log_softmax(student(x) / temperature)
     total += float(jnp.sum(optax.kl_divergence(s, jnp.exp(t))))
   return total / len(images)
 
@@ -122,17 +124,32 @@ def metric_set(config) -> str:
   return config.dcvit.get("metric_set", "synthetic")
 
 
+def metric_temperature(config) -> float:
+  """`dcvit.metric_temperature` (1 = DC-ViT's KL, and configs saved before it existed)."""
+  return float(config.dcvit.get("metric_temperature", 1.0))
+
+
+def metric_keys(temperature: float) -> dict[str, str]:
+  """The record field of each metric set at `temperature` (`kl`, `kl_fewshot` at 1; `kl_T2`,
+  `kl_fewshot_T2` at 2: a trial's record keeps the KLs of every temperature it was ranked at)."""
+  suffix = "" if temperature == 1 else f"_T{temperature:g}"
+  return {m: k + suffix for m, k in METRIC_KEYS.items()}
+
+
 class Trials:
   """Unit trials keyed by (unit, width), on disk under `workdir/trials/` and shared.
 
   A trial's record holds KL(original ‖ candidate) on each metric set available: `kl` on the
   synthetic set (DC-ViT's; absent when `dcvit.metric_set = "fewshot"` skips the inversion) and
-  `kl_fewshot` on the real few-shot images; `score` is the one `dcvit.metric_set` ranks by."""
+  `kl_fewshot` on the real few-shot images (suffixed `_T<t>` at `dcvit.metric_temperature` t
+  other than 1); `score` is the one `dcvit.metric_set` ranks by."""
 
   def __init__(self, config, workdir, dense, synthetic, writer):
     self.config, self.workdir, self.dense = config, workdir, dense
     self.synthetic, self.writer = synthetic, writer
-    self.key = METRIC_KEYS[metric_set(config)]
+    self.temperature = metric_temperature(config)
+    self.keys = metric_keys(self.temperature)
+    self.key = self.keys[metric_set(config)]
     self.dir = os.path.join(workdir, "trials")
     os.makedirs(self.dir, exist_ok=True)
     self._fewshot = None
@@ -164,12 +181,13 @@ class Trials:
     return self._trial(f"drop{unit_name(unit)}", unit, student, hidden=0, op="drop")
 
   def _kl(self, student, key: str) -> float:
-    images = self.fewshot_images() if key == "kl_fewshot" else self.synthetic["images"]
-    return kl_metric(self.dense, student, images)
+    images = (self.fewshot_images() if key == self.keys["fewshot"]
+              else self.synthetic["images"])
+    return kl_metric(self.dense, student, images, temperature=self.temperature)
 
   def _sets(self) -> list[str]:
     """The record fields of the metric sets this run has."""
-    return [k for k in METRIC_KEYS.values() if k == "kl_fewshot" or self.synthetic is not None]
+    return [k for m, k in self.keys.items() if m == "fewshot" or self.synthetic is not None]
 
   def _trial(self, name: str, unit, make, **fields) -> dict[str, Any]:
     def recover():  # resumable: a finished trial's student is restored, not retrained
