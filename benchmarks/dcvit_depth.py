@@ -58,10 +58,14 @@ def run_dir(args, depth: int) -> str:
 
 def reuse_trials(src: str, dst: str, metric_set: str, temperature: float) -> None:
   """Starts the run `dst` ranking by `metric_set` at `temperature` from the synthetic run `src`:
-  its config (but the metric), and per seed where `dst` has no trial yet, hard links to `src`'s
+  its config (but the metric), its synthetic set (ranking by it), and per seed where `dst` has no trial yet, hard links to `src`'s
   trials and PRACTISE phases (records and checkpoints)."""
   if not os.path.exists(os.path.join(src, "config.json")):
     return
+  synthetic = os.path.join(src, "synthetic")
+  if (metric_set == "synthetic" and os.path.exists(os.path.join(synthetic, "synthetic.npz"))
+      and not os.path.exists(os.path.join(dst, "synthetic"))):
+    shutil.copytree(synthetic, os.path.join(dst, "synthetic"), copy_function=os.link)
   for seed in glob.glob(os.path.join(src, "seeds", "*")):
     started = os.path.join(dst, os.path.relpath(seed, src))
     if glob.glob(os.path.join(started, "trials", "*.json")) or not glob.glob(
