@@ -16,7 +16,7 @@ trial's record — and its recorded test accuracy (`dcvit.trial_accuracy`) is re
 missing (block, width) trials train, under `rank_benchmark/`.
 
   python -m jaxprune.main --config=configs/dcvit.py --workdir=runs/dcvit    # first
-  python benchmarks/dcvit_rank.py --run runs/dcvit [--widths 96,72] [--drops]
+  python benchmarks/dcvit_rank.py --run runs/dcvit [--widths 96,72] [--drops] [--temperatures 1,2]
 """
 
 from __future__ import annotations
@@ -50,10 +50,16 @@ def main() -> None:
   parser.add_argument("--no-other-tv", action="store_true",
                       help="skip the set inverted with the other TV grouping (an inversion as "
                            "long as the run's: half an hour on the depth-12 CIFAR model)")
+  parser.add_argument("--temperatures", default="1",
+                      help="KL softmax temperatures (dcvit.metric_temperature), e.g. 1,2,4: each "
+                           "T other than 1 adds columns for the run's synthetic set and the real "
+                           "few-shot images")
   parser.add_argument("--drops", action="store_true",
                       help="also the drop trials of a structure-search run (every block)")
   args = parser.parse_args()
 
+  import jax
+  import jax.numpy as jnp
   import ml_collections
   import numpy as np
 
@@ -102,6 +108,11 @@ def main() -> None:
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
   sets["real few-shot images"] = common.split_images(mcfg, s.train)
+  for name, x in sets.items():  # how sure the dense model is: near 0, the KL separates little
+    p = np.asarray(jax.nn.softmax(dense(jnp.asarray(x))))
+    print(f"dense model's mean prediction entropy on {name}: "
+          f"{float(np.mean(-np.sum(p * np.log(np.maximum(p, 1e-30)), -1))):.3f} nats")
+  temperatures = [float(t) for t in args.temperatures.split(",") if float(t) != 1]
   writer = MetricWriter(out)
   run_dir = (os.path.join(args.run, "seeds", str(config.data.fewshot_seed))
              if config.dcvit.get("seeds") else args.run)  # where the run's trials are
@@ -122,6 +133,9 @@ def main() -> None:
     record_path = os.path.join(run_dir, "trials", phase[len("trial_"):] + ".json")
     record = json.load(open(record_path)) if made and os.path.exists(record_path) else {}
     kl = {name: kl_metric(dense, student, x) for name, x in sets.items()}
+    kl.update({f"{name}, T={t:g}": kl_metric(dense, student, sets[name], temperature=t)
+               for t in temperatures
+               for name in (f"synthetic, TV over {made_tv}", "real few-shot images")})
     if "kl" in record and not np.isclose(record["kl"], kl[f"synthetic, TV over {made_tv}"],
                                          rtol=1e-3, atol=1e-6):
       raise SystemExit(f"{phase}: restored student's KL {kl} differs from the run's record "
@@ -133,7 +147,7 @@ def main() -> None:
     print(rows[-1], flush=True)
   json.dump(rows, open(os.path.join(out, "rows.json"), "w"), indent=2)
   rng = np.random.default_rng(0)
-  names = list(sets)
+  names = list(rows[0]["kl"])
   print("\n| width | blocks | " + " | ".join(f"τ({n} KL, −acc)" for n in names) +
         " | τ(random ranking) |")
   print("|---:|---:|" + "---:|" * (len(names) + 1))
