@@ -58,8 +58,8 @@ def run_dir(args, depth: int) -> str:
 
 def reuse_trials(src: str, dst: str, metric_set: str, temperature: float) -> None:
   """Starts the run `dst` ranking by `metric_set` at `temperature` from the synthetic run `src`:
-  its config (but the metric), its synthetic set (ranking by it), and per seed where `dst` has no trial yet, hard links to `src`'s
-  trials and PRACTISE phases (records and checkpoints)."""
+  its config (but the metric), its synthetic set (when ranking by it), and per seed where `dst`
+  has no trial yet, hard links to `src`'s trials and PRACTISE phases (records and checkpoints)."""
   if not os.path.exists(os.path.join(src, "config.json")):
     return
   synthetic = os.path.join(src, "synthetic")
