@@ -127,12 +127,14 @@ def test_over_seeds_reports_mean_and_std_per_family_member():
 
 
 def test_resume_may_add_seeds_but_not_change_the_inversion():
+  """A run from before the DC-ViT fields resumes at their defaults (the metric at its paper
+  settings too: a depth-12 study stopped at this when `metric_temperature` arrived)."""
   from configs import dcvit as dcvit_config
   from jaxprune.train.workdir import _diff_keys
   new = dcvit_config.get_config("runlocal").to_dict()
   old = dcvit_config.get_config("runlocal").to_dict()
   del old["synthetic"]["tv_group"], old["synthetic"]["jpeg_quality"], old["dcvit"]["seeds"]
-  del old["dcvit"]["structure"]
+  del old["dcvit"]["structure"], old["dcvit"]["metric_set"], old["dcvit"]["metric_temperature"]
   # A run from before these fields inverted with a norm per image: the new default differs.
   assert _diff_keys(old, new) == ["synthetic.tv_group"]
   new["synthetic"]["tv_group"] = 1
@@ -142,6 +144,8 @@ def test_resume_may_add_seeds_but_not_change_the_inversion():
   assert _diff_keys(old, new) == []
   new["dcvit"]["structure"] = "search"
   assert _diff_keys(old, new) == ["dcvit.structure"]
+  new["dcvit"]["structure"], new["dcvit"]["metric_temperature"] = "rule", 2.0
+  assert _diff_keys(old, new) == ["dcvit.metric_temperature"]
 
 
 def test_a_target_at_a_drop_point_up_to_rounding_is_a_pure_drop():

@@ -174,7 +174,7 @@ NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds", "dcvit.trial
 # them computed with.
 ADDED_DEFAULTS = {"compute_dtype": "float32", "randaugment_std": 0.5, "repeats": 1,
                   "tv_group": 1, "structure": "rule",
-                  "metric_set": "synthetic"}
+                  "metric_set": "synthetic", "metric_temperature": 1.0}
 
 
 def _off(value: Any) -> bool:
