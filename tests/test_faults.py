@@ -366,3 +366,45 @@ def test_fields_added_after_a_run_at_their_off_value_do_not_block_resuming(tmp_p
   stored["data"].update(workers=0, threads=-1)  # loader settings: a resume may change them
   (w / "config.json").write_text(json.dumps(stored))
   wd.prepare_workdir(str(w), config)
+
+
+# Every config leaf whose default is not an "off" value, by name, as of the resume rules. A run
+# written before a new such field lacks it, and resuming it reads as a different config unless
+# `workdir.ADDED_DEFAULTS` names the value that run computed with (or the field is inert at an
+# off default). Forgetting that once stopped a day-long benchmark at its next resume.
+NON_OFF_FIELDS = frozenset({
+    "adaptor_steps", "alpha", "b1", "b2", "batch_size", "budget_scale", "checkpoint_every",
+    "crop_scale_min", "cutmix", "depth", "drop_path", "epochs", "erase", "eval_crop",
+    "eval_every", "eval_every_epochs", "fewshot", "fewshot_balanced", "ffn_group",
+    "final_lr_ratio", "finetune_from", "finetune_steps", "flip", "gate_lr", "image_size",
+    "jitter", "kind", "l2_weight", "label_smoothing", "lambda_preset", "latency_batch",
+    "log_every", "lr", "method", "mixup", "num_archs", "num_drop", "num_heads", "num_images",
+    "num_targets", "patch_size", "randaugment", "shift", "source", "steps", "stop",
+    "target_ratio",
+    "temperature", "threads", "tolerance", "trial_steps", "tv_exponent", "tv_weight", "variant",
+    "warmup_steps", "weight", "weight_decay", "weight_sharing", "width_multiple",
+})
+
+
+def test_a_new_config_field_says_what_older_runs_computed_with():
+  import glob
+  import importlib
+  names = set()
+
+  def walk(d):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        walk(v)
+      elif not wd._off(v):
+        names.add(k)
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for path in glob.glob(os.path.join(root, "configs", "**", "*.py"), recursive=True):
+    module = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+    config = importlib.import_module(module)
+    if hasattr(config, "get_config"):  # (the ImageNet SPViT config needs a model size)
+      walk(config.get_config("tiny" if module.endswith("spvit_deit") else None).to_dict())
+  new = sorted(names - NON_OFF_FIELDS - set(wd.ADDED_DEFAULTS))
+  assert not new, (f"config fields {new} have a non-off default: add each to "
+                   "jaxprune/train/workdir.py ADDED_DEFAULTS with the value runs before it "
+                   "computed with (so they resume), or, if it is not new, to NON_OFF_FIELDS here")
