@@ -380,9 +380,9 @@ NON_OFF_FIELDS = frozenset({
     "jitter", "kind", "l2_weight", "label_smoothing", "lambda_preset", "latency_batch",
     "log_every", "lr", "method", "mixup", "num_archs", "num_drop", "num_heads", "num_images",
     "num_targets", "patch_size", "randaugment", "shift", "source", "steps", "stop",
-    "target_ratio",
-    "temperature", "threads", "tolerance", "trial_steps", "tv_exponent", "tv_weight", "variant",
-    "warmup_steps", "weight", "weight_decay", "weight_sharing", "width_multiple",
+    "target_ratio", "temperature", "threads", "tolerance", "trial_steps", "tv_exponent",
+    "tv_weight", "variant", "warmup_steps", "weight", "weight_decay", "weight_sharing",
+    "width_multiple",
 })
 
 
