@@ -368,21 +368,29 @@ def test_fields_added_after_a_run_at_their_off_value_do_not_block_resuming(tmp_p
   wd.prepare_workdir(str(w), config)
 
 
-# Every config leaf whose default is not an "off" value, by name, as of the resume rules. A run
-# written before a new such field lacks it, and resuming it reads as a different config unless
-# `workdir.ADDED_DEFAULTS` names the value that run computed with (or the field is inert at an
-# off default). Forgetting that once stopped a day-long benchmark at its next resume.
+# Every config field whose default is not an "off" value, by the end of its dotted path (as
+# `workdir.ADDED_DEFAULTS`), as of the resume rules. A run written before a new such field lacks
+# it, and resuming it reads as a different config unless `workdir.ADDED_DEFAULTS` names the value
+# that run computed with (or the field is inert at an off default). Forgetting that once stopped a
+# day-long benchmark at its next resume.
 NON_OFF_FIELDS = frozenset({
-    "adaptor_steps", "alpha", "b1", "b2", "batch_size", "budget_scale", "checkpoint_every",
-    "crop_scale_min", "cutmix", "depth", "drop_path", "epochs", "erase", "eval_crop",
-    "eval_every", "eval_every_epochs", "fewshot", "fewshot_balanced", "ffn_group",
-    "final_lr_ratio", "finetune_from", "finetune_steps", "flip", "gate_lr", "image_size",
-    "jitter", "kind", "l2_weight", "label_smoothing", "lambda_preset", "latency_batch",
-    "log_every", "lr", "method", "mixup", "num_archs", "num_drop", "num_heads", "num_images",
-    "num_targets", "patch_size", "randaugment", "shift", "source", "steps", "stop",
-    "target_ratio", "temperature", "threads", "tolerance", "trial_steps", "tv_exponent",
-    "tv_weight", "variant", "warmup_steps", "weight", "weight_decay", "weight_sharing",
-    "width_multiple",
+    "latency_batch", "method",
+    "augment.crop_scale_min", "augment.cutmix", "augment.erase", "augment.flip",
+    "augment.mixup", "augment.randaugment", "augment.shift",
+    "data.eval_crop", "data.fewshot", "data.fewshot_balanced", "data.source", "data.threads",
+    "dcvit.finetune_steps", "dcvit.num_targets", "dcvit.trial_steps", "dcvit.width_multiple",
+    "distill.kind", "distill.temperature", "distill.weight",
+    "model.depth", "model.image_size", "model.num_heads", "model.patch_size", "model.variant",
+    "optim.b1", "optim.b2", "optim.final_lr_ratio", "optim.gate_lr", "optim.lr",
+    "optim.warmup_steps", "optim.weight_decay",
+    "practise.adaptor_steps", "practise.num_drop", "random.num_archs",
+    "spvit.alpha", "spvit.budget_scale", "spvit.eval_every", "spvit.ffn_group",
+    "spvit.finetune_from", "spvit.lambda_preset", "spvit.stop", "spvit.target_ratio",
+    "spvit.temperature", "spvit.tolerance", "spvit.weight_sharing",
+    "synthetic.jitter", "synthetic.l2_weight", "synthetic.lr", "synthetic.num_images",
+    "synthetic.steps", "synthetic.tv_exponent", "synthetic.tv_weight", "synthetic.warmup_steps",
+    "train.batch_size", "train.checkpoint_every", "train.drop_path", "train.epochs",
+    "train.eval_every_epochs", "train.label_smoothing", "train.log_every",
 })
 
 
@@ -391,12 +399,12 @@ def test_a_new_config_field_says_what_older_runs_computed_with():
   import importlib
   names = set()
 
-  def walk(d):
+  def walk(d, prefix=""):
     for k, v in d.items():
       if isinstance(v, dict):
-        walk(v)
+        walk(v, f"{prefix}{k}.")
       elif not wd._off(v):
-        names.add(k)
+        names.add(prefix + k)
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for path in glob.glob(os.path.join(root, "configs", "**", "*.py"), recursive=True):
@@ -404,7 +412,8 @@ def test_a_new_config_field_says_what_older_runs_computed_with():
     config = importlib.import_module(module)
     if hasattr(config, "get_config"):  # (the ImageNet SPViT config needs a model size)
       walk(config.get_config("tiny" if module.endswith("spvit_deit") else None).to_dict())
-  new = sorted(names - NON_OFF_FIELDS - set(wd.ADDED_DEFAULTS))
+  known = dict.fromkeys(NON_OFF_FIELDS) | wd.ADDED_DEFAULTS
+  new = sorted(k for k in names if wd.path_entry(known, k) is wd._MISSING)
   assert not new, (f"config fields {new} have a non-off default: add each to "
                    "jaxprune/train/workdir.py ADDED_DEFAULTS with the value runs before it "
                    "computed with (so they resume), or, if it is not new, to NON_OFF_FIELDS here")

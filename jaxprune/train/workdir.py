@@ -170,11 +170,20 @@ _MISSING = object()
 # which only adds a measurement to the trials it runs (nothing is chosen by it), so a study can
 # record it for one seed and spare the test-set passes on the others.
 NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds", "dcvit.trial_accuracy"})
-# Fields added later whose default is not an "off" value, by name: the default the runs before
-# them computed with.
-ADDED_DEFAULTS = {"compute_dtype": "float32", "randaugment_std": 0.5, "repeats": 1,
-                  "tv_group": 1, "structure": "rule",
-                  "metric_set": "synthetic", "metric_temperature": 1.0}
+# Fields added later whose default is not an "off" value: the default the runs before them
+# computed with. Keyed by the end of the dotted path ("train.compute_dtype" is every section's
+# `train.compute_dtype`), so a later field that shares only a leaf name is not covered by mistake.
+ADDED_DEFAULTS = {"train.compute_dtype": "float32", "augment.randaugment_std": 0.5,
+                  "augment.repeats": 1, "synthetic.tv_group": 1, "dcvit.structure": "rule",
+                  "dcvit.metric_set": "synthetic", "dcvit.metric_temperature": 1.0}
+
+
+def path_entry(table: dict[str, Any], key: str) -> Any:
+  """The value in `table` whose name is the dotted config path `key` or ends it at a dot."""
+  for name, value in table.items():
+    if key == name or key.endswith("." + name):
+      return value
+  return _MISSING
 
 
 def _off(value: Any) -> bool:
@@ -189,7 +198,7 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
   if isinstance(a, dict) and isinstance(b, dict):
     out = []
     for k in sorted(set(a) | set(b)):
-      added = k not in a and (_off(b[k]) or ADDED_DEFAULTS.get(k, _MISSING) == b[k])
+      added = k not in a and (_off(b[k]) or path_entry(ADDED_DEFAULTS, prefix + k) == b[k])
       if added or f"{prefix}{k}" in NEUTRAL:
         continue
       out += _diff_keys(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
