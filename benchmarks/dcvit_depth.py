@@ -17,8 +17,9 @@ student).
   python benchmarks/dcvit_depth.py --data /tmp/cifar10 [--depths 12,6,9] [--seeds 0,1,2]
 
 Prints per depth: accuracy mean ± std over seeds of PRACTISE, DC-ViT and the searched
-structure at each matched MACs, and the searched one's margin over the better of the two; per candidate block (first seed) the accuracy and KL after the
-same short recovery with attention removed only vs the whole block dropped; and the time the
+structure at each matched MACs, and the searched one's margin over the better of the two; per
+candidate block (first seed) the accuracy and KL after the same short recovery with attention
+removed only vs the whole block dropped; and the time the
 rule and the search spent.
 """
 
