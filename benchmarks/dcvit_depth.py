@@ -19,8 +19,7 @@ student).
 Prints per depth: accuracy mean ± std over seeds of PRACTISE, DC-ViT and the searched
 structure at each matched MACs, and the searched one's margin over the better of the two; per
 candidate block (first seed) the accuracy and KL after the same short recovery with attention
-removed only vs the whole block dropped; and the time the
-rule and the search spent.
+removed only vs the whole block dropped; and the time the rule and the search spent.
 """
 
 from __future__ import annotations
