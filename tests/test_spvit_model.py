@@ -225,9 +225,50 @@ def test_fully_pruned_mlp_keeps_its_bias_and_group_size(tmp_path):
 
 def test_search_macs_equal_derived_arch_macs():
   sm = _search_model()
-  coefs, masks = zip(*[(op_coefficients(c), m) for c, m in (b.gates(None) for b in sm.blocks)])
-  f = search_macs(SPEC, coefs, masks, [b.head_dim for b in sm.blocks])
+  gates, masks = zip(*[b.gates(None) for b in sm.blocks])
+  f = search_macs(SPEC, gates, masks, [b.head_dim for b in sm.blocks])
   assert float(f) == macs(derive_arch(sm))
+
+
+def budget_gradient_matches_telescoping_reference(spec, state):
+  """The gradient of SPViT's whole budget term λ·(F_target − F)² w.r.t. every block's θ_attn,
+  with every block's gates in hard `state` (g0, g1, g2), against the reference's telescoping
+  attention MACs written out: F_attn = c0·F1 + c1·(F3 − F1) + c2·(Fm − F3), c = cumprod(g)."""
+  from jaxprune.arch import BlockSpec
+  from jaxprune.methods.spvit import budget_loss
+  sm = build_search_model(build_model(spec, seed=1), SearchOptions(ffn_group=2))
+  rng = np.random.default_rng(sum(state))
+  theta = np.where(np.array(state) > 0, 0.9, -0.4)
+  for b in sm.blocks:  # every block in `state`, θ varied so the surrogate slopes differ
+    b.theta_attn[...] = jnp.asarray(theta + rng.uniform(-0.2, 0.2, 3), jnp.float32)
+    b.theta_mlp[...] = jnp.asarray(rng.normal(size=b.theta_mlp.shape), jnp.float32)
+  target, weight = 0.4 * macs(spec), 3.0
+  f = macs(derive_arch(sm))  # hard gates: the budget's F is the derived architecture's MACs
+  grads = nnx.clone(sm)  # a model holding the gradient in its gates: read by block
+  nnx.update(grads, nnx.grad(lambda m: budget_loss(m, target, weight)[0],
+                             argnums=nnx.DiffState(0, Gate))(sm))
+  g0, g1, g2 = np.array(state, float)
+  for i, (b, shape) in enumerate(zip(spec.blocks, spec.block_shapes())):
+    def cost(attn, b=b, shape=shape):  # the attention sub-layer (with its LayerNorm) alone
+      d = spec.head_dim_of(b)
+      one = (BlockSpec("msa", heads=b.heads, head_dim=b.head_dim, window=b.window, shift=b.shift)
+             if attn == "msa" else BlockSpec(attn, conv_dim=d, window=b.window, shift=b.shift))
+      return one.macs(shape, d)
+    f1, f3, fm = cost("conv1"), cost("conv3"), cost("msa")
+    df_dg = np.array([f1 + g1 * (f3 - f1) + g1 * g2 * (fm - f3),
+                      g0 * (f3 - f1) + g0 * g2 * (fm - f3),
+                      g0 * g1 * (fm - f3)])
+    t = np.asarray(sm.blocks[i].theta_attn[...], np.float64)
+    s = _sig(t)
+    surrogate = _sig(s - 0.5) * (1 - _sig(s - 0.5)) * s * (1 - s)
+    want = -2 * weight * (target - f) / 1e18 * df_dg * surrogate
+    np.testing.assert_allclose(np.asarray(grads.blocks[i].theta_attn[...]), want, rtol=2e-4,
+                               err_msg=f"block {i}, state {state}")
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_budget_gradient_is_the_references_telescoping_sum(state):
+  budget_gradient_matches_telescoping_reference(SPEC, state)
 
 
 def _choice_config(arch="", stop="first", target=0.8):

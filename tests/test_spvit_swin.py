@@ -10,11 +10,11 @@ from jaxprune.accounting import search_macs
 from jaxprune.arch import swin_spec
 from jaxprune.errors import UserError
 from jaxprune.models.blocks import conv_same, on_patch_maps
-from jaxprune.models.gates import op_coefficients
 from jaxprune.models.spvit import (SearchOptions, build_search_model, collapse_conv,
                                    conv_kernel_position)
 from jaxprune.surgery import check_reachable, derive_arch, materialise
-from tests.test_spvit_model import gated_search_model
+from tests.test_spvit_model import (STATES, budget_gradient_matches_telescoping_reference,
+                                     gated_search_model)
 
 # grid 10 (windows of 4 pad it to 12, the second block shifted by 2), then grid 5 (padded to 8).
 SPEC = swin_spec("swin_test", image_size=20, patch_size=2, num_classes=5, window=4)
@@ -49,9 +49,14 @@ def test_materialised_swin_equals_gated_model(tmp_path, ops, weight_sharing):
 
 def test_search_macs_equal_derived_arch_macs_on_swin():
   sm = _search_model(("conv3", "conv1", "none", "msa"))
-  coefs, masks = zip(*[(op_coefficients(c), m) for c, m in (b.gates(None) for b in sm.blocks)])
-  f = search_macs(SPEC, coefs, masks, [b.head_dim for b in sm.blocks])
+  gates, masks = zip(*[b.gates(None) for b in sm.blocks])
+  f = search_macs(SPEC, gates, masks, [b.head_dim for b in sm.blocks])
   assert float(f) == macs(derive_arch(sm)) < macs(SPEC)
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_budget_gradient_is_the_references_telescoping_sum_on_swin(state):
+  budget_gradient_matches_telescoping_reference(SPEC, state)
 
 
 def _explicit_window_conv(x, kernel, grid, window, shift):

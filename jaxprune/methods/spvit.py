@@ -35,7 +35,7 @@ from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import common, pretrain
 from jaxprune.methods.phase import train_phase
-from jaxprune.models.gates import Gate, op_coefficients
+from jaxprune.models.gates import Gate
 from jaxprune.models.spvit import SearchOptions, build_search_model
 from jaxprune.surgery import check_reachable, derive_arch, encode_arch, gate_masks, materialise
 from jaxprune.train.logging import MetricWriter, truncate_jsonl
@@ -55,15 +55,21 @@ def search_options(config) -> SearchOptions:
 
 def gate_readout(model) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(MACs of the thresholded gates, op depth per layer, kept FFN width per layer), traceable."""
-  coefs, masks, depth, width = [], [], [], []
+  gates, masks, depth, width = [], [], [], []
   for block in model.blocks:
     c, mask = block.gates(None)
-    coefs.append(op_coefficients(c))
+    gates.append(c)
     masks.append(mask)
     depth.append(jnp.sum(jax.lax.stop_gradient(c)))
     width.append(jnp.sum(jax.lax.stop_gradient(mask)))
-  f = accounting.search_macs(model.spec, coefs, masks, [b.head_dim for b in model.blocks])
+  f = accounting.search_macs(model.spec, gates, masks, [b.head_dim for b in model.blocks])
   return f, jnp.stack(depth), jnp.stack(width)
+
+
+def budget_loss(model, target_macs: float, budget_weight: float):
+  """(λ·(F_target − F(gates))² with F in GMACs on the FLOPs path, (F, op depth, FFN width))."""
+  f, depth, width = gate_readout(model)
+  return budget_weight * ((target_macs - f) / 1e9)**2, (f, depth, width)
 
 
 def search_loss(config, num_classes: int, target_macs: float, budget_weight: float):
@@ -76,8 +82,7 @@ def search_loss(config, num_classes: int, target_macs: float, budget_weight: flo
     logits = model(x, train=True, gate_key=gate_key,
                    **common.stochastic_depth(config.search.train, key))
     task = common.soft_cross_entropy(logits, targets, ls)
-    f, depth, width = gate_readout(model)
-    budget = budget_weight * ((target_macs - f) / 1e9)**2
+    budget, (f, depth, width) = budget_loss(model, target_macs, budget_weight)
     return task + budget, {"task_loss": task, "budget_loss": budget,
                            "macs_ratio": f / (target_macs / config.spvit.target_ratio),
                            "ops": depth, "ffn_width": width}
