@@ -95,7 +95,8 @@ def main() -> None:
     inv = synth.InversionConfig(steps=c.steps, lr=c.lr, warmup_steps=c.warmup_steps,
                                 tv_weight=c.tv_weight, tv_exponent=c.tv_exponent,
                                 l2_weight=c.l2_weight, jitter=c.jitter)
-    res = synth.invert(dense, synth.labels_for(c.num_images, dense.spec.num_classes),
+    res = synth.invert(dense, synth.labels_for(c.num_images, dense.spec.num_classes,
+                                                 seed=config.seed),
                        dataclasses.replace(inv, tv_group=other), make_mesh(), seed=config.seed,
                        mean=config.data.mean, std=config.data.std)
     np.savez(other_path, images=res["images"])

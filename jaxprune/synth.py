@@ -2,14 +2,15 @@
 
 From Gaussian noise, minimise over the images x̃ (in the model's normalised input space)
 
-    CE(f(jitter(x̃)), y) + α_tv·Σ_dirs ‖Δ_dir x̃‖₂^β + α_l2·‖x̃‖₂
+    CE(f(jitter(x̃)), y) + α_tv·Σ_dirs ‖Δ_dir jitter(x̃)‖₂^β + α_l2·‖x̃‖₂
 
 with four TV directions (down, right, and both diagonals). CE and the L2 term are means over the
 images; the TV norm is taken over groups of `tv_group` images and averaged over the groups. The
 reference (DeepInversion's code, batches of 50) takes one norm over its whole batch, √50 times
 stronger per image than a norm per image: `tv_group` 50 follows it, 1 is the per-image norm.
 A random roll of up to ±`jitter`
-pixels (±30 at 224, scaled to the image size) and a random horizontal flip each step; Adam
+pixels (±30 at 224, scaled to the image size) and a random horizontal flip each step; as in the
+reference the TV prior sees the jittered image (the roll's seam included). Adam
 (β 0.5, 0.9) with linear warm-up then cosine; pixels clipped to the valid range after every step;
 the lowest-loss batch is kept. The loop is a jitted `lax.scan` (run in ~10 chunks so that
 progress can be reported between them), the batch sharded on the mesh, deterministic per seed.
@@ -45,9 +46,21 @@ class InversionConfig:
   tv_group: int = 50         # images per TV norm: 50 = the reference's batch, 1 = per image
 
 
-def labels_for(n: int, num_classes: int) -> np.ndarray:
-  """Class-balanced target labels 0, 1, …, classes−1, 0, 1, …"""
-  return (np.arange(n) % num_classes).astype(np.int32)
+LABEL_BATCH = 50  # the reference draws 50 distinct classes per batch of images
+
+
+def labels_for(n: int, num_classes: int, seed: int = 0, batch: int = LABEL_BATCH) -> np.ndarray:
+  """Target labels of `n` synthetic images, drawn as the reference does: for each `batch`
+  consecutive images, random distinct classes (its `random.sample(range(1000), 50)` per batch),
+  so every class can be targeted whatever `n` is. A batch larger than the class count takes
+  whole random permutations of the classes (each class ⌊b/K⌋ or ⌈b/K⌉ times). Seeded."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for start in range(0, n, batch):
+    size = min(batch, n - start)
+    perms = [rng.permutation(num_classes) for _ in range(-(-size // num_classes))]
+    out.append(np.concatenate(perms)[:size])
+  return np.concatenate(out).astype(np.int32) if out else np.zeros((0,), np.int32)
 
 
 def total_variation(x: jax.Array, exponent: float, group: int = 1) -> jax.Array:
@@ -92,7 +105,7 @@ def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *,
       xa = jnp.where(jax.random.bernoulli(k_flip), xa[:, :, ::-1], xa)
     logits = nnx.merge(graphdef, state)(xa, train=False)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-    prior = (cfg.tv_weight * total_variation(x, cfg.tv_exponent, cfg.tv_group)
+    prior = (cfg.tv_weight * total_variation(xa, cfg.tv_exponent, cfg.tv_group)
              + cfg.l2_weight * jnp.mean(jnp.sqrt(jnp.sum(x**2, axis=(1, 2, 3)))))
     return ce + prior, ce
 

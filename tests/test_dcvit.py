@@ -47,6 +47,47 @@ def test_inversion_lowers_its_loss_is_deterministic_and_stays_in_range(tmp_path)
   assert os.path.exists(npz) and os.path.getsize(png) > 0
 
 
+def test_synthetic_labels_are_random_distinct_classes_per_batch_of_50():
+  """The reference draws 50 distinct random classes per batch: with 500 images and 1000 classes
+  every class must be reachable (cycling 0..n-1 targeted classes 0-499 only)."""
+  labels = labels_for(500, 1000, seed=0)
+  assert labels.shape == (500,) and labels.dtype == np.int32
+  assert all(len(set(labels[i:i + 50])) == 50 for i in range(0, 500, 50))  # no repeat in a batch
+  assert labels.max() >= 500  # beyond the first half of the classes
+  seen = set(np.concatenate([labels_for(500, 1000, seed=s) for s in range(40)]).tolist())
+  assert seen == set(range(1000))  # every class can be drawn
+  np.testing.assert_array_equal(labels, labels_for(500, 1000, seed=0))  # seeded
+  assert not np.array_equal(labels, labels_for(500, 1000, seed=1))
+  # A batch larger than the class count: whole permutations, balanced, not in 0..K-1 order.
+  small = labels_for(120, 10, seed=3)
+  assert [np.bincount(small[i:i + 50], minlength=10).tolist() for i in (0, 50)] == [[5] * 10] * 2
+  assert sorted(small[:10]) == list(range(10)) and list(small[:10]) != list(range(10))
+  assert len(set(labels_for(7, 10, seed=0))) == 7
+
+
+def test_inversion_tv_prior_sees_the_jittered_image(monkeypatch):
+  """The reference takes the image priors of the rolled/flipped input: the TV term's argument
+  must be the jittered batch (the roll moves the seam), not the optimised images."""
+  import jaxprune.synth as synth
+  seen = []
+  real = synth.total_variation
+
+  def spy(x, exponent, group=1):
+    jax.debug.callback(lambda v: seen.append(np.asarray(v)), x)
+    return real(x, exponent, group)
+
+  monkeypatch.setattr(synth, "total_variation", spy)
+  model = build_model(SPEC, seed=0)
+  cfg = InversionConfig(steps=1, warmup_steps=0, lr=0.0, jitter=3, flip=False)
+  out = invert(model, labels_for(8, 4), cfg, make_mesh(), seed=1, mean=(0.5,), std=(0.25,))
+  x0 = out["images"]  # lr 0: the optimised images never move
+  x_tv = np.asarray(seen[0])[:8]
+  assert not np.array_equal(x_tv, x0)  # jittered ...
+  shifts = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)
+            if np.array_equal(np.roll(x0, (dy, dx), axis=(1, 2)), x_tv)]
+  assert len(shifts) == 1 and shifts[0] != (0, 0)  # ... by one roll of the batch
+
+
 def test_structure_matches_two_dropped_blocks_with_three_compressed():
   spec = dense_spec("test_small", image_size=28, patch_size=4, num_classes=10, in_channels=1,
                     depth=6, num_heads=4)

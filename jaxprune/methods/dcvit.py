@@ -72,7 +72,7 @@ def synthetic_set(config, workdir: str, dense) -> dict[str, Any]:
     with np.load(path) as z:
       return {k: z[k] for k in z.files}
   c = config.synthetic
-  labels = synth.labels_for(c.num_images, dense.spec.num_classes)
+  labels = synth.labels_for(c.num_images, dense.spec.num_classes, seed=config.seed)
   result = synth.invert(dense, labels, synth.InversionConfig(
       steps=c.steps, lr=c.lr, warmup_steps=c.warmup_steps, tv_weight=c.tv_weight,
       tv_exponent=c.tv_exponent, l2_weight=c.l2_weight, jitter=c.jitter,
