@@ -70,5 +70,11 @@ def test_distillation_losses():
       0.5 * ce(s, y) + 0.5 * ce(s, hard), rel=1e-5)
   soft_same = distillation_loss(s, s, y, "soft", 1.0, 2.0, 0.0)
   assert float(soft_same) == pytest.approx(0.0, abs=1e-6)
+  # DeiT's soft distillation, written out: T²·Σ_{b,k} KL terms / (B·K), K = 5 classes.
+  T = 2.0
+  pt, ps = jax.nn.softmax(t / T), jax.nn.log_softmax(s / T)
+  kl_sum = float(jnp.sum(pt * (jnp.log(pt) - ps)))
+  assert float(distillation_loss(s, t, y, "soft", 0.5, T, 0.0)) == pytest.approx(
+      0.5 * ce(s, y) + 0.5 * T * T * kl_sum / (4 * 5), rel=1e-5)
   with pytest.raises(ValueError, match="distill.kind = 'kl' is unknown"):
     distillation_loss(s, t, y, "kl", 0.5, 1.0, 0.0)

@@ -248,8 +248,10 @@ def distillation_loss(student_logits, teacher_logits, targets, kind: str, weight
   """Cross-entropy on `targets`, mixed with distillation from the teacher's logits.
 
   kind: `none` (plain CE), `hard` (CE on the teacher's argmax, DeiT-style: (1−w)·CE + w·CE_teacher),
-  or `soft` ((1−w)·CE + w·T²·KL(teacher_T ‖ student_T)). `student_logits` may be a pair
-  (class head, distillation head): the second one then learns from the teacher.
+  or `soft` ((1−w)·CE + w·T²·KL(teacher_T ‖ student_T), the KL summed over the batch and the
+  classes and divided by B·K as DeiT's `DistillationLoss` does — K× weaker than a mean of
+  per-sample KLs). `student_logits` may be a pair (class head, distillation head): the second
+  one then learns from the teacher.
   """
   import optax
   cls_logits, dist_logits = (student_logits if isinstance(student_logits, tuple)
@@ -263,8 +265,9 @@ def distillation_loss(student_logits, teacher_logits, targets, kind: str, weight
                                                         teacher_logits.shape[-1]))
   elif kind == "soft":
     t = temperature
-    kd = t * t * jnp.mean(optax.kl_divergence(jax.nn.log_softmax(dist_logits / t),
-                                              jax.nn.softmax(teacher_logits / t)))
+    kl = optax.kl_divergence(jax.nn.log_softmax(dist_logits / t),
+                             jax.nn.softmax(teacher_logits / t))  # per sample, summed over K
+    kd = t * t * jnp.sum(kl) / dist_logits.size
   else:
     raise UserError(f"distill.kind = {kind!r} is unknown; allowed are none, hard, soft")
   return (1 - weight) * ce + weight * kd
