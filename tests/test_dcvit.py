@@ -206,6 +206,36 @@ def test_dcvit_main_job(tmp_path):
   written = set(os.listdir(w))
   assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES
   _check_trials_by_metric_set(w)
+  _check_first_progressive_step_is_the_trial(w)
+
+
+def _check_first_progressive_step_is_the_trial(w):
+  """DC-ViT's rule: the first unit of the progressive compression is its trial's recovered
+  student, reused as the reference does (prune.py), not fine-tuned a second time."""
+  import ml_collections
+  from jaxprune.methods import pretrain
+  from jaxprune.methods.dcvit import Trials, compress_to
+  from jaxprune.methods.structure import block_costs
+  from jaxprune.train.logging import MetricWriter
+  config = ml_collections.ConfigDict(json.load(open(w / "config.json")))
+  config.data.fewshot_seed = 0
+  run = w / "seeds" / "0"
+  writer = MetricWriter(str(run))
+  dense = pretrain.dense_model(config, str(w), writer)
+  m_attn, m_mlp, h = block_costs(dense.spec, 1)
+  dense_macs = macs(dense.spec)
+  target = (dense_macs - m_attn - 0.5 * m_mlp) / dense_macs  # k = 1, MLP H/2: trial b1_h32
+  model, info = compress_to(config, str(run), dense, target, Trials(config, str(run), dense,
+                                                                    None, writer), [(1,)], writer)
+  assert (info["blocks"], info["mlp_width"]) == ([1], h // 2)
+  phases = os.listdir(run / "checkpoints")
+  assert "trial_b1_h32" in phases and not [p for p in phases if p.startswith("target")], phases
+  trial = Trials(config, str(run), dense, None, writer).recovered((1,), h // 2)
+  sp = trial.spec
+  x = jax.random.normal(jax.random.key(1), (2, sp.image_size, sp.image_size, sp.in_channels))
+  assert sp == model.spec
+  np.testing.assert_array_equal(model(x), trial(x))
+  writer.close()
 
 
 def _check_trials_by_metric_set(w):

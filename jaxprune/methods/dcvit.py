@@ -8,7 +8,8 @@ Phases (each resumable; finished work is found on disk and reused):
      alone and recovered by feature mimicking on the few-shot images → metric
      KL(original ‖ candidate) on the synthetic set (`dcvit.metric_set = "fewshot"`: on the
      real few-shot images instead, no inversion) → rank ascending → progressive compression
-     of the top-k, each step fine-tuned from the previous one. Trials are shared across
+     of the top-k: the first is its trial's recovered student (reused, as the reference does),
+     each later step fine-tuned from the previous one. Trials are shared across
      targets whose (unit, width) coincide. `dcvit.structure = "search"` (or "both", next to
      the rule's family) chooses each target's structure among drops, the rule and mixes
      instead (`structure_search.py`).
@@ -161,15 +162,34 @@ class Trials:
       self._fewshot = common.split_images(cfg, common.setup(cfg).train)
     return self._fewshot
 
-  def metric(self, unit: tuple[int, ...], hidden: int) -> dict[str, Any]:
-    """DC-ViT's trial: `unit` compressed (attention removed, MLP `hidden`) alone."""
+  def _compressed(self, unit: tuple[int, ...], hidden: int):
+    """(trial name, student maker) of `unit` compressed (attention removed, MLP `hidden`)."""
     def student():
       model = self.dense
       for b in unit:
         model = compress_block(model, b, hidden, self.config.seed)
       return model, freeze_after(max(unit), self.dense.spec)
 
-    return self._trial(f"b{unit_name(unit)}_h{hidden}", unit, student, hidden=hidden)
+    return f"b{unit_name(unit)}_h{hidden}", student
+
+  def metric(self, unit: tuple[int, ...], hidden: int) -> dict[str, Any]:
+    """DC-ViT's trial: `unit` compressed (attention removed, MLP `hidden`) alone."""
+    name, student = self._compressed(unit, hidden)
+    return self._trial(name, unit, student, hidden=hidden)
+
+  def recovered(self, unit: tuple[int, ...], hidden: int):
+    """The recovered student of `unit`'s trial, restored from its finished checkpoint: DC-ViT's
+    first progressive step, which the reference takes from the trial (`prune.py` loads the
+    first ranked block's checkpoint instead of fine-tuning it again)."""
+    self.metric(unit, hidden)  # the trial exists (and is finished) before it is reused
+    name, student = self._compressed(unit, hidden)
+    return self._recover(name, student)[0]
+
+  def _recover(self, name: str, make):
+    """Runs (or, finished, restores) the trial's feature mimicking; (student, info)."""
+    student, frozen = make()
+    return mimic(self.config, self.workdir, f"trial_{name}", student, self.dense, frozen,
+                 self.config.dcvit.trial_steps, self.writer)
 
   def drop(self, unit: tuple[int, ...]) -> dict[str, Any]:
     """The structure search's trial: `unit` dropped whole, the layers up to its successor
@@ -191,9 +211,7 @@ class Trials:
 
   def _trial(self, name: str, unit, make, **fields) -> dict[str, Any]:
     def recover():  # resumable: a finished trial's student is restored, not retrained
-      student, frozen = make()
-      return mimic(self.config, self.workdir, f"trial_{name}", student, self.dense, frozen,
-                   self.config.dcvit.trial_steps, self.writer)
+      return self._recover(name, make)
 
     def compute():
       t0 = time.perf_counter()
@@ -241,6 +259,10 @@ def compress_to(config, workdir: str, dense, target: float, trials: Trials, cand
   chosen = ranked[:st.k]
   model, done = dense, []
   for j, unit in enumerate(chosen):
+    if j == 0:  # the first unit alone is its own trial's student: reused, as the reference does
+      done.extend(unit)
+      model = trials.recovered(unit, st.hidden)
+      continue
     for b in unit:
       done.append(b)
       model = compress_block(model, b, st.hidden, config.seed)
