@@ -44,6 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       metric_temperature=1.0, # the KL's softmax temperature; 1 = DC-ViT's (see README: a
                               # synthetic set classified near-certainly ranks better at 2)
       seeds=(),               # few-shot seeds (data.fewshot_seed) to repeat over: mean ± std
+      macs_convention="full", # how the rule's targets count MACs: "full" (as jaxprune prints)
+                              # or "reference" (DC-ViT's thop: no attention matmuls, 4 MACs per
+                              # LayerNorm element), which reproduces the paper's structures
   ))
   config.practise = ml_collections.ConfigDict(dict(num_drop=(2,), adaptor_steps=30))
   if arg == "runlocal":

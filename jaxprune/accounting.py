@@ -17,7 +17,10 @@ grid too: HW becomes N_p. Each layer is counted at the shape flowing into it
 
 `attention_matmuls=False` leaves out the 2·N²·D term, as counters that only see parametrised
 layers do (e.g. thop-style counters); the default (and what jaxprune prints) includes it, as
-fvcore does. Latency is measured, never inferred: see `measure_latency`.
+fvcore does. `norm` is the MACs per LayerNorm element (1; thop counts 2 per element, doubled for
+an affine norm: 4). `CONVENTIONS` names the two: "full" (jaxprune's, printed everywhere) and
+"reference" (the thop counter behind DC-ViT's reference structure rule). Latency is measured,
+never inferred: see `measure_latency`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ import numpy as np
 from flax import nnx
 
 from jaxprune.arch import ArchSpec, BlockSpec, Shape
+
+
+CONVENTIONS = {"full": {"attention_matmuls": True, "norm": 1},
+               "reference": {"attention_matmuls": False, "norm": 4}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,44 +58,44 @@ def _block_macs(spec: ArchSpec, b: BlockSpec, attention_matmuls: bool,
   return b.macs(shape or spec.stem_shape, spec.head_dim_of(b), attention_matmuls)
 
 
-def _stem(spec: ArchSpec) -> tuple[int, int]:
+def _stem(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
   """(MACs, params) of the patch embedding and what comes with it (tokens, position
   embedding for ViT; the patch LayerNorm for Swin)."""
   c, p, n = spec.width, spec.patch_size, spec.num_patches
   macs_ = n * c * spec.in_channels * p * p
   params_ = p * p * spec.in_channels * c + c
   if spec.family == "swin":
-    return macs_ + n * c, params_ + 2 * c
+    return macs_ + norm * n * c, params_ + 2 * c
   return macs_, params_ + spec.num_prefix * c + spec.num_tokens * c
 
 
-def _tail(spec: ArchSpec) -> tuple[int, int]:
+def _tail(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
   """(MACs, params) of the final LayerNorm and the head(s) (pooling is not a multiply-add)."""
   out = spec.out_shape
   c, heads = out.width, 1 + int(spec.dist_head)
-  return (out.tokens * c + heads * c * spec.num_classes,
+  return (norm * out.tokens * c + heads * c * spec.num_classes,
           2 * c + heads * (c * spec.num_classes + spec.num_classes))
 
 
-def count(spec: ArchSpec, attention_matmuls: bool = True) -> Counts:
+def count(spec: ArchSpec, attention_matmuls: bool = True, norm: int = 1) -> Counts:
   """MACs per image and parameters, per block, per layer and in total, for `spec`: a walk over
   its layers, each counted at the shape flowing into it."""
   lm, lp, bm, bp = [], [], [], []
   for layer, shape in spec.walk():
     hd = spec.head_dim_of(layer) if isinstance(layer, BlockSpec) else 0
-    lm.append(layer.macs(shape, hd, attention_matmuls))
+    lm.append(layer.macs(shape, hd, attention_matmuls, norm))
     lp.append(layer.params(shape, hd))
     if isinstance(layer, BlockSpec):
       bm.append(lm[-1])
       bp.append(lp[-1])
-  (sm, sp), (tm, tp) = _stem(spec), _tail(spec)
+  (sm, sp), (tm, tp) = _stem(spec, norm), _tail(spec, norm)
   return Counts(macs=sm + sum(lm) + tm, params=sp + sum(lp) + tp, block_macs=tuple(bm),
                 block_params=tuple(bp), layer_macs=tuple(lm), layer_params=tuple(lp))
 
 
-def macs(spec: ArchSpec, attention_matmuls: bool = True) -> int:
+def macs(spec: ArchSpec, attention_matmuls: bool = True, norm: int = 1) -> int:
   """Multiply-adds per image (see the module docstring for what is counted)."""
-  return count(spec, attention_matmuls).macs
+  return count(spec, attention_matmuls, norm).macs
 
 
 def params(spec: ArchSpec) -> int:

@@ -101,20 +101,23 @@ class BlockSpec:
       return _padded(shape.grid, self.window)**2
     return shape.tokens
 
-  def macs(self, shape: Shape, head_dim: int, attention_matmuls: bool = True) -> int:
-    """Multiply-adds per image (accounting's conventions) at input `shape`."""
+  def macs(self, shape: Shape, head_dim: int, attention_matmuls: bool = True,
+           norm: int = 1) -> int:
+    """Multiply-adds per image (accounting's conventions) at input `shape`; `norm` MACs per
+    LayerNorm element (1 here; thop-style counters count 4)."""
     n, c, hw = shape.tokens, shape.width, shape.patches
     total = 0
     if self.attn == "msa":
       d, na = self.heads * head_dim, self.attn_tokens(shape)
-      total += 3 * na * c * d + na * d * c + n * c
+      total += 3 * na * c * d + na * d * c + norm * n * c
       if attention_matmuls:
         total += 2 * na * (self.window**2 if self.window else na) * d
     elif self.attn in ("conv1", "conv3"):
       positions = _padded(shape.grid, self.window)**2 if self.window else hw
-      total += (self.kernel_size**2 * c * self.conv_dim + self.conv_dim * c) * positions + n * c
+      total += ((self.kernel_size**2 * c * self.conv_dim + self.conv_dim * c) * positions
+                + norm * n * c)
     if self.mlp:
-      total += 2 * n * c * self.mlp + n * c
+      total += 2 * n * c * self.mlp + norm * n * c
     return total
 
   def params(self, shape: Shape, head_dim: int) -> int:
@@ -147,9 +150,10 @@ class MergeSpec:
   def out_shape(self, shape: Shape) -> Shape:
     return Shape((shape.grid + 1) // 2, self.out_width, shape.prefix)
 
-  def macs(self, shape: Shape, head_dim: int = 0, attention_matmuls: bool = True) -> int:
+  def macs(self, shape: Shape, head_dim: int = 0, attention_matmuls: bool = True,
+           norm: int = 1) -> int:
     n, c4 = self.out_shape(shape).patches, 4 * shape.width
-    return n * c4 + n * c4 * self.out_width
+    return norm * n * c4 + n * c4 * self.out_width
 
   def params(self, shape: Shape, head_dim: int = 0) -> int:
     c4 = 4 * shape.width

@@ -150,6 +150,7 @@ RULES: list[tuple[str, Check]] = [
     ("dcvit.width_multiple", POSITIVE), ("dcvit.group", NONNEG),
     ("dcvit.structure", choice("rule", "search", "both")),
     ("dcvit.metric_set", choice("synthetic", "fewshot")),
+    ("dcvit.macs_convention", choice("full", "reference")),
     ("dcvit.metric_temperature", number(0, lo_open=True)), ("dcvit.seeds", each(NONNEG)),
     ("practise.num_drop", each(POSITIVE, 1)), ("practise.adaptor_steps", POSITIVE),
     ("random.num_archs", POSITIVE), ("random.seed", NONNEG),

@@ -100,6 +100,32 @@ def test_structure_matches_two_dropped_blocks_with_three_compressed():
     structure_for(spec, 0.99, num_candidates=4)
 
 
+def test_reference_convention_reproduces_the_reference_structures_on_deit_base():
+  """`macs_convention = "reference"`: DC-ViT's rule as `flops2structure` (src/thop/
+  get_structure.py) derives it with thop's counts, written out here: LayerNorm 4·N·C (2 per
+  element, ×2 affine), linears in·out per token, no attention matmuls. At the MACs of 1/2/3
+  dropped blocks its log gives k = 2/3/4 blocks at MLP ratios 3.0 / 1.9991319444444446 /
+  1.4986979166666665 (hidden = int(768·ratio)); also the paper's −16.6 % point."""
+  n, c, p = 197, 768, 196
+  attn, mlp = 4 * n * c + 4 * n * c * c, 8 * n * c * c   # BlockAttn (norm1, qkv, proj), Mlp
+  block = attn + 4 * n * c + mlp                           # + norm2
+  origin = p * c * 3 * 16 * 16 + 12 * block + 4 * n * c + c * 1000  # embed, blocks, norm, head
+  spec = dense_spec("deit_base", image_size=224, num_classes=1000)
+  logged = {1: 3.0, 2: 1.9991319444444446, 3: 1.4986979166666665}
+  for dropped, ratio in [*logged.items(), (None, None)]:
+    comp = (origin - dropped * block) / origin if dropped else 1 - 0.166
+    rm = origin - origin * comp
+    k = -(-rm // (attn + mlp))
+    mlp_ratio = (1.0 - ((rm - k * attn) / k) / mlp) * 4.0
+    if ratio is not None:
+      assert (k, mlp_ratio) == (dropped + 1, pytest.approx(ratio, abs=1e-12))
+    st = structure_for(spec, comp, 10, width_multiple=1, convention="reference")
+    assert (st.k, st.hidden) == (k, int(c * mlp_ratio)), (dropped, st)
+  # jaxprune's full count differs there: one block's MACs is one compressed block of MLP 0.
+  st = structure_for(spec, (origin - block) / origin, 10, width_multiple=1)
+  assert (st.k, st.hidden) == (1, 0)
+
+
 def test_compressed_block_keeps_a_seeded_subset_of_mlp_units():
   model = build_model(SPEC, seed=2)
   small = compress_block(model, 2, hidden=5, seed=7)

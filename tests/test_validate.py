@@ -70,6 +70,10 @@ def test_shipped_configs_validate_and_every_number_has_a_rule(name, arg):
     ("dcvit", {"dcvit__metric_set": "test"}, "dcvit.metric_set = 'test'"),
     ("dcvit", {"dcvit__seeds": (0, -1)}, "dcvit.seeds = (0, -1): every value"),
     ("dcvit", {"dcvit__num_targets": -1}, "dcvit.num_targets = -1"),  # 0: matched MACs only
+    ("dcvit", {"dcvit__macs_convention": "thop"}, "dcvit.macs_convention = 'thop': allowed "
+                                                  "are full, reference"),
+    ("dcvit", {"dcvit__macs_convention": "reference", "dcvit__structure": "both"},
+     "dcvit.macs_convention = 'reference' applies to DC-ViT's rule only"),
     ("spvit_random", {"random__num_archs": 0}, "random.num_archs = 0"),
     # structural checks run before any work (DC-ViT used to pre-train first)
     ("dcvit", {"model__depth": 2}, "DC-ViT finds no candidate unit of 1 block(s) in this model "

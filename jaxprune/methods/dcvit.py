@@ -103,13 +103,20 @@ def unit_name(unit) -> str:
   return "-".join(str(b) for b in unit)
 
 
+def macs_convention(config) -> str:
+  """`dcvit.macs_convention`: how the rule's targets count MACs ("full", and configs saved
+  before it existed; "reference": the reference's thop counter)."""
+  return config.dcvit.get("macs_convention", "full")
+
+
 def sweep_targets(config, spec, candidates) -> list[float]:
   """`dcvit.targets`, or `dcvit.num_targets` evenly from 0.95 to 0.5 clipped to what is
   reachable."""
   if config.dcvit.targets:
     return [float(t) for t in config.dcvit.targets]
-  dense = accounting.macs(spec)
-  costs = [block_costs(spec, b) for b in candidates[0]]
+  convention = macs_convention(config)
+  dense = accounting.macs(spec, **accounting.CONVENTIONS[convention])
+  costs = [block_costs(spec, b, convention) for b in candidates[0]]
   m_attn, m_mlp = sum(c[0] for c in costs), sum(c[1] for c in costs)
   num_candidates = len(candidates)
   hi = min(0.95, (dense - m_attn) / dense - 1e-3)
@@ -253,7 +260,7 @@ def compress_to(config, workdir: str, dense, target: float, trials: Trials, cand
                 writer) -> tuple[Any, dict[str, Any]]:
   """Ranks the candidate units for `target` and compresses the top-k progressively."""
   st = structure_for(dense.spec, target, len(candidates), config.dcvit.width_multiple,
-                     unit=candidates[0])
+                     unit=candidates[0], convention=macs_convention(config))
   records = [trials.metric(u, st.hidden) for u in candidates]
   ranked = [tuple(r["unit"]) for r in sorted(records, key=lambda r: (r["score"], r["unit"]))]
   chosen = ranked[:st.k]
@@ -315,6 +322,11 @@ def check(config: ml_collections.ConfigDict) -> None:
   if any(b.attn != "msa" for b in spec.blocks):
     raise UserError("DC-ViT compresses a dense model: every block of model.init_from must be "
                     f"'msa', got {[b.attn for b in spec.blocks]}")
+  if macs_convention(config) != "full" and config.dcvit.get("structure", "rule") != "rule":
+    raise UserError(f"dcvit.macs_convention = {macs_convention(config)!r} applies to DC-ViT's "
+                    f"rule only; dcvit.structure = {config.dcvit.structure!r} compares "
+                    "structures in full MACs: use dcvit.structure = 'rule' or "
+                    "macs_convention = 'full'")
   practise.check(config)
 
 
@@ -360,8 +372,10 @@ def compress(config, workdir: str, dense, synthetic, writer) -> dict[str, Any]:
 
   # PRACTISE first: its MACs define the matched targets.
   pruned = practise.run_family(config, workdir, dense, writer)
+  counted = accounting.CONVENTIONS[macs_convention(config)]  # what the targets' ratios count
+  matched = [accounting.macs(m.spec, **counted) / accounting.macs(dense.spec, **counted)
+             for m, _ in pruned]
   dense_macs = accounting.macs(dense.spec)
-  matched = [accounting.macs(m.spec) / dense_macs for m, _ in pruned]
   targets = sorted(set(sweep_targets(config, dense.spec, candidates) + matched),
                    reverse=True)
   families = {}

@@ -6,6 +6,10 @@ rd = ((R − k·M_attn) / k) / M_mlp, i.e. hidden width int(H·(1 − rd)) round
 of `width_multiple` (CPU-friendly; the MACs then land at or just below the target). A compressed
 block keeps its MLP LayerNorm, so matching "n blocks dropped" needs k = n + 1, as in DC-ViT.
 Any R from M_attn up to what the candidate blocks hold is reachable: the family is dense.
+`dcvit.macs_convention = "reference"` counts every MAC here as the reference's thop counter
+does (no attention matmuls, 4 per LayerNorm element), which reproduces the structures its
+`flops2structure` derives; targets then mean ratios of MACs counted that way (the MACs jaxprune
+prints stay the full count).
 
 Units: on Swin the paper compresses (and PRACTISE drops) pairs of consecutive blocks — a regular
 and a shifted-window block — so a candidate is a *unit* of `group` consecutive blocks of one
@@ -67,18 +71,21 @@ def candidate_units(spec: ArchSpec, group: int) -> list[tuple[int, ...]]:
           if len(u) == group and 0 not in u and last not in u]
 
 
-def block_costs(spec: ArchSpec, block: int = 0) -> tuple[int, int, int]:
-  """(M_attn, M_mlp, H) of dense block `block`, at the shape it sits at."""
+def block_costs(spec: ArchSpec, block: int = 0, convention: str = "full"
+                ) -> tuple[int, int, int]:
+  """(M_attn, M_mlp, H) of dense block `block`, at the shape it sits at, counted in
+  `accounting.CONVENTIONS[convention]`."""
   b, shape = spec.blocks[block], spec.block_shapes()[block]
   attn_only = dataclasses.replace(b, mlp=0, mlp_bias=False)
-  m_attn = attn_only.macs(shape, spec.head_dim_of(b))
+  m_attn = attn_only.macs(shape, spec.head_dim_of(b), **accounting.CONVENTIONS[convention])
   m_mlp = 2 * shape.tokens * shape.width * b.mlp
   return m_attn, m_mlp, b.mlp
 
 
-def unit_costs(spec: ArchSpec, unit: tuple[int, ...]) -> tuple[int, int, int]:
+def unit_costs(spec: ArchSpec, unit: tuple[int, ...], convention: str = "full"
+               ) -> tuple[int, int, int]:
   """(M_attn, M_mlp, H) of a unit: its blocks' sums, H of its first block."""
-  costs = [block_costs(spec, b) for b in unit]
+  costs = [block_costs(spec, b, convention) for b in unit]
   return sum(c[0] for c in costs), sum(c[1] for c in costs), costs[0][2]
 
 
@@ -92,11 +99,14 @@ def rule(removal: float, m_attn: int, m_mlp: int, h: int, num_candidates: int,
 
 
 def structure_for(spec: ArchSpec, target_ratio: float, num_candidates: int,
-                  width_multiple: int = 8, unit: tuple[int, ...] = (0,)) -> Structure:
+                  width_multiple: int = 8, unit: tuple[int, ...] = (0,),
+                  convention: str = "full") -> Structure:
   """k (units) and rd for a target of `target_ratio` × dense MACs, each candidate unit costing
-  what `unit` costs; errors name the reachable range."""
-  dense = accounting.macs(spec)
-  m_attn, m_mlp, h = unit_costs(spec, unit)
+  what `unit` costs, every MAC counted in `accounting.CONVENTIONS[convention]` ("reference":
+  the thop counter of DC-ViT's `flops2structure`, which reproduces the paper's structures);
+  errors name the reachable range."""
+  dense = accounting.macs(spec, **accounting.CONVENTIONS[convention])
+  m_attn, m_mlp, h = unit_costs(spec, unit, convention)
   lo = (dense - num_candidates * (m_attn + m_mlp)) / dense
   hi = (dense - m_attn) / dense
   if not lo <= target_ratio <= hi:

@@ -175,7 +175,8 @@ NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds", "dcvit.trial
 # `train.compute_dtype`), so a later field that shares only a leaf name is not covered by mistake.
 ADDED_DEFAULTS = {"train.compute_dtype": "float32", "augment.randaugment_std": 0.5,
                   "augment.repeats": 1, "synthetic.tv_group": 1, "dcvit.structure": "rule",
-                  "dcvit.metric_set": "synthetic", "dcvit.metric_temperature": 1.0}
+                  "dcvit.metric_set": "synthetic", "dcvit.metric_temperature": 1.0,
+                  "dcvit.macs_convention": "full"}
 
 
 def path_entry(table: dict[str, Any], key: str) -> Any:
