@@ -71,7 +71,8 @@ def main() -> None:
   parser.add_argument("--data", required=True, help="folder holding train/ and test/")
   parser.add_argument("--out", default="/tmp/jaxprune_bench/spvit_cifar10")
   parser.add_argument("--targets", default="0.7,0.5")
-  parser.add_argument("--random", type=int, default=5, help="random architectures per target")
+  parser.add_argument("--random", type=int, default=5,
+                      help="random architectures per target (0: no random search)")
   parser.add_argument("--model", choices=sorted(MODELS), default="deit")
   parser.add_argument("--no-multipath", action="store_true", help="skip the multi-path ablation")
   args = parser.parse_args()
@@ -93,14 +94,16 @@ def main() -> None:
       rows.append((f"multi-path {target}", mp["selected"]["macs_ratio"], mp["pruned"],
                    mp["wall_s"]))
     reached = sp["pruned"]["macs"] / dense["dense"]["macs"]
-    rs = main_job("spvit_random", os.path.join(args.out, f"random_{target}"), *data, *init,
-                  *SEARCH, f"--config.spvit.target_ratio={reached:.4f}",
-                  "--config.spvit.tolerance=0.02", f"--config.random.num_archs={args.random}",
-                  common=common)
-    rows.append((f"random best of {args.random} {target}", None, rs["pruned"], rs["wall_s"]))
-    for i, c in enumerate(rs["candidates"]):
-      print(f"random {target} candidate {i}: MACs ratio {c['macs'] / dense['dense']['macs']:.3f}"
-            f", accuracy {100 * c['accuracy']:.2f}%", flush=True)
+    if args.random:  # --random 0: SPViT (and multi-path) only
+      rs = main_job("spvit_random", os.path.join(args.out, f"random_{target}"), *data, *init,
+                    *SEARCH, f"--config.spvit.target_ratio={reached:.4f}",
+                    "--config.spvit.tolerance=0.02", f"--config.random.num_archs={args.random}",
+                    common=common)
+      rows.append((f"random best of {args.random} {target}", None, rs["pruned"], rs["wall_s"]))
+      for i, c in enumerate(rs["candidates"]):
+        print(f"random {target} candidate {i}: MACs ratio "
+              f"{c['macs'] / dense['dense']['macs']:.3f}"
+              f", accuracy {100 * c['accuracy']:.2f}%", flush=True)
     search_s = [json.loads(l) for l in open(os.path.join(args.out, f"spvit_{target}",
                                                         "metrics.jsonl"))]
     print(f"SPViT {target}: selected {sp['selected']}; search rows {len(search_s)}", flush=True)

@@ -48,7 +48,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                               # or "reference" (DC-ViT's thop: no attention matmuls, 4 MACs per
                               # LayerNorm element), which reproduces the paper's structures
   ))
-  config.practise = ml_collections.ConfigDict(dict(num_drop=(2,), adaptor_steps=30))
+  config.practise = ml_collections.ConfigDict(dict(
+      num_drop=(2,), adaptor_steps=30,
+      adaptors="around",  # the reference's: after fc2 of earlier blocks, before qkv of later
+  ))                      # ones; "in_place": one linear layer where the dropped block was
   if arg == "runlocal":
     config.model.update(depth=4, image_size=16)
     config.data.fewshot = 32

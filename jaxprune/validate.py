@@ -153,6 +153,7 @@ RULES: list[tuple[str, Check]] = [
     ("dcvit.macs_convention", choice("full", "reference")),
     ("dcvit.metric_temperature", number(0, lo_open=True)), ("dcvit.seeds", each(NONNEG)),
     ("practise.num_drop", each(POSITIVE, 1)), ("practise.adaptor_steps", POSITIVE),
+    ("practise.adaptors", choice("around", "in_place")),
     ("random.num_archs", POSITIVE), ("random.seed", NONNEG),
 ]
 # Train sections whose epochs/steps set a phase's length (mimic phases take DC-ViT's step counts).

@@ -163,9 +163,47 @@ def test_drop_blocks_removes_them_from_the_spec():
   np.testing.assert_allclose(dropped(X), model.logits(model.norm(x)), atol=1e-5)
 
 
-def test_identity_adaptor_starts_as_dropping_the_block():
+@pytest.mark.parametrize("placement", ["around", "in_place"])
+def test_identity_adaptors_start_as_dropping_the_block(placement):
   model = build_model(SPEC, seed=4)
-  np.testing.assert_allclose(with_adaptor(model, 3)(X), drop_blocks(model, [3])(X), atol=1e-5)
+  np.testing.assert_allclose(with_adaptor(model, 3, placement)(X), drop_blocks(model, [3])(X),
+                             atol=1e-5)
+
+
+def test_practise_adaptors_sit_where_the_reference_puts_them():
+  """Block 3 of 6 dropped: an adaptor after fc2 of blocks 0-2 and before qkv of the two later
+  blocks (`insert_one_block_adaptors_for_vit`), the only weights a PRACTISE phase trains; with
+  non-identity adaptors the model computes exactly that, written out here."""
+  import jax.numpy as jnp
+  from jaxprune.methods.practise import TRAINED
+  from jaxprune.models.blocks import WithAdaptor
+  dense = build_model(SPEC, seed=4)
+  model = with_adaptor(dense, 3, "around")
+  assert model.spec == SPEC.drop_blocks([3])
+  assert [type(b.mlp.fc2).__name__ for b in model.blocks] == ["WithAdaptor"] * 3 + ["Linear"] * 2
+  assert [type(b.attn.qkv).__name__ for b in model.blocks] == ["Linear"] * 3 + ["WithAdaptor"] * 2
+  params = {"weights": nnx.state(model, nnx.Param), "gates": {}}
+  labels = group_labels(params, cfgs.optim_config(frozen=TRAINED))
+  trained = [path_str(p) for p, v in jax.tree_util.tree_leaves_with_path(labels)
+             if v != "frozen"]
+  assert len(trained) == 2 * 5 and all("/practise_adaptor/" in p for p in trained), trained
+  rng = np.random.default_rng(0)
+  for b in model.blocks:  # adaptors away from the identity
+    for layer in (b.mlp.fc2, b.attn.qkv):
+      if isinstance(layer, WithAdaptor):
+        a = layer.practise_adaptor.adaptor
+        a.kernel[...] = a.kernel[...] + 0.1 * jnp.asarray(rng.normal(size=a.kernel.shape))
+        a.bias[...] = 0.1 * jnp.asarray(rng.normal(size=a.bias.shape), jnp.float32)
+  x = dense.embed(X)
+  for i, b in enumerate(dense.blocks[:3] + dense.blocks[4:]):  # the dense weights, by hand
+    ad = model.blocks[i]
+    y = b.norm1(x)
+    if i >= 3:  # before the qkv of a later block
+      y = ad.attn.qkv.practise_adaptor(y)
+    x = x + b.attn(y)
+    h = b.mlp.fc2(gelu(b.mlp.fc1(b.norm2(x))))
+    x = x + (ad.mlp.fc2.practise_adaptor(h) if i < 3 else h)  # after the fc2 of an earlier one
+  np.testing.assert_allclose(model(X), dense.logits(dense.norm(x)), atol=1e-5)
 
 
 def test_freeze_after_leaves_embeddings_and_early_blocks_trainable():

@@ -114,7 +114,9 @@ def test_adaptor_swap_equals_dropping_and_keeps_every_other_weight():
     kept = [s for j, s in enumerate(block_states(dense)) if j != i]
     for a, b in zip(jax.tree.leaves(block_states(dropped)), jax.tree.leaves(kept)):
       np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(with_adaptor(dense, i)(X30), dropped(X30), atol=1e-5)
+    for placement in ("around", "in_place"):
+      np.testing.assert_allclose(with_adaptor(dense, i, placement)(X30), dropped(X30),
+                                 atol=1e-5)
 
 
 def test_compress_block_on_swin_removes_attention_only():

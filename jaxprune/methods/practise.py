@@ -1,10 +1,16 @@
 """PRACTISE (block dropping), DC-ViT's baseline.
 
+Wang et al., "Practical Network Acceleration with Tiny Sets", CVPR 2023 (arXiv:2202.07861);
+reference code DoctorKey/Practise, and its ViT/Swin port in Michelia-zhx/dcvit (`src/practise.py`).
+
 Score every block (on Swin: every pair of consecutive blocks of a stage, as DC-ViT compares):
-replace it by an identity-initialised linear adaptor, train the adaptor alone by feature
-mimicking, and divide the recovered feature error by the measured latency saved by dropping the
-block; drop the n best-scoring blocks; fine-tune the pruned model end to end with
-the same feature-mimicking recipe, for as many steps as DC-ViT spends at the matched MACs
+drop it, insert identity-initialised linear adaptors where the reference puts them — after the
+fc2 of every block before the dropped one and before the qkv of every block after it
+(`insert_one_block_adaptors_for_vit`; `practise.adaptors = "in_place"`: one linear layer in the
+dropped block's place instead) — train only the adaptors by feature mimicking, and divide the
+recovered feature error by the measured latency saved by dropping the block; the adaptors are
+then discarded. Drop the n best-scoring blocks; fine-tune the pruned model end to end with the
+same feature-mimicking recipe, for as many steps as DC-ViT spends at the matched MACs
 ((n + 1) progressive steps).
 """
 
@@ -14,6 +20,7 @@ import os
 from typing import Any
 
 import ml_collections
+from flax import nnx
 
 from jaxprune import accounting
 from jaxprune.errors import UserError
@@ -21,7 +28,7 @@ from jaxprune.methods import common, pretrain
 from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import mimic
 from jaxprune.models import build_model
-from jaxprune.models.blocks import Block, LinearAdaptor
+from jaxprune.models.blocks import Block, LinearAdaptor, WithAdaptor
 from jaxprune.methods.structure import group_of, units
 from jaxprune.surgery import block_slots, block_states, drop_blocks, transplant
 from jaxprune.train.logging import MetricWriter
@@ -34,15 +41,37 @@ def drop_units(config, spec) -> list[tuple[int, ...]]:
   return units(spec, group_of(config, spec))
 
 
-def with_adaptor(dense, unit):
-  """`dense` with the blocks of `unit` (an index or a tuple) each replaced by an identity
-  linear adaptor."""
+ADAPTORS = ("around", "in_place")  # practise.adaptors: the reference's placement, or ours before
+TRAINED = r"^weights/(?!.*/practise_adaptor/)"  # frozen: every weight but the adaptors'
+
+
+def with_adaptor(dense, unit, placement: str = "around"):
+  """`dense` without the blocks of `unit` (an index or a tuple), with identity-initialised
+  linear adaptors: `"around"` (the reference's) after the fc2 of every earlier block and before
+  the qkv of every later one; `"in_place"` one adaptor where the unit was. At initialisation
+  both compute what dropping the unit computes."""
   unit = (unit,) if isinstance(unit, int) else tuple(unit)
-  model = build_model(dense.spec, make_block=lambda s, b, i, rngs, shape: (
-      LinearAdaptor(shape.width, rngs=rngs) if i in unit
-      else Block(s, b, rngs=rngs, shape=shape)))
-  blocks = [{} if i in unit else s for i, s in enumerate(block_states(dense))]
-  return transplant(dense, model, blocks)
+  if placement == "in_place":
+    model = build_model(dense.spec, make_block=lambda s, b, i, rngs, shape: (
+        LinearAdaptor(shape.width, rngs=rngs) if i in unit
+        else Block(s, b, rngs=rngs, shape=shape)))
+    blocks = [{} if i in unit else s for i, s in enumerate(block_states(dense))]
+    return transplant(dense, model, blocks)
+  if placement != "around":
+    raise UserError(f"practise.adaptors = {placement!r}: allowed are {', '.join(ADAPTORS)}")
+  model = drop_blocks(dense, unit)
+  rngs = nnx.Rngs(0)  # the adaptors' initial values do not depend on it (identity, zero bias)
+  for i, block in enumerate(model.blocks):  # indices of the pruned model: unit[0] = next block
+    if i < unit[0] and block.mlp is not None:
+      block.mlp.fc2 = WithAdaptor(block.mlp.fc2, "post", rngs=rngs)
+    elif i >= unit[0] and block.attn_kind == "msa":
+      block.attn.qkv = WithAdaptor(block.attn.qkv, "pre", rngs=rngs)
+  return model
+
+
+def adaptor_placement(config) -> str:
+  """`practise.adaptors` ("in_place" for configs saved before the reference's placement)."""
+  return config.practise.get("adaptors", "in_place")
 
 
 def latency_saved(dense, batch: int, unit_list) -> dict[tuple[int, ...], float]:
@@ -84,12 +113,17 @@ def block_scores(config, workdir: str, dense, writer: MetricWriter) -> list[dict
     unit_list = drop_units(config, dense.spec)
     saved = latency_saved(dense, config.latency_batch, unit_list)
     coll, slots = block_slots(dense.spec)
+    placement = adaptor_placement(config)
     rows = []
     for u in unit_list:
       name = "-".join(str(b) for b in u)
-      trainable = "|".join(f"{coll}/{slots[b]}/" for b in u)
-      _, info = mimic(config, workdir, f"practise_adaptor{name}", with_adaptor(dense, u), dense,
-                      rf"^weights/(?!{trainable})", config.practise.adaptor_steps, writer)
+      if placement == "in_place":  # the adaptor sits in the unit's slots
+        frozen = rf"^weights/(?!{'|'.join(f'{coll}/{slots[b]}/' for b in u)})"
+      else:
+        frozen = TRAINED
+      phase = f"practise_adaptor{name}" + ("" if placement == "in_place" else f"_{placement}")
+      _, info = mimic(config, workdir, phase, with_adaptor(dense, u, placement), dense,
+                      frozen, config.practise.adaptor_steps, writer)
       rows.append({"block": u[0], "unit": list(u), "recovered_error": info["feature_mse"],
                    "latency_saved_ms": saved[u], "score": info["feature_mse"] / saved[u]})
     return rows

@@ -318,6 +318,24 @@ class LinearAdaptor(nnx.Module):
     return self.adaptor(x)
 
 
+class WithAdaptor(nnx.Module):
+  """`layer` (a linear layer) with PRACTISE's identity-initialised linear adaptor right before
+  it (`where="pre"`: layer(A·x)) or right after it (`"post"`: A·layer(x)), as the reference's
+  forward hooks place them. Swapped in for the layer by assignment, trained alone, removed."""
+
+  def __init__(self, layer: nnx.Linear, where: str, *, rngs: nnx.Rngs):
+    if where not in ("pre", "post"):
+      raise ValueError(f"WithAdaptor: where = {where!r}; allowed are pre, post")
+    self.layer, self.where = layer, where
+    self.practise_adaptor = LinearAdaptor(layer.in_features if where == "pre"
+                                          else layer.out_features, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.where == "pre":
+      return self.layer(self.practise_adaptor(x))
+    return self.practise_adaptor(self.layer(x))
+
+
 class PatchMerging(nnx.Module):
   """Swin patch merging (`MergeSpec`): [B, g², C] → [B, ⌈g/2⌉², out_width]. The four tokens of
   each 2×2 cell are concatenated in the order (0,0), (1,0), (0,1), (1,1) (row, column offsets),
