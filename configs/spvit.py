@@ -40,6 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                               # or an ArchSpec JSON file (FFN units kept by largest gate logit)
       search_dir="",          # a finished SPViT workdir: reuse its search, do not search again
       weight_sharing=True,    # False: multi-path ablation, conv candidates with own random weights
+      swin_conv="window",     # Swin conv3 blocks: "window" = inside the searched (shifted) windows
+                              # (the gated function exactly); "grid" = a plain conv on the whole
+                              # grid, the reference's fine-tuned form. No effect on a ViT
   ))
   config.search = ml_collections.ConfigDict({
       "train": common.train_config(batch_size=64, epochs=15, label_smoothing=0.1, log_every=31,

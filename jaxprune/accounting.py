@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxprune.arch import ArchSpec, BlockSpec, Shape
+from jaxprune.arch import ArchSpec, BlockSpec, Shape, normalised
 
 
 CONVENTIONS = {"full": {"attention_matmuls": True, "norm": 1},
@@ -199,8 +199,8 @@ def search_macs(spec: ArchSpec, gates, masks, conv_dims) -> jax.Array:
   total = jnp.asarray(float(dense.macs - sum(dense.block_macs)))
   for b, shape, c, mask, d in zip(spec.blocks, spec.block_shapes(), gates, masks, conv_dims):
     n, ch = shape.tokens, shape.width
-    f = {op: _block_macs(spec, dataclasses.replace(b, attn=op, heads=0, head_dim=0, conv_dim=d,
-                                                   mlp=0), True, shape)
+    f = {op: _block_macs(spec, normalised(dataclasses.replace(
+        b, attn=op, heads=0, head_dim=0, conv_dim=d, mlp=0)), True, shape)
          for op in ("conv1", "conv3")}
     f["msa"] = _block_macs(spec, dataclasses.replace(b, mlp=0), True, shape)
     total = total + (c[0] * f["conv1"] + c[1] * (f["conv3"] - f["conv1"])

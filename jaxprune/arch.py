@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 from jaxprune.errors import UserError
 
-ATTN_KINDS = ("msa", "conv1", "conv3", "none")
+ATTN_KINDS = ("msa", "conv1", "conv3", "none", "norm")
 FAMILIES = ("vit", "swin")
 FORMAT = 2
 
@@ -62,7 +62,9 @@ class BlockSpec:
   Attributes:
     attn: attention sub-layer kind. `msa`: multi-head self-attention; `conv1`/`conv3`: bottleneck
       convolution (k×k conv width→conv_dim, BatchNorm, ReLU, 1×1 conv_dim→width) on the patch grid;
-      `none`: no attention sub-layer at all (SPViT's skip, DC-ViT's compressed block).
+      `none`: no attention sub-layer at all (SPViT's skip, DC-ViT's compressed block);
+      `norm`: the sub-layer is its LayerNorm alone, `x + norm1(x)` — the skip as the SPViT
+      reference's fine-tuning code computes it, so its models rebuild exactly (ours is `none`).
     heads: attention heads for `msa`; 0 otherwise.
     mlp: MLP hidden width; 0 = no MLP sub-layer.
     conv_dim: bottleneck width for `conv1`/`conv3`; 0 otherwise.
@@ -116,6 +118,8 @@ class BlockSpec:
       positions = _padded(shape.grid, self.window)**2 if self.window else hw
       total += ((self.kernel_size**2 * c * self.conv_dim + self.conv_dim * c) * positions
                 + norm * n * c)
+    elif self.attn == "norm":
+      total += norm * n * c
     if self.mlp:
       total += 2 * n * c * self.mlp + norm * n * c
     return total
@@ -132,6 +136,8 @@ class BlockSpec:
     elif self.attn in ("conv1", "conv3"):
       k2, d = self.kernel_size**2, self.conv_dim
       total += 2 * c + (k2 * c * d + d) + 2 * d + (d * c + c)
+    elif self.attn == "norm":
+      total += 2 * c
     if self.mlp:
       total += 2 * c + (c * self.mlp + self.mlp) + (self.mlp * c + c)
     elif self.mlp_bias:
@@ -173,11 +179,13 @@ def _int_fields(where: str, obj: Any, names: Sequence[str], minimum: int) -> Non
 
 
 def normalised(layer):
-  """The layer without dimensions that mean nothing for its kind (see `ArchSpec`)."""
+  """The layer without dimensions that mean nothing for its kind (see `ArchSpec`). A 1×1 conv
+  is the same function inside (shifted, padded) windows or on the whole grid, so a `conv1`
+  block never keeps them (nor pays for their padding, rolls and partitions)."""
   if not isinstance(layer, BlockSpec) or layer.attn == "msa":
     return layer
   changes = {"head_dim": 0} if layer.head_dim else {}
-  if layer.attn == "none" and (layer.window or layer.shift):
+  if layer.attn in ("none", "norm", "conv1") and (layer.window or layer.shift):
     changes.update(window=0, shift=0)
   return dataclasses.replace(layer, **changes) if changes else layer
 

@@ -66,7 +66,7 @@ def accuracy_vs_macs(path: str, dense: dict[str, Any], family: Sequence[dict[str
 
 
 OP_COLOURS = {"msa": (31, 119, 180), "conv3": (255, 127, 14), "conv1": (44, 160, 44),
-              "none": (200, 200, 200)}
+              "none": (200, 200, 200), "norm": (170, 170, 170)}
 
 
 def spvit_search(path: str, dense, arch, history: Sequence[dict[str, Any]], target: float,

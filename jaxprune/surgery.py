@@ -97,9 +97,24 @@ def derive_arch(search_model: nnx.Module) -> ArchSpec:
   return spec.replace(blocks=tuple(blocks))
 
 
+def conv_form(arch: ArchSpec, form: str) -> ArchSpec:
+  """SPViT's conv3 blocks on Swin in `form` (`spvit.swin_conv`): "window" keeps them inside the
+  (shifted, padded) windows the search convolved in, so the compact model is the gated one;
+  "grid" makes each a plain 3×3 conv on the whole unshifted grid, as the reference's
+  fine-tuning model does (same weights, a different function at window borders that
+  fine-tuning recovers; a plain conv any runtime runs fast). ViT conv blocks have no windows."""
+  if form not in ("window", "grid"):
+    raise UserError(f"spvit.swin_conv = {form!r}: allowed are window, grid")
+  if form == "window":
+    return arch
+  return arch.replace(blocks=tuple(dataclasses.replace(b, window=0, shift=0)
+                                   if b.attn == "conv3" else b for b in arch.blocks))
+
+
 def materialise(search_model: nnx.Module, arch: ArchSpec | None = None) -> nnx.Module:
   """The compact model of `arch` (default: `derive_arch(search_model)`), weights taken from the
-  search model. Its eval outputs equal the gated model's eval outputs."""
+  search model. Its eval outputs equal the gated model's eval outputs (unless `arch` is in
+  `conv_form(..., "grid")`, whose conv3 blocks convolve the whole grid instead)."""
   arch = derive_arch(search_model) if arch is None else arch
   states = []
   for i, (block, b, s) in enumerate(zip(search_model.blocks, arch.blocks,

@@ -138,6 +138,7 @@ RULES: list[tuple[str, Check]] = [
     ("spvit.temperature", number(0, lo_open=True)), ("spvit.eval_every", POSITIVE),
     ("spvit.finetune_from", choice("search", "original")),
     ("spvit.stop", choice("first", "end")),
+    ("spvit.swin_conv", choice("window", "grid")),
     ("spvit.lambda_preset", choice("", "deit_tiny", "deit_small", "deit_base", "swin_tiny",
                                    "swin_small", "swin_base")),
     ("synthetic.num_images", POSITIVE), ("synthetic.steps", POSITIVE),

@@ -181,7 +181,8 @@ def test_practise_adaptors_sit_where_the_reference_puts_them():
   model = with_adaptor(dense, 3, "around")
   assert model.spec == SPEC.drop_blocks([3])
   assert [type(b.mlp.fc2).__name__ for b in model.blocks] == ["WithAdaptor"] * 3 + ["Linear"] * 2
-  assert [type(b.attn.qkv).__name__ for b in model.blocks] == ["Linear"] * 3 + ["WithAdaptor"] * 2
+  assert [type(b.attn.qkv).__name__ for b in model.blocks] == ["Linear"] * 3 + [
+      "WithAdaptor"] * 2
   params = {"weights": nnx.state(model, nnx.Param), "gates": {}}
   labels = group_labels(params, cfgs.optim_config(frozen=TRAINED))
   trained = [path_str(p) for p, v in jax.tree_util.tree_leaves_with_path(labels)
@@ -289,8 +290,8 @@ def _check_first_progressive_step_is_the_trial(w):
   m_attn, m_mlp, h = block_costs(dense.spec, 1)
   dense_macs = macs(dense.spec)
   target = (dense_macs - m_attn - 0.5 * m_mlp) / dense_macs  # k = 1, MLP H/2: trial b1_h32
-  model, info = compress_to(config, str(run), dense, target, Trials(config, str(run), dense,
-                                                                    None, writer), [(1,)], writer)
+  trials = Trials(config, str(run), dense, None, writer)
+  model, info = compress_to(config, str(run), dense, target, trials, [(1,)], writer)
   assert (info["blocks"], info["mlp_width"]) == ([1], h // 2)
   phases = os.listdir(run / "checkpoints")
   assert "trial_b1_h32" in phases and not [p for p in phases if p.startswith("target")], phases

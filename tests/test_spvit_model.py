@@ -251,8 +251,10 @@ def budget_gradient_matches_telescoping_reference(spec, state):
   for i, (b, shape) in enumerate(zip(spec.blocks, spec.block_shapes())):
     def cost(attn, b=b, shape=shape):  # the attention sub-layer (with its LayerNorm) alone
       d = spec.head_dim_of(b)
+      windowed = attn != "conv1"  # a 1×1 conv runs on the whole grid
       one = (BlockSpec("msa", heads=b.heads, head_dim=b.head_dim, window=b.window, shift=b.shift)
-             if attn == "msa" else BlockSpec(attn, conv_dim=d, window=b.window, shift=b.shift))
+             if attn == "msa" else BlockSpec(attn, conv_dim=d, window=b.window * windowed,
+                                             shift=b.shift * windowed))
       return one.macs(shape, d)
     f1, f3, fm = cost("conv1"), cost("conv3"), cost("msa")
     df_dg = np.array([f1 + g1 * (f3 - f1) + g1 * g2 * (fm - f3),

@@ -37,8 +37,9 @@ def test_materialised_swin_equals_gated_model(tmp_path, ops, weight_sharing):
   arch = derive_arch(sm)
   assert [b.attn for b in arch.blocks] == list(ops)
   convs = [b for b in arch.blocks if b.attn.startswith("conv")]
-  assert all((b.window, b.head_dim) == (4, 0) for b in convs)  # they convolve inside windows
-  assert arch.blocks[1].shift == (2 if ops[1] != "none" else 0)
+  # conv3 convolves inside the windows; a 1×1 conv is the same on the whole grid
+  assert all((b.window, b.head_dim) == ((4, 0) if b.attn == "conv3" else (0, 0)) for b in convs)
+  assert arch.blocks[1].shift == (2 if ops[1] in ("msa", "conv3") else 0)
   compact = materialise(sm, arch)
   np.testing.assert_allclose(compact(X), sm(X), atol=1e-5)
   save_model(str(tmp_path / "m"), compact)
@@ -118,3 +119,58 @@ def test_unreachable_swin_arch_is_refused():
               arch.replace_block(0, head_dim=8, heads=4)):
     with pytest.raises(UserError, match="not in the search space"):
       check_reachable(sm, bad, "here")
+
+
+def test_grid_form_materialises_conv3_as_a_plain_conv_on_the_whole_grid():
+  """`spvit.swin_conv = "grid"` (the reference's fine-tuned form): block 1's conv3, searched
+  inside shifted, padded windows, becomes a 3×3 conv over the whole unshifted grid — same
+  weights, written out here with the loops over one window as large as the grid — and no
+  longer pays for the padding; a conv1 block is windowless in both forms."""
+  from jaxprune.surgery import conv_form
+  sm = _search_model(("conv1", "conv3", "msa", "conv3"))
+  arch = derive_arch(sm)
+  grid = conv_form(arch, "grid")
+  assert [(b.attn, b.window, b.shift) for b in grid.blocks] == [
+      ("conv1", 0, 0), ("conv3", 0, 0), ("msa", 4, 0), ("conv3", 0, 0)]
+  assert arch.blocks[0] == grid.blocks[0]
+  assert (arch.blocks[1].window, arch.blocks[1].shift) == (4, 2)
+  assert conv_form(arch, "window") == arch and macs(grid) < macs(arch)  # 10² vs 12² positions
+  compact = materialise(sm, grid)
+  windowed = materialise(sm, arch)
+  np.testing.assert_allclose(windowed(X), sm(X), atol=1e-5)  # the gated function
+  assert not np.allclose(compact(X), sm(X), atol=1e-3)       # ... which the grid form is not
+  block, search_block = compact.layers[1], sm.blocks[1]
+  y = np.asarray(block.norm1(jax.random.normal(jax.random.key(1), (2, 100, 32))))
+  kernel, bias, out, out_bias = (np.asarray(a) for a in search_block.conv_parts(3))
+  bn = search_block.bn3
+  for i in range(2):
+    z = _explicit_window_conv(y[i], kernel, 10, 10, 0) + bias
+    z = (z - np.asarray(bn.mean[...])) / np.sqrt(np.asarray(bn.var[...]) + 1e-5)
+    z = np.maximum(z * np.asarray(bn.scale[...]) + np.asarray(bn.bias[...]), 0)
+    np.testing.assert_allclose(np.asarray(block.attn(jnp.asarray(y[i:i + 1])))[0],
+                               z @ out + out_bias, atol=1e-4)
+
+
+def test_reference_skip_form_rebuilds_a_reference_model_exactly():
+  """attn "norm" is the SPViT reference's fine-tuned skip, x + LN1(x), then the MLP: a block
+  with hand-set weights computes exactly that; jaxprune's own skip ("none") adds nothing."""
+  from flax import nnx
+  from jaxprune import count
+  from jaxprune.arch import ArchSpec, BlockSpec, dense_spec
+  spec = dense_spec("test_micro", image_size=8, patch_size=4, num_classes=3, depth=1)
+  spec = spec.replace(blocks=(BlockSpec("norm", mlp=16),))
+  assert ArchSpec.from_json(spec.to_json()) == spec
+  model = build_model(spec, seed=0)
+  block, c = model.blocks[0], spec.width
+  rng = np.random.default_rng(0)
+  g, b = rng.normal(size=c).astype(np.float32), rng.normal(size=c).astype(np.float32)
+  block.norm1.scale[...], block.norm1.bias[...] = jnp.asarray(g), jnp.asarray(b)
+  x = rng.normal(size=(2, 5, c)).astype(np.float32)
+  mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  y = x + (x - mu) / np.sqrt(var + spec.ln_eps) * g + b
+  np.testing.assert_allclose(np.asarray(block(jnp.asarray(x))),
+                             np.asarray(y + block.mlp(block.norm2(jnp.asarray(y)))), atol=1e-5)
+  counts = count(spec)
+  assert counts.params == sum(a.size for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  skip = count(spec.replace(blocks=(BlockSpec("none", mlp=16),)))
+  assert counts.block_macs[0] == skip.block_macs[0] + spec.num_tokens * c  # one more LayerNorm

@@ -10,7 +10,9 @@ Phases (each checkpointed; a rerun resumes where it stopped):
   3. choose       the architecture to fine-tune (`spvit.arch`: automatic, a logged step, the
                   best logged in a MACs band, or an ArchSpec file); drawn to `arch.png`
   4. materialise  the chosen ArchSpec as a physically smaller model (from the search-end or the
-                  original weights), exported to `workdir/search/compact`
+                  original weights; on Swin, conv3 blocks inside the searched windows or, with
+                  `spvit.swin_conv = "grid"`, on the whole grid), exported to
+                  `workdir/search/compact`
   5. finetune     cross-entropy + distillation from the dense model; exported to `workdir/pruned`
   6. compare      params, MACs, accuracy and measured latency, dense vs pruned → summary.json
 """
@@ -37,7 +39,8 @@ from jaxprune.methods import common, pretrain
 from jaxprune.methods.phase import train_phase
 from jaxprune.models.gates import Gate
 from jaxprune.models.spvit import SearchOptions, build_search_model
-from jaxprune.surgery import check_reachable, derive_arch, encode_arch, gate_masks, materialise
+from jaxprune.surgery import (check_reachable, conv_form, derive_arch, encode_arch, gate_masks,
+                              materialise)
 from jaxprune.train.logging import MetricWriter, truncate_jsonl
 from jaxprune.train.checkpoint import PhaseCheckpoints
 from jaxprune.train.optim import make_optimizer
@@ -386,7 +389,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     source = (search_model if config.spvit.finetune_from == "search"
               else original_weights_model(dense, search_model, config))
     encode_arch(source, arch, masks)
-    compact = materialise(source, arch)
+    compact = materialise(source, conv_form(arch, config.spvit.get("swin_conv", "window")))
     save_model(compact_dir, compact, extra={"selected": record},
                preprocessing=common.preprocessing(config))
     if jax.process_index() == 0:

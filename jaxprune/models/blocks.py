@@ -282,6 +282,8 @@ class Block(nnx.Module):
       self.attn = ConvAttention(c, block.conv_dim, block.kernel_size, shape.prefix,
                                 grid=shape.grid, window=block.window, shift=block.shift,
                                 rngs=rngs)
+    elif block.attn == "norm":  # the SPViT reference's fine-tuned skip: x + norm1(x)
+      self.norm1, self.attn = layer_norm(c, spec.ln_eps, rngs), None
     else:
       self.norm1 = self.attn = None
     if block.mlp:
@@ -300,6 +302,8 @@ class Block(nnx.Module):
       x = x + drop_path(self.attn(self.norm1(x)), d1)
     elif self.attn is not None:
       x = x + drop_path(self.attn(self.norm1(x), train=train), d1)
+    elif self.norm1 is not None:  # attn "norm"
+      x = x + drop_path(self.norm1(x), d1)
     if self.mlp is not None:
       x = x + drop_path(self.mlp(self.norm2(x)), d2)
     elif self.mlp_bias is not None:

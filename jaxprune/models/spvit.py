@@ -12,11 +12,13 @@ as the DeiT reference does. The Swin reference puts the centre first (column 0 o
 centre, columns 1-8 the other positions column-major); Swin search blocks follow it.
 Class/distillation tokens are not convolved: a conv op's output for them is the normalised token.
 
-Swin (reference `SPViT_Swin`): the candidates sit in (shifted) window attention; the conv
-candidates run inside each window of the block's cyclic shift, zero-padded at window borders
+Swin (reference `SPViT_Swin`): the candidates sit in (shifted) window attention; the conv3
+candidate runs inside each window of the block's cyclic shift, zero-padded at window borders
 (the reference convolves the window tensor; the attention mask does not apply to them), and the
 materialised block convolves the same windows (`BlockSpec.window/shift` on a conv block), so the
-gated and the materialised model compute the same function.
+gated and the materialised model compute the same function (`spvit.swin_conv = "grid"`
+materialises the reference's fine-tuned form instead: a plain conv on the whole grid). The
+conv1 candidate, a 1×1 conv, is the same on the whole grid and runs there.
 
 Parameter paths match the dense ViT (`blocks/i/attn/qkv`, ...), so dense weights load by name.
 """
@@ -147,6 +149,8 @@ class SearchBlock(nnx.Module):
       z = jax.nn.relu(bn(conv_same(maps, kernel, bias), use_running_average=not train))
       return z @ out + out_bias
 
+    if size == 1:  # a 1×1 conv is the same on the whole grid: no windows (`arch.normalised`)
+      return on_patch_maps(y, bottleneck, self.num_prefix, self.grid)
     return on_patch_maps(y, bottleneck, self.num_prefix, self.grid, self.window, self.shift)
 
   def gates(self, key: jax.Array | None):

@@ -176,7 +176,8 @@ NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds", "dcvit.trial
 ADDED_DEFAULTS = {"train.compute_dtype": "float32", "augment.randaugment_std": 0.5,
                   "augment.repeats": 1, "synthetic.tv_group": 1, "dcvit.structure": "rule",
                   "dcvit.metric_set": "synthetic", "dcvit.metric_temperature": 1.0,
-                  "dcvit.macs_convention": "full", "practise.adaptors": "in_place"}
+                  "dcvit.macs_convention": "full", "practise.adaptors": "in_place",
+                  "spvit.swin_conv": "window"}
 
 
 def path_entry(table: dict[str, Any], key: str) -> Any:
