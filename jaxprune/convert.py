@@ -379,6 +379,40 @@ def hf_preprocessing(path: str) -> dict[str, list[float]] | None:
           "std": [float(v) for v in cfg["image_std"]]}
 
 
+def is_saved_model(folder: str) -> bool:
+  """True for a folder `save_model` wrote: an `arch.json` with an `arch` and an orbax `state/`
+  holding nothing else."""
+  from jaxprune.export import ARCH_FILE, STATE_DIR
+  try:
+    with open(os.path.join(folder, ARCH_FILE)) as f:
+      has_arch = "arch" in json.load(f)
+    state = set(os.listdir(os.path.join(folder, STATE_DIR)))
+  except (OSError, ValueError, TypeError):
+    return False
+  return has_arch and "_CHECKPOINT_METADATA" in state and all(
+      n.startswith(("_", "d", "ocdbt", "manifest", "array_metadatas", "commit_success"))
+      for n in state)
+
+
+def check_out(out: str, overwrite: bool) -> None:
+  """`--out` must be a new or empty folder, or (with `--overwrite`) one holding only a jaxprune
+  model (`arch.json`, `state/`): a folder with anything else is the user's, never written into."""
+  from jaxprune.export import ARCH_FILE, STATE_DIR
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f"--out {out} is a file; choose a folder to write the model into")
+  entries = sorted(os.listdir(out)) if os.path.isdir(out) else []
+  foreign = [e for e in entries if e not in (ARCH_FILE, STATE_DIR)]
+  if not foreign and entries and not is_saved_model(out):
+    foreign = entries  # names jaxprune uses, contents it did not write
+  if foreign:
+    raise UserError(f"--out {out} holds files jaxprune did not write ({', '.join(foreign[:3])}"
+                    f"{', ...' if len(foreign) > 3 else ''}); nothing was written: choose a new "
+                    "or empty folder")
+  if entries and not overwrite:
+    raise UserError(f"--out {out} already holds a model; pass --overwrite to replace it, or "
+                    "choose a new folder")
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m jaxprune.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -392,12 +426,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="input normalisation stored with the model (per channel, pixels in "
                       "[0, 1]); default: an HF folder's preprocessor_config.json")
   parser.add_argument("--std", type=float, nargs="+", default=None)
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace the jaxprune model already in --out (never other files)")
   args = parser.parse_args(argv)
   from jaxprune.accounting import count
   from jaxprune.export import save_model
   try:
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-      raise UserError(f"--out {args.out} is a file; choose a folder to write the model into")
+    check_out(args.out, args.overwrite)
     if (args.mean is None) != (args.std is None):
       raise UserError("--mean and --std go together: give both or neither")
     model = import_checkpoint(args.src, args.format, num_heads=args.num_heads,

@@ -213,3 +213,33 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
   err = capsys.readouterr().err
   assert f"error: --out {tmp_path / 'out'} is a file" in err and err.count("\n") == 1
   assert (tmp_path / "out").read_text() == "x"
+
+
+def test_out_is_never_written_over(tmp_path, capsys):  # issue 26, case 2
+  """A folder holding anything jaxprune did not write is refused in one line and left as it
+  was (a user's file inside `state/` used to vanish, rc 0); an earlier model there is replaced
+  only with --overwrite."""
+  hf = _hf_model("vit")
+  hf.save_pretrained(tmp_path / "hf")
+  capsys.readouterr()
+  user = tmp_path / "mine"
+  (user / "state").mkdir(parents=True)
+  (user / "state" / "notes.txt").write_text("mine")
+  (user / "arch.json").write_text("{}")
+  (user / "data.csv").write_text("1,2")
+  for extra in ([], ["--overwrite"]):
+    assert convert.main([str(tmp_path / "hf"), "--out", str(user), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "holds files jaxprune did not write (data.csv)" in err and err.count("\n") == 1
+  assert (user / "state" / "notes.txt").read_text() == "mine"
+  assert (user / "arch.json").read_text() == "{}" and (user / "data.csv").read_text() == "1,2"
+  (user / "data.csv").unlink()  # only jaxprune's names left, but not a model jaxprune wrote
+  assert convert.main([str(tmp_path / "hf"), "--out", str(user), "--overwrite"]) == 2
+  assert "holds files jaxprune did not write (arch.json, state)" in capsys.readouterr().err
+  assert (user / "state" / "notes.txt").read_text() == "mine"
+  out = tmp_path / "model"
+  assert convert.main([str(tmp_path / "hf"), "--out", str(out)]) == 0
+  assert convert.main([str(tmp_path / "hf"), "--out", str(out)]) == 2
+  assert "already holds a model; pass --overwrite" in capsys.readouterr().err
+  assert convert.main([str(tmp_path / "hf"), "--out", str(out), "--overwrite"]) == 0
+  assert load(str(out)).spec.depth == 2

@@ -210,13 +210,37 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
   assert "skipped the checkpoint at step 4" in out and "resumed from checkpoint at step 2" in out
   assert int(state["step"]) == 4
   assert PhaseCheckpoints(str(tmp_path), "p").latest_step() == 4  # saved again, readable
+  assert os.listdir(tmp_path / "checkpoints" / "p.damaged") == ["4"]  # set aside, not deleted
+
+
+def test_a_checkpoint_of_other_shapes_is_refused_and_kept(tmp_path):  # issue 26, case 1
+  """A class added to the data between a kill and the rerun changes the head's shape: that is
+  a changed run, not a damaged checkpoint — one line naming the array and both shapes, and
+  every checkpoint stays where it is (it used to delete both good ones)."""
+  _phase(tmp_path, total=4)  # checkpoints at steps 2 and 4, a 4-class head
+  optim = cfgs.optim_config(lr=1e-2, warmup_steps=0)
+  _, five, _ = init_state(build_model(SPEC.replace(num_classes=5), seed=0),
+                          lambda p: make_optimizer(optim, p, 4))
+  before = sorted(os.listdir(tmp_path / "checkpoints" / "p"))
+  with pytest.raises(UserError) as e:
+    PhaseCheckpoints(str(tmp_path), "p").restore(place(jax.device_get(five), make_mesh()))
+  msg = str(e.value)
+  assert "\n" not in msg and len(msg) < 400, msg
+  assert ("the checkpoint at step 4 in" in msg and "stores params/weights/head/bias with shape "
+          "(4,) where this run's "
+          "is (5,): the data or the config changed" in msg and "nothing was touched" in msg), msg
+  assert sorted(os.listdir(tmp_path / "checkpoints" / "p")) == before
+  assert not (tmp_path / "checkpoints" / "p.damaged").exists()
+  state, _ = _phase(tmp_path, total=4)  # the unchanged run still resumes from them
+  assert int(state["step"]) == 4
 
 
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
   _phase(tmp_path, total=4)
   for s in ("2", "4"):
     shutil.rmtree(tmp_path / "checkpoints" / "p" / s / "state")
-  with pytest.raises(UserError, match="no checkpoint in .* restores .*delete .* to restart"):
+  with pytest.raises(UserError, match="no checkpoint in .* restores .*moved to .*p.damaged; "
+                                      "delete .* to restart"):
     _phase(tmp_path, total=4)
 
 

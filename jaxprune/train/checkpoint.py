@@ -4,8 +4,12 @@ Each phase of a method checkpoints under `workdir/checkpoints/<phase>/<step>/` t
 `state` (the whole train state) and `meta` (JSON: step, data position, ArchSpec, phase). Orbax
 writes to a temporary folder and renames it when complete, so a process killed mid-save leaves
 the previous checkpoint as the latest. A checkpoint that does not read back (truncated, a
-folder deleted) or holds non-finite values is skipped with a message naming it and why, and the
-newest good one is restored instead.
+folder deleted) or holds non-finite values is skipped with a message naming it and why, moved
+aside to `checkpoints/<phase>.damaged/<step>` (never deleted), and the newest good one is
+restored instead. A checkpoint whose arrays have other shapes than this run's state is not
+damaged: the data or the config changed since it was written (a class folder added, another
+width). That is refused in one line naming the array and both shapes, before anything is read
+or moved.
 
 Arrays are written whole by their first replica unless a replica's share is at least
 `REPLICA_PARALLEL_MIN_BYTES`: orbax otherwise splits every replicated array across the replicas
@@ -70,6 +74,11 @@ class PhaseCheckpoints:
       raise UserError(f"no checkpoint in {self.directory}")
     problems = []
     for s in steps:
+      changed = self._changed(s, abstract)
+      if changed:
+        raise UserError(f"the checkpoint at step {s} in {self.directory} {changed}: the data or "
+                        "the config changed since it was written (e.g. a class folder added); "
+                        "nothing was touched: restore them to resume, or use a new --workdir")
       try:
         out = self.manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
@@ -87,15 +96,42 @@ class PhaseCheckpoints:
               f"in {self.directory}: it does not restore ({reason})", flush=True)
         logging.warning("skipped checkpoint %s step %d: %s", self.directory, s, reason)
         if step is None:
-          self._discard(s)
+          self._set_aside(s)
         continue
       return state, meta
     raise UserError(f"no checkpoint in {self.directory} restores ({'; '.join(problems)}); "
-                    f"delete {self.directory} to restart this phase from scratch")
+                    f"they were moved to {self.directory}.damaged; delete {self.directory} to "
+                    "restart this phase from scratch")
 
-  def _discard(self, step: int) -> None:
+  def _changed(self, step: int, abstract: Any) -> str | None:
+    """What differs between the arrays stored at `step` and `abstract` ("stores X with shape
+    (32, 2) where this run's is (32, 3)"), or None — also when the metadata do not read, which
+    the restore then reports as damage."""
+    try:
+      stored = _shapes(self.manager.item_metadata(step)["state"].tree)
+    except Exception:  # a damaged checkpoint: restoring it says how
+      return None
+    wanted = _shapes(abstract)
+    # The model's own arrays first: an optimizer moment of the same array says less.
+    for path in sorted(wanted, key=lambda p: (p.startswith("opt/"), p)):
+      if path in stored and stored[path] != wanted[path]:
+        return f"stores {path} with shape {stored[path]} where this run's is {wanted[path]}"
+    extra, missing = sorted(set(stored) - set(wanted)), sorted(set(wanted) - set(stored))
+    if extra or missing:
+      what = f"stores {extra[0]}, which" if extra else f"lacks {missing[0]}, which"
+      return f"{what} this run's state {'does not have' if extra else 'has'}"
+    return None
+
+  def _set_aside(self, step: int) -> None:
+    """Moves a damaged checkpoint out of the phase's folder (to `<phase>.damaged/<step>`), so
+    the phase can save that step again and nothing is deleted."""
     if jax.process_index() == 0:
-      shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+      aside = f"{self.directory}.damaged"
+      os.makedirs(aside, exist_ok=True)
+      dst = os.path.join(aside, str(step))
+      if os.path.exists(dst):
+        shutil.rmtree(dst)  # an older copy of the same damaged step
+      shutil.move(os.path.join(self.directory, str(step)), dst)
     self.manager.reload()
 
   def wait(self) -> None:
@@ -104,6 +140,17 @@ class PhaseCheckpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{path: shape} of the leaves of a state or of orbax's stored metadata tree."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    if parts and parts[-1] == "value":
+      parts.pop()
+    out["/".join(parts)] = tuple(getattr(leaf, "shape", ()))
+  return out
 
 
 def all_finite(tree: Any) -> bool:
