@@ -59,11 +59,13 @@ def test_overwrite_never_deletes_a_folder_jaxprune_did_not_make(tmp_path):  # ca
   user = tmp_path / "project"
   (user / "src").mkdir(parents=True)
   (user / "notes.txt").write_text("mine")
-  (user / "config.json").write_text('{"lr": 1}')
-  with pytest.raises(UserError, match="has no .jaxprune-run marker.*refusing to delete"):
-    wd.prepare_workdir(str(user), pretrain_config.get_config("runlocal"), overwrite=True)
-  wd.unlock(str(user))
-  assert sorted(os.listdir(user)) == [".lock", "config.json", "notes.txt", "src"]
+  (user / "config.json").write_text('{"lr": 1}')  # some other program's config
+  for overwrite in (True, False):  # issue 26 case 17: refused first, no advice to --overwrite,
+    with pytest.raises(UserError) as e:  # and nothing (not even a lock file) written
+      wd.prepare_workdir(str(user), pretrain_config.get_config("runlocal"), overwrite=overwrite)
+    assert "is not empty and holds no jaxprune run (found config.json" in str(e.value)
+    assert "--overwrite" not in str(e.value)
+    assert sorted(os.listdir(user)) == ["config.json", "notes.txt", "src"]
 
 
 def test_overwrite_deletes_only_jaxprunes_entries(tmp_path):
@@ -115,6 +117,7 @@ def test_unusable_workdirs_are_one_line_errors(tmp_path, monkeypatch):  # case 1
   with pytest.raises(UserError, match=f"cannot create --workdir .*{tmp_path / 'file'} is a file"):
     wd.prepare_workdir(str(tmp_path / "file" / "w"), config)
   (tmp_path / "w").mkdir()
+  (tmp_path / "w" / wd.MARKER_FILE).write_text("")  # a run of jaxprune's, its config damaged
   (tmp_path / "w" / "config.json").write_text("{not json")
   with pytest.raises(UserError, match="config.json cannot be read as JSON"):
     wd.prepare_workdir(str(tmp_path / "w"), config)

@@ -114,6 +114,23 @@ def _delete_run(workdir: str) -> list[str]:
   return [k for k in kept if k not in (MARKER_FILE, LOCK_FILE)]
 
 
+def _foreign(workdir: str) -> list[str]:
+  """The entries of an existing, non-empty folder that holds no jaxprune run (no marker, and no
+  `config.json` of a jaxprune config — one with a `method`); [] for a run or an empty folder."""
+  if not os.path.isdir(workdir):
+    return []
+  names = sorted(n for n in os.listdir(workdir) if n not in (LOCK_FILE, MARKER_FILE))
+  if not names or os.path.exists(os.path.join(workdir, MARKER_FILE)):
+    return []
+  try:
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+      if "method" in json.load(f):
+        return []
+  except (OSError, ValueError, TypeError):
+    pass
+  return names
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
                     overwrite: bool = False, take_lock: bool = True) -> None:
   """Creates, resumes or (with `overwrite`) replaces the run in `workdir`; see the module doc.
@@ -124,6 +141,11 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
   path = os.path.join(workdir, CONFIG_FILE)
   text = config_to_json(config)
   main = jax.process_index() == 0
+  foreign = _foreign(workdir) if main else []
+  if foreign:  # refused before anything (a lock file included) is written into it
+    raise UserError(f"--workdir {workdir} is not empty and holds no jaxprune run (found "
+                    f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); choose a "
+                    "new or empty folder")
   if main:
     _make_dir(workdir)
     if take_lock:
