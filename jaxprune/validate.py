@@ -245,5 +245,27 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
   if device_count is not None:
     check_devices(config, device_count)
   check_paths(config)
+  check_frozen(config)
   if hasattr(method, "check"):
     method.check(config)
+
+
+def check_frozen(config: ml_collections.ConfigDict) -> None:
+  """No phase's `optim.frozen` freezes every weight of the dense model (the phase would train
+  nothing; checked again, on the phase's own model, when its optimizer is made)."""
+  import re
+
+  import jax
+  from flax import nnx
+
+  from jaxprune.models import build_model
+  from jaxprune.train.optim import leaf_paths
+  frozen = [(p, v) for p, v in leaves(config.to_dict()) if p.endswith("optim.frozen") and v]
+  if not frozen:
+    return
+  model = nnx.eval_shape(lambda: build_model(planned_spec(config)))
+  paths = jax.tree.leaves(leaf_paths({"weights": nnx.state(model, nnx.Param)}))
+  for path, pattern in frozen:
+    if all(re.search(pattern, p) for p in paths):
+      raise UserError(f"{path} = {pattern!r} freezes every weight of the model: the phase would "
+                      "train nothing; freeze fewer (e.g. '^weights/head')")

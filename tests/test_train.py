@@ -164,6 +164,12 @@ def test_path_rules_freeze_scale_and_separate_gates():
   for k, v in updates.items():
     zero = float(jnp.abs(v).max()) == 0
     assert zero == ("/head/" in k or "/blocks/1/" in k), k  # frozen, or learning rate x 0
+  # A phase whose every parameter is frozen trains nothing: an error, not a silent no-op
+  # (issue 26 case 16); gates still learning is training.
+  with pytest.raises(UserError, match=r"optim.frozen = '\.\*' freezes every parameter of the "
+                                      "phase: it would train nothing"):
+    make_optimizer(cfgs.optim_config(lr=0.1, frozen=".*"), {"weights": weights, "gates": {}}, 5)
+  make_optimizer(cfgs.optim_config(lr=0.1, frozen=".*"), params, 5)
 
 
 def test_batch_must_divide_devices():

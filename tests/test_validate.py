@@ -63,6 +63,10 @@ def test_shipped_configs_validate_and_every_number_has_a_rule(name, arg):
                                         "number > 0"),
     ("pretrain", {"optim__frozen": "(("}, "optim.frozen = '((': must be a valid regular "
                                           "expression"),
+    ("pretrain", {"optim__frozen": ".*"}, "optim.frozen = '.*' freezes every weight of the "
+                                          "model: the phase would train nothing"),  # issue 26/16
+    ("spvit", {"finetune__optim__frozen": "^weights/"}, "finetune.optim.frozen = '^weights/' "
+                                                        "freezes every weight"),
     ("dcvit", {"dcvit__targets": (0.5, 1.5)}, "dcvit.targets = (0.5, 1.5): every value"),
     ("dcvit", {"synthetic__steps": 0}, "synthetic.steps = 0"),
     ("dcvit", {"synthetic__tv_group": 0}, "synthetic.tv_group = 0: must be an integer >= 1"),

@@ -89,7 +89,11 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params, total_steps: int
                                      weight_decay=0.0)}
   for i, (_, mult) in enumerate(cfg.lr_rules):
     transforms[f"lr{i}"] = adamw(cfg.lr * float(mult), cfg.weight_decay)
-  tx = optax.multi_transform(transforms, group_labels(params, cfg))
+  labels = group_labels(params, cfg)
+  if jax.tree.leaves(labels) and all(v == "frozen" for v in jax.tree.leaves(labels)):
+    raise UserError(f"optim.frozen = {cfg.frozen!r} freezes every parameter of the phase: it "
+                    "would train nothing; freeze fewer (e.g. '^weights/head')")
+  tx = optax.multi_transform(transforms, labels)
   if cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx
