@@ -40,6 +40,11 @@ def integer(lo: int | None = None, hi: int | None = None) -> Check:
   return check
 
 
+# PRNG seeds: JAX keys take 32 bits (2**32 would silently give seed 0's model), and methods
+# derive seeds by adding small offsets: 31 bits leave room for them.
+SEED = integer(0, 2**31 - 1)
+
+
 def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
            hi_open: bool = False) -> Check:
   """A finite number in the interval (open ends where asked)."""
@@ -101,14 +106,14 @@ FRACTION = number(0, 1, lo_open=True, hi_open=True)
 # (path pattern, check). The first matching rule applies; a numeric leaf with no rule is a bug
 # (tests/test_validate.py checks every shipped config is covered).
 RULES: list[tuple[str, Check]] = [
-    ("seed", NONNEG),
+    ("seed", SEED),
     ("latency_batch", POSITIVE),
     ("model.image_size", NONNEG),       # 0 = the data's size
     ("model.patch_size", POSITIVE),
     ("model.depth", NONNEG), ("model.width", NONNEG), ("model.num_heads", NONNEG),
     ("model.window", NONNEG),  # 0 = preset
     ("model.mlp_ratio", number(0)),
-    ("data.fewshot", NONNEG), ("data.fewshot_seed", NONNEG), ("pretrain.fewshot", NONNEG),
+    ("data.fewshot", NONNEG), ("data.fewshot_seed", SEED), ("pretrain.fewshot", NONNEG),
     ("data.mean", each(number(), 0)), ("data.std", each(number(0, lo_open=True), 0)),
     ("data.augment.crop_scale_min", number(0, 1, lo_open=True)),
     ("data.augment.shift", NONNEG),
@@ -152,10 +157,10 @@ RULES: list[tuple[str, Check]] = [
     ("dcvit.structure", choice("rule", "search", "both")),
     ("dcvit.metric_set", choice("synthetic", "fewshot")),
     ("dcvit.macs_convention", choice("full", "reference")),
-    ("dcvit.metric_temperature", number(0, lo_open=True)), ("dcvit.seeds", each(NONNEG)),
+    ("dcvit.metric_temperature", number(0, lo_open=True)), ("dcvit.seeds", each(SEED)),
     ("practise.num_drop", each(POSITIVE, 1)), ("practise.adaptor_steps", POSITIVE),
     ("practise.adaptors", choice("around", "in_place")),
-    ("random.num_archs", POSITIVE), ("random.seed", NONNEG),
+    ("random.num_archs", POSITIVE), ("random.seed", SEED),
 ]
 # Train sections whose epochs/steps set a phase's length (mimic phases take DC-ViT's step counts).
 LENGTH_SECTIONS = ("train", "pretrain.train", "search.train", "finetune.train")

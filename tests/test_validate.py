@@ -73,6 +73,11 @@ def test_shipped_configs_validate_and_every_number_has_a_rule(name, arg):
     ("dcvit", {"dcvit__structure": "best"}, "dcvit.structure = 'best'"),
     ("dcvit", {"dcvit__metric_set": "test"}, "dcvit.metric_set = 'test'"),
     ("dcvit", {"dcvit__seeds": (0, -1)}, "dcvit.seeds = (0, -1): every value"),
+    # issue 26 case 6: an OverflowError after config.json was written / seed 0's model
+    ("pretrain", {"seed": 99999999999999999999}, "seed = 99999999999999999999: must be an "
+                                                 "integer between 0 and 2147483647"),
+    ("pretrain", {"seed": 2**32}, "seed = 4294967296: must be an integer between 0 and"),
+    ("dcvit", {"data__fewshot_seed": 2**32}, "data.fewshot_seed = 4294967296"),
     ("dcvit", {"dcvit__num_targets": -1}, "dcvit.num_targets = -1"),  # 0: matched MACs only
     ("dcvit", {"dcvit__macs_convention": "thop"}, "dcvit.macs_convention = 'thop': allowed "
                                                   "are full, reference"),
