@@ -12,7 +12,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<method>).")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "Run directory (default runs/<method> in the current folder).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Replace a workdir holding a run of a different config.")
 _COORDINATOR = flags.DEFINE_string(
@@ -94,8 +95,34 @@ def _clean(e: BaseException) -> str:
   return text
 
 
+OWN_FLAGS = ("config", "workdir", "overwrite", "coordinator", "num_processes", "process_id",
+             "distributed")
+
+
+def usage() -> str:
+  """What `--help` prints: the command, our flags, the shipped configs."""
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  folder = next((d for d in (os.path.join(here, "configs"), "configs") if os.path.isdir(d)), "")
+  configs = sorted(os.path.relpath(os.path.join(root, f), folder)[:-3]
+                   for root, _, files in os.walk(folder) for f in files
+                   if f.endswith(".py") and f not in ("__init__.py", "common.py", "recipe.py"))
+  lines = ["usage: python -m jaxprune.main --config=configs/<name>.py[:runlocal] [--workdir=DIR] "
+           "[--overwrite] [--config.<field>=<value> ...]", "",
+           "Runs a method on a config; rerunning the same command resumes it. Without "
+           "--workdir the run goes to runs/<method> in the current folder.", "", "flags:"]
+  for name in OWN_FLAGS:
+    flag = flags.FLAGS[name]
+    lines.append(f"  --{name:<15} {flag.help}")
+  lines += ["", f"configs ({folder or 'configs/'}; ':runlocal' shrinks any of them for a quick "
+            "run, the imagenet/ ones take ':smoke'):", "  " + ", ".join(configs)]
+  return "\n".join(lines)
+
+
 def run() -> None:
   """Parses flags and the config up front so that any mistake in them is one clean line."""
+  if any(a in ("-h", "--help", "-help", "--helpfull", "-?") for a in sys.argv[1:]):
+    print(usage())
+    sys.exit(0)
   try:
     argv = flags.FLAGS(sys.argv)
   except (AttributeError, KeyError) as e:  # --config.a.b names a field the config lacks

@@ -42,6 +42,16 @@ def test_user_errors_are_one_line(tmp_path, override, expected):
   assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_the_flags_and_configs(flag):  # issue 26 case 8
+  r = subprocess.run([sys.executable, "-m", "jaxprune.main", flag], cwd=ROOT, capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+  for text in ("--config", "--workdir", "--overwrite", "runs/<method> in the current folder",
+               "spvit", "dcvit", "practise", "imagenet/spvit_deit", ":runlocal"):
+    assert text in r.stdout, text
+
+
 def test_missing_config_file_is_one_line():
   r = _main("--config=configs/nope.py")
   assert r.returncode == 2 and r.stderr.count("\n") == 1 and "configs/nope.py" in r.stderr
