@@ -48,6 +48,7 @@ def main(argv) -> None:
       jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif _DISTRIBUTED.value:
       jax.distributed.initialize()
+    check_platform()  # after jax.distributed: it starts the backends
     execute(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
   except UserError as e:
     _fail(str(e))
@@ -58,6 +59,20 @@ def main(argv) -> None:
     print("error: interrupted before training started; rerun the same command to resume",
           file=sys.stderr)
     sys.exit(130)
+
+
+def check_platform() -> None:
+  """The backends JAX was asked for (`JAX_PLATFORMS`) start, or one line says which did not."""
+  import jax
+
+  from jaxprune.errors import UserError
+  asked = os.environ.get("JAX_PLATFORMS", "")
+  try:
+    jax.devices()
+  except (RuntimeError, AssertionError) as e:  # no plugin / no device: jax asserts or raises
+    reason = " ".join(str(e).split())[:200] or "no such device or plugin on this machine"
+    raise UserError(f"JAX_PLATFORMS={asked!r}: the backend did not start ({reason}); unset "
+                    "JAX_PLATFORMS to use what this machine has") from None
 
 
 def execute(config, workdir: str | None, overwrite: bool = False):

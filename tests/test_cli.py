@@ -52,6 +52,16 @@ def test_help_lists_the_flags_and_configs(flag):  # issue 26 case 8
     assert text in r.stdout, text
 
 
+@pytest.mark.skipif(bool(__import__("shutil").which("nvidia-smi")), reason="a GPU machine")
+def test_a_platform_this_machine_lacks_is_one_line(tmp_path):  # issue 26 case 7
+  env = dict(job_env(1), JAX_PLATFORMS="cuda")
+  r = subprocess.run([sys.executable, "-m", "jaxprune.main", CONFIG, f"--workdir={tmp_path}/w"],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+  assert r.stderr.startswith("error: JAX_PLATFORMS='cuda': the backend did not start")
+  assert not (tmp_path / "w").exists()
+
+
 def test_missing_config_file_is_one_line():
   r = _main("--config=configs/nope.py")
   assert r.returncode == 2 and r.stderr.count("\n") == 1 and "configs/nope.py" in r.stderr
