@@ -77,6 +77,21 @@ def test_idx_source(tmp_path, gz):
   np.testing.assert_array_equal(ds.test.labels, arrays["t10k-labels-idx1-ubyte"])
 
 
+def test_idx_stray_label_is_refused(tmp_path):  # issue 26 case 15: was a 201-class model
+  rng = np.random.default_rng(1)
+  train = np.arange(40) % 10
+  train[17] = 200
+  arrays = {"train-images-idx3-ubyte": rng.integers(0, 255, (40, 6, 6)),
+            "train-labels-idx1-ubyte": train,
+            "t10k-images-idx3-ubyte": rng.integers(0, 255, (4, 6, 6)),
+            "t10k-labels-idx1-ubyte": np.arange(4)}
+  for name, a in arrays.items():
+    _write_idx(tmp_path / name, a, False)
+  with pytest.raises(UserError, match=r"labels run to 200 but classes 10-199 have no training "
+                                      r"image \(labels 200 lie beyond them: stray labels\?\)"):
+    load_source(f"idx:{tmp_path}")
+
+
 def test_idx_bad_magic(tmp_path):
   (tmp_path / "x").write_bytes(b"\x01\x02\x03\x04")
   with pytest.raises(UserError, match="not an IDX file"):

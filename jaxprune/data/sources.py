@@ -158,6 +158,32 @@ def _find(path: str, stem: str) -> str:
   raise UserError(f"data.source 'idx:{path}': {stem}[.gz] not found in {path}")
 
 
+def _ranges(values) -> str:
+  """[3, 4, 5, 9] as '3-5, 9' (the first few runs)."""
+  runs, out = [], []
+  for v in sorted(int(x) for x in values):
+    if runs and v == runs[-1][1] + 1:
+      runs[-1][1] = v
+    else:
+      runs.append([v, v])
+  out = [f"{a}-{b}" if b > a else str(a) for a, b in runs[:4]]
+  return ", ".join(out) + (", ..." if len(runs) > 4 else "")
+
+
+def check_labels(where: str, train: np.ndarray, test: np.ndarray, num_classes: int) -> None:
+  """Labels are the classes 0..K-1 with every class in the training split: a stray label (one
+  200 in a 10-class file) would otherwise make a 201-class model without a word."""
+  if min(train.min(initial=0), test.min(initial=0)) < 0:
+    raise UserError(f"{where}: negative labels; labels must be the classes 0..K-1")
+  missing = np.setdiff1d(np.arange(num_classes), train)
+  if len(missing):
+    counts = np.bincount(np.concatenate([train, test]), minlength=num_classes)
+    stray = [c for c in range(num_classes) if counts[c] and c > missing[0]]
+    raise UserError(f"{where}: labels run to {num_classes - 1} but classes {_ranges(missing)} "
+                    f"have no training image (labels {_ranges(stray)} lie beyond them: stray "
+                    "labels?); labels must be the classes 0..K-1, each with training images")
+
+
 def load_idx(path: str) -> Dataset:
   splits = {}
   for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -170,6 +196,8 @@ def load_idx(path: str) -> Dataset:
                       f"{len(labels)} labels")
     splits[split] = ArraySplit(images.astype(np.uint8), labels)
   num_classes = int(max(splits["train"].labels.max(), splits["test"].labels.max())) + 1
+  check_labels(f"data.source 'idx:{path}'", splits["train"].labels, splits["test"].labels,
+               num_classes)
   return Dataset(splits["train"], splits["test"], num_classes=num_classes,
                  image_shape=splits["train"].images.shape[1:], name=f"idx:{path}")
 
