@@ -243,3 +243,48 @@ def test_repeated_augmentation_repeats_each_image_in_a_row_and_keeps_the_epoch_l
   stream = np.concatenate([batch_indices(10, 4, s, seed=1, repeats=3) for s in range(5)])
   np.testing.assert_array_equal(stream[:10], order)  # batches cut the epoch stream
   np.testing.assert_array_equal(stream[10:20], epoch_order(10, 1, seed=1, repeats=3))
+
+
+@pytest.mark.parametrize("cut", ["mid_line", "line_boundary"])
+def test_a_damaged_folder_index_is_detected_and_rebuilt(tmp_path, capsys, cut):
+  """Issue 26 cases 9 and 13: an index cut mid-line named a file that does not exist; one cut at
+  a line boundary was accepted (test accuracy 1.0 measured on 2 of 8 images)."""
+  _write_folder(tmp_path)
+  load_source.cache_clear()
+  load_source(f"folder:{tmp_path}")
+  index = tmp_path / ".jaxprune_index_v1.tsv"
+  lines = index.read_text().splitlines(keepends=True)
+  keep = lines[:-3] + ([lines[-3][:len(lines[-3]) // 2]] if cut == "mid_line" else [])
+  index.write_text("".join(keep))
+  capsys.readouterr()
+  load_source.cache_clear()
+  ds = load_source(f"folder:{tmp_path}")
+  out = capsys.readouterr().out
+  assert "is damaged (cut short or edited); rebuilding it" in out and "indexing" in out
+  assert (len(ds.train), len(ds.test)) == (15, 6)
+  assert len(index.read_text().splitlines()) == len(lines)  # written whole again
+
+
+def test_folder_formats_test_only_classes_and_16_bit_images(tmp_path, capsys):
+  """Issue 26 cases 11 and 12: every format Pillow reads is listed (a .tif was silently left
+  out), other files are left out with a warning, a class folder only in test/ is an error, and
+  16-bit grayscale is scaled to 8 bits (Pillow's conversion saturated it)."""
+  from PIL import Image
+  _write_folder(tmp_path)
+  Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(tmp_path / "train" / "cat" / "x.tif")
+  (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+  ramp = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)  # 0 .. 63000
+  Image.fromarray(ramp).save(tmp_path / "train" / "dog" / "wide.png")
+  load_source.cache_clear()
+  ds = load_source(f"folder:{tmp_path}")
+  assert "1 files in folder" in capsys.readouterr().out  # notes.txt, named as left out
+  assert np.bincount(ds.train.labels).tolist() == [6, 6, 5]
+  i = ds.train.files.index(os.path.join("train", "dog", "wide.png"))
+  pixels = ds.train.example(i)[0][..., 0]
+  np.testing.assert_array_equal(pixels, (ramp >> 8).astype(np.uint8))  # not clipped at 255
+  os.makedirs(tmp_path / "test" / "fox")
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "test" / "fox" / "0.png")
+  load_source.cache_clear()
+  with pytest.raises(UserError, match=r"class folder .*test/fox has no counterpart in .*train "
+                                      r"\(its images would never be evaluated\)"):
+    load_source(f"folder:{tmp_path}")

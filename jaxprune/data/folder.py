@@ -4,7 +4,10 @@ Opening a folder reads a file list and labels only (an ImageNet-sized folder mus
 at start): `<path>/train/<class>/*` and `<path>/test/<class>/*`, class ids in sorted folder-name
 order. The listing is cached in an index file next to the data (or under
 `~/.cache/jaxprune/` when the folder is read-only) and rebuilt when any split or class folder
-changes (their modification times are the index's signature).
+changes (their modification times are the index's signature) or when the index itself is damaged
+(its line count and checksum are written with it). Every format Pillow opens is listed (other
+files are left out with a warning); a class folder only in `test/` is an error; 16-bit grayscale
+is scaled to 8 bits.
 
 Channels: 3 if any image of a seeded sample of `CHANNEL_SAMPLE` files (all of them in a smaller
 folder) has colour, else 1 (read from headers, no decoding); every image is converted to it.
@@ -26,8 +29,19 @@ from absl import logging
 from jaxprune.data.transforms import eval_view
 from jaxprune.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-GRAYSCALE_MODES = ("L", "1", "I", "I;16", "F", "LA")
+GRAYSCALE_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "LA")
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # 16-bit (or 32-bit int) grayscale
+
+
+def _image_extensions() -> tuple[str, ...]:
+  """Every file extension Pillow can open (torchvision's list is a subset: .tif, .ppm, ...)."""
+  from PIL import Image
+  Image.init()
+  return tuple(sorted(e for e, fmt in Image.registered_extensions().items()
+                      if fmt in Image.OPEN))
+
+
+IMAGE_EXTENSIONS = _image_extensions()
 CHANNEL_SAMPLE = 1000
 INDEX_NAME = ".jaxprune_index_v1.tsv"
 SPLITS = ("train", "test")
@@ -39,9 +53,14 @@ def _read_image(path: str) -> np.ndarray:
 
 
 def _read_pil(path: str):
-  """The decoded RGB PIL image (the host transforms crop and resize it without a numpy copy)."""
+  """The decoded RGB PIL image (the host transforms crop and resize it without a numpy copy).
+  16-bit grayscale is scaled to 8 bits (Pillow's own conversion clips it: 99 % of a typical
+  16-bit PNG's pixels became 255)."""
   from PIL import Image
   with Image.open(path) as img:
+    if img.mode in WIDE_MODES:
+      wide = np.asarray(img).astype(np.int64)
+      return Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L").convert("RGB")
     return img.convert("RGB")
 
 
@@ -80,13 +99,22 @@ def _signature(root: str, classes: list[str]) -> dict[str, int]:
 
 
 def _list(root: str, classes: list[str]) -> dict[str, tuple[list[str], list[int]]]:
-  out = {}
+  test = os.path.join(root, "test")
+  orphans = sorted(set(d for d in os.listdir(test) if os.path.isdir(os.path.join(test, d)))
+                   - set(classes)) if os.path.isdir(test) else []
+  if orphans:
+    raise UserError(f"data.source 'folder:{root}': class folder {os.path.join(test, orphans[0])} "
+                    f"has no counterpart in {os.path.join(root, 'train')} (its images would never "
+                    "be evaluated); every test class needs training images")
+  out, ignored = {}, []
   for split in SPLITS:
     files, labels = [], []
     for c, name in enumerate(classes):
       d = os.path.join(root, split, name)
       names = sorted(os.listdir(d)) if os.path.isdir(d) else []
       chosen = [os.path.join(split, name, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+      ignored += [os.path.join(d, n) for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)
+                  and not n.startswith(".") and os.path.isfile(os.path.join(d, n))]
       if split == "train" and not chosen:
         raise UserError(f"data.source 'folder:{root}': class folder {d} has no images "
                         f"({', '.join(IMAGE_EXTENSIONS)}); every class needs training images")
@@ -95,6 +123,9 @@ def _list(root: str, classes: list[str]) -> dict[str, tuple[list[str], list[int]
     if not files:
       raise UserError(f"data.source 'folder:{root}': no images in {root}/{split}")
     out[split] = (files, labels)
+  if ignored:
+    print(f"[data] warning: {len(ignored)} files in folder:{root} are not images Pillow reads "
+          f"and were left out, e.g. {ignored[0]}", flush=True)
   return out
 
 
@@ -106,27 +137,38 @@ def _index_paths(root: str) -> list[str]:
 
 
 def _read_index(root: str, header: dict) -> dict | None:
+  """The cached listing, if one matches `header` and is whole: its line count and checksum
+  (written with it) must match, so an index cut short — mid-line or at a line boundary — is
+  rebuilt instead of naming files that do not exist or silently losing images."""
   for path in _index_paths(root):
     try:
       with open(path, encoding="utf-8") as f:
         stored = json.loads(f.readline())
         if {k: stored.get(k) for k in header} != header:
           continue
-        splits = {s: ([], []) for s in SPLITS}
-        for line in f:
-          split, label, rel = line.rstrip("\n").split("\t", 2)
-          splits[split][0].append(rel)
-          splits[split][1].append(int(label))
-        return dict(stored, splits=splits)
+        body = f.readlines()
+      if (len(body) != stored.get("lines")
+          or hashlib.sha1("".join(body).encode()).hexdigest() != stored.get("sha1")):
+        print(f"[data] the cached folder index {path} is damaged (cut short or edited); "
+              "rebuilding it", flush=True)
+        continue
+      splits = {s: ([], []) for s in SPLITS}
+      for line in body:
+        split, label, rel = line.rstrip("\n").split("\t", 2)
+        splits[split][0].append(rel)
+        splits[split][1].append(int(label))
+      return dict(stored, splits=splits)
     except (OSError, ValueError, KeyError):
       continue
   return None
 
 
 def _write_index(root: str, info: dict) -> None:
-  lines = [json.dumps({k: v for k, v in info.items() if k != "splits"}) + "\n"]
-  for split, (files, labels) in info["splits"].items():
-    lines += [f"{split}\t{label}\t{rel}\n" for rel, label in zip(files, labels)]
+  body = [f"{split}\t{label}\t{rel}\n" for split, (files, labels) in info["splits"].items()
+          for rel, label in zip(files, labels)]
+  head = {k: v for k, v in info.items() if k != "splits"}
+  head.update(lines=len(body), sha1=hashlib.sha1("".join(body).encode()).hexdigest())
+  lines = [json.dumps(head) + "\n"] + body
   for path in _index_paths(root):
     try:
       os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -223,7 +265,7 @@ def load_folder(path: str, image_size: int | None = None, skip_corrupt: bool = F
   from jaxprune.data.sources import Dataset
   classes = _classes(path)
   header = {"classes": classes, "signature": _signature(path, classes),
-            "verified": bool(skip_corrupt)}
+            "verified": bool(skip_corrupt), "extensions": len(IMAGE_EXTENSIONS)}
   info = _read_index(path, header)
   if info is None:
     info = _build_index(path, classes, header, skip_corrupt)
