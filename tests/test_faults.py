@@ -238,6 +238,25 @@ def test_a_checkpoint_of_other_shapes_is_refused_and_kept(tmp_path):  # issue 26
   assert int(state["step"]) == 4
 
 
+def test_a_resume_on_changed_data_says_so(tmp_path, capsys):  # issue 26 case 14
+  """An image deleted between a kill and the rerun: the listing (fingerprinted in the
+  checkpoints' meta by train_phase) differs, and the resume says it is not exact."""
+  from jaxprune.data.pipeline import Subset, fingerprint
+  from jaxprune.data.sources import ArraySplit
+  split = ArraySplit(np.zeros((6, 2, 2, 1), np.uint8), np.arange(6) % 3)
+  before, after = fingerprint(split), fingerprint(Subset(split, np.arange(5)))
+  assert before != after and after["images"] == 5
+  assert fingerprint(split) == before  # a pure function of the data
+  _phase(tmp_path, total=4, meta={"data": before})
+  capsys.readouterr()
+  _phase(tmp_path, total=4, meta={"data": before})  # same data: a silent resume
+  assert "WARNING" not in capsys.readouterr().out
+  _phase(tmp_path, total=4, meta={"data": after})
+  out = capsys.readouterr().out
+  assert ("[p] WARNING: the training data changed since checkpoint step 4 was written (6 → 5 "
+          "images): this resume is not exact") in out
+
+
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
   _phase(tmp_path, total=4)
   for s in ("2", "4"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from typing import Any, Callable, Iterator
 
 import jax
@@ -68,6 +69,24 @@ class Subset:
   @property
   def labels(self) -> np.ndarray:
     return self.split.labels[self.indices]
+
+
+def _files(split) -> list[str] | None:
+  if isinstance(split, Subset):
+    base = _files(split.split)
+    return None if base is None else [base[int(i)] for i in split.indices]
+  return getattr(split, "files", None)
+
+
+def fingerprint(split) -> dict[str, Any]:
+  """What a phase trains on, as its checkpoints record it: the number of images and a digest of
+  their labels and (for image files) names. A resume that finds other data (an image deleted
+  between a kill and the rerun) cannot repeat the same batches."""
+  h = hashlib.sha1(np.asarray(split.labels, np.int64).tobytes())
+  files = _files(split)
+  if files is not None:
+    h.update("\n".join(files).encode())
+  return {"images": len(split), "digest": h.hexdigest()[:16]}
 
 
 ENDLESS = 1 << 40  # a training stream's length: more steps than any run takes

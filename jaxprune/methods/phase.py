@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import ml_collections
 
+from jaxprune.data.pipeline import fingerprint
 from jaxprune.methods import common
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.loop import Schedule, fit
@@ -60,6 +61,7 @@ def train_phase(cfg: ml_collections.ConfigDict, workdir: str, phase: str, model,
   schedule = Schedule(total_steps=steps, log_every=cfg.train.log_every,
                       eval_every=eval_every if evaluate_fn else 0,
                       checkpoint_every=cfg.train.checkpoint_every)
+  meta = dict(meta or {}, data=fingerprint(s.train))
   try:
     state, metrics = fit(workdir=workdir, phase=phase, state=place(state, s.mesh),
                          train_step=step_fn, batches=s.batches, schedule=schedule, writer=writer,

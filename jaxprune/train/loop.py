@@ -87,6 +87,20 @@ def _check_same_work(directory: str, phase: str, meta: dict[str, Any],
                       "train the phase again")
 
 
+def _warn_other_data(phase: str, meta: dict[str, Any], saved: dict[str, Any]) -> None:
+  """Says loudly when the training data differ from what the checkpoint was trained on (meta
+  `data`: `data.pipeline.fingerprint`): the phase resumes, but not exactly."""
+  now, then = meta.get("data"), saved.get("data")
+  if now is None or then is None or now == then or jax.process_index() != 0:
+    return
+  how = (f"{then['images']} → {now['images']} images" if then["images"] != now["images"]
+         else "the same number of images, other files or labels")
+  logging.warning("%s: training data changed since the checkpoint (%s)", phase, how)
+  print(f"[{phase}] WARNING: the training data changed since checkpoint step {saved['step']} "
+        f"was written ({how}): this resume is not exact (other batches from here on); restore "
+        "the data to resume exactly", flush=True)
+
+
 def _short(value: Any) -> str:
   text = json.dumps(value)
   return text if len(text) <= 80 else text[:77] + "..."
@@ -122,6 +136,7 @@ def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: 
   if ckpts.latest_step() is not None:
     state, saved = ckpts.restore(state)
     _check_same_work(ckpts.directory, phase, meta, saved)
+    _warn_other_data(phase, meta, saved)
     start, done = int(saved["step"]), bool(saved.get("done", False))
     logging.info("%s: resumed from step %d", phase, start)
     if jax.process_index() == 0:
