@@ -78,7 +78,8 @@ def check_platform() -> None:
 def execute(config, workdir: str | None, overwrite: bool = False):
   """Validates the whole config, then prepares the workdir, then runs the method.
 
-  Nothing is written or deleted before the config has passed every up-front check.
+  Nothing is written or deleted before the config has passed every up-front check and the data
+  source has opened.
   """
   import jax
 
@@ -86,9 +87,10 @@ def execute(config, workdir: str | None, overwrite: bool = False):
   from jaxprune.train.workdir import prepare_workdir
   from jaxprune.validate import validate
 
-  from jaxprune.methods.common import resolve_normalisation
+  from jaxprune.methods.common import open_data, resolve_normalisation
   method = methods.get(config.method)
   validate(config, jax.device_count())
+  open_data(config)  # a source that does not open fails here, before the workdir is touched
   where = resolve_normalisation(config)
   if where != "config" and jax.process_index() == 0:
     print(f"[data] normalisation from {where}: mean {tuple(config.data.mean)}, std "

@@ -55,6 +55,27 @@ def test_overwrite_validates_before_deleting(tmp_path):  # case 1
   assert json.load(open(tmp_path / "w" / "config.json")) == json.loads(wd.config_to_json(config))
 
 
+def test_a_source_that_does_not_open_writes_nothing(tmp_path):  # issue 26 case 10
+  """A bad IDX file used to be found after config.json was written, so the corrected command
+  was "a run of a different config"; and data.skip_corrupt, the fix an image error advises,
+  may change on a resume."""
+  (tmp_path / "idx").mkdir()
+  for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte"):
+    (tmp_path / "idx" / name).write_bytes(b"\x01\x02\x03\x04")
+  config = pretrain_config.get_config("runlocal")
+  config.data.source = f"idx:{tmp_path / 'idx'}"
+  config.data.mean, config.data.std = (0.5,), (0.25,)
+  with pytest.raises(UserError, match="not an IDX file"):
+    execute(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+  from jaxprune.train.workdir import _diff_keys
+  old = pretrain_config.get_config("runlocal").to_dict()
+  new = pretrain_config.get_config("runlocal").to_dict()
+  new["data"]["skip_corrupt"] = not old["data"]["skip_corrupt"]
+  assert _diff_keys(old, new) == []
+
+
 def test_overwrite_never_deletes_a_folder_jaxprune_did_not_make(tmp_path):  # case 2
   user = tmp_path / "project"
   (user / "src").mkdir(parents=True)

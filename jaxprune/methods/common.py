@@ -35,17 +35,26 @@ class Setup:
   loading: dict[str, int] = dataclasses.field(default_factory=dict)  # Grain threads / workers
 
 
+def open_data(config: ml_collections.ConfigDict) -> Dataset:
+  """The config's data source, opened (cached per process: `jaxprune.main` opens it before
+  the workdir records anything, so a bad source never leaves a config behind)."""
+  return load_source(config.data.source, config.model.image_size or None,
+                     config.data.tfds_dir or None, config.data.get("skip_corrupt", False),
+                     config.data.get("eval_crop", 0.0))
+
+
 def setup(config: ml_collections.ConfigDict) -> Setup:
   check_batch(config.train.batch_size)
   mesh = make_mesh()
-  ds = load_source(config.data.source, config.model.image_size or None,
-                   config.data.tfds_dir or None, config.data.get("skip_corrupt", False),
-                   config.data.get("eval_crop", 0.0))
+  ds = open_data(config)
   train = ds.train
   if config.data.fewshot:
     train = Subset(ds.train, fewshot_indices(ds.train.labels, config.data.fewshot,
                                              config.data.fewshot_seed,
                                              config.data.fewshot_balanced))
+  if config.train.batch_size > len(train) and jax.process_index() == 0:
+    print(f"[data] warning: train.batch_size = {config.train.batch_size} is larger than the "
+          f"{len(train)} training images: every batch repeats images", flush=True)
   channels = ds.image_shape[2]
   if not config.data.mean:
     raise UserError("data.mean / data.std are empty: resolve them first with "

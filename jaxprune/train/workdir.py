@@ -190,8 +190,10 @@ _MISSING = object()
 # computes; and `dcvit.seeds`, whose every seed runs in its own `seeds/<seed>/` folder, so a
 # resume with more seeds adds their runs and keeps the finished ones; `dcvit.trial_accuracy`,
 # which only adds a measurement to the trials it runs (nothing is chosen by it), so a study can
-# record it for one seed and spare the test-set passes on the others.
-NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds", "dcvit.trial_accuracy"})
+# record it for one seed and spare the test-set passes on the others; `data.skip_corrupt`, the fix
+# a data error advises (a resume that then finds other images says so: train/loop.py).
+NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds", "dcvit.trial_accuracy",
+                     "data.skip_corrupt"})
 # Fields added later whose default is not an "off" value: the default the runs before them
 # computed with. Keyed by the end of the dotted path ("train.compute_dtype" is every section's
 # `train.compute_dtype`), so a later field that shares only a leaf name is not covered by mistake.
