@@ -55,9 +55,9 @@ def main(argv) -> None:
   except Interrupted as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(130)
-  except KeyboardInterrupt:
-    print("error: interrupted before training started; rerun the same command to resume",
-          file=sys.stderr)
+  except KeyboardInterrupt:  # outside a training phase's loop (which raises Interrupted)
+    print("error: interrupted between training steps (finished phases and checkpoints are "
+          "kept); rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
 
 

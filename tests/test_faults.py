@@ -278,6 +278,33 @@ def test_a_resume_on_changed_data_says_so(tmp_path, capsys):  # issue 26 case 14
           "images): this resume is not exact") in out
 
 
+def test_ctrl_c_twice_during_a_checkpoint_write(tmp_path, monkeypatch):  # issue 26 case 5
+  """Two Ctrl-Cs arriving while the step-2 checkpoint is written (as the signal handler sees
+  them): the write finishes, the phase stops there with one Interrupted naming step 2 (it
+  printed four tracebacks and "interrupted before training started")."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+  real_save = PhaseCheckpoints.save
+
+  def save_interrupted(self, step, state, meta):
+    if step == 2:
+      handler = signal.getsignal(signal.SIGINT)
+      handler(signal.SIGINT, None)  # the first: stop after this step
+      handler(signal.SIGINT, None)  # the second: at once — but not inside the write
+    real_save(self, step, state, meta)
+
+  monkeypatch.setattr(PhaseCheckpoints, "save", save_interrupted)
+  try:
+    with pytest.raises(Interrupted, match=r"interrupted at step 2 of phase p \(the last "
+                                          r"checkpoint is step 2\)"):
+      _phase(tmp_path, total=6)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  monkeypatch.undo()
+  assert PhaseCheckpoints(str(tmp_path), "p").latest_step() == 2  # written whole
+  state, _ = _phase(tmp_path, total=6)
+  assert int(state["step"]) == 6
+
+
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
   _phase(tmp_path, total=4)
   for s in ("2", "4"):

@@ -7,6 +7,7 @@ checkpoint intact, and saves at the end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -30,7 +31,7 @@ class _CtrlC:
   the caller."""
 
   def __enter__(self):
-    self.requested, self._previous = False, None
+    self.requested, self._previous, self._shielded, self._held = False, None, False, False
     if (threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
       self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -38,10 +39,26 @@ class _CtrlC:
 
   def _handle(self, signum, frame):
     if self.requested:
+      if self._shielded:  # never inside a checkpoint write: at its end
+        self._held = True
+        return
       raise KeyboardInterrupt
     self.requested = True
     print("\n[interrupt] stopping after this step and saving a checkpoint (Ctrl-C again to stop "
           "at once)", flush=True)
+
+  @contextlib.contextmanager
+  def shield(self):
+    """A second Ctrl-C inside the block (a checkpoint write) stops at its end instead of
+    cutting the write: KeyboardInterrupt is raised when the block finishes."""
+    self._shielded, self._held = True, False
+    try:
+      yield
+    finally:
+      self._shielded = False
+      if self._held:
+        self._held = False
+        raise KeyboardInterrupt
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -193,12 +210,18 @@ def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: 
             # have overflowed. A non-finite state is never saved.
             if not all_finite(state):
               stop("the weights became non-finite (the loss was still finite)", step)
-            ckpts.save(step, state, dict(meta, step=step, data_position=step, done=done))
+            with ctrl_c.shield():
+              ckpts.save(step, state, dict(meta, step=step, data_position=step, done=done))
     except KeyboardInterrupt:
       # A first Ctrl-C stops between steps: the state is whole, so it is saved (when finite).
-      if ctrl_c.requested and step > (ckpts.latest_step() or 0) and all_finite(state):
-        ckpts.save(step, state, dict(meta, step=step, data_position=step, done=False))
-      ckpts.close()
+      # Further Ctrl-Cs wait for the write to end: one line, the right step, nothing cut.
+      try:
+        with ctrl_c.shield():
+          if ctrl_c.requested and step > (ckpts.latest_step() or 0) and all_finite(state):
+            ckpts.save(step, state, dict(meta, step=step, data_position=step, done=False))
+          ckpts.close()
+      except KeyboardInterrupt:
+        pass
       raise Interrupted(phase, step, ckpts.latest_step()) from None
   if evaluate is not None and not eval_metrics:
     eval_metrics = evaluate(state)
