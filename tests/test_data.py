@@ -288,3 +288,25 @@ def test_folder_formats_test_only_classes_and_16_bit_images(tmp_path, capsys):
   with pytest.raises(UserError, match=r"class folder .*test/fox has no counterpart in .*train "
                                       r"\(its images would never be evaluated\)"):
     load_source(f"folder:{tmp_path}")
+
+
+def test_a_dead_data_worker_is_one_line(tmp_path):  # issue 26 case 3
+  """A Grain worker killed mid-run: one UserError saying a data worker died and how to resume
+  (it was Grain's raw RuntimeError)."""
+  import signal
+  from jaxprune.data import TrainBatches
+  from jaxprune.train.mesh import data_sharding, make_mesh
+  _write_folder(tmp_path)
+  ds = load_source(f"folder:{tmp_path}")
+  before = set(multiprocessing.active_children())
+  batches = TrainBatches(ds.train, 8, 5, data_sharding(make_mesh()), threads=1, workers=2)
+  batches(0)
+  workers = set(multiprocessing.active_children()) - before
+  assert workers
+  os.kill(next(iter(workers)).pid, signal.SIGKILL)
+  with pytest.raises(UserError, match=r"a data worker process died while making batch \d+ "
+                                      r"\(exit code -9: killed, or out of memory\); rerun the "
+                                      "same command to resume from the last checkpoint"):
+    for step in range(1, 500):
+      batches(step)
+  batches.close()

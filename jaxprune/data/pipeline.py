@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import re
 from typing import Any, Callable, Iterator
 
 import jax
@@ -196,7 +197,17 @@ class TrainBatches:
       rows = _Rows(self.split, self.batch_size, self.seed, process_slice(self.batch_size),
                    self.host, self.repeats)
       self._it = prefetched(rows, step, step + ENDLESS, self.threads, self.workers)
-    images, labels = next(self._it)
+    try:
+      images, labels = next(self._it)
+    except RuntimeError as e:  # Grain: "Worker process was terminated unexpectedly ..."
+      if not self.workers or "terminated unexpectedly" not in str(e):
+        raise
+      self._it = None  # its workers are gone: closing it would only raise again
+      code = re.search(r"exit code (-?\d+)", str(e))
+      raise UserError(f"a data worker process died while making batch {step} (exit code "
+                      f"{code.group(1) if code else '?'}: killed, or out of memory); rerun the "
+                      "same command to resume from the last checkpoint, with fewer "
+                      "data.workers if memory is short (0 loads in this process)") from None
     self._next = step + 1
     return {"image": to_global(images, self.sharding), "label": to_global(labels, self.sharding)}
 
