@@ -1,5 +1,6 @@
-"""The README's Python snippets run as written."""
+"""The Python snippets of the README and of docs/ run as written."""
 
+import glob
 import os
 import re
 
@@ -8,18 +9,23 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _snippets():
-  with open(os.path.join(ROOT, "README.md")) as f:
-    return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+def _snippets(pages=("README.md", *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))))):
+  out = []
+  for page in pages:
+    with open(os.path.join(ROOT, page)) as f:
+      out += [(os.path.relpath(os.path.join(ROOT, page), ROOT), code)
+              for code in re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)]
+  return out
 
 
 def test_readme_has_snippets():
-  assert len(_snippets()) >= 2
+  assert _snippets(("README.md",)) and len(_snippets()) >= 3
 
 
 @pytest.mark.parametrize("index", range(len(_snippets())))
 def test_readme_snippet_runs(index):
-  exec(compile(_snippets()[index], f"README.md snippet {index}", "exec"), {})
+  page, code = _snippets()[index]
+  exec(compile(code, f"{page} snippet {index}", "exec"), {})
 
 
 def test_ci_runs_exactly_the_readme_test_command():
