@@ -26,6 +26,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with auto-detection "
                                  "(TPU pods, SLURM, ...).")
+_PEER_TIMEOUT = flags.DEFINE_float("peer_timeout", 60.0,
+                                   "Multi-process jobs: seconds without a sign of life from a "
+                                   "peer process before this one stops, naming it.")
 
 
 def _fail(message: str) -> None:
@@ -35,20 +38,39 @@ def _fail(message: str) -> None:
 
 def main(argv) -> None:
   del argv
-  import jax
   from absl import logging
 
-  from jaxprune.errors import UserError
-  from jaxprune.train.loop import Interrupted
-
+  from jaxprune.train import peers
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   try:
+    _run()
+  finally:  # done or stopped by a reported error: the peers must not take it for a crash
+    peers.finished()
+
+
+def _run() -> None:
+  import jax
+
+  from jaxprune.errors import UserError
+  from jaxprune.train.loop import Interrupted
+  try:
+    if _PEER_TIMEOUT.value <= 0:
+      raise UserError(f"--peer_timeout = {_PEER_TIMEOUT.value}: must be > 0 seconds")
+    # XLA's own heartbeat gives up (aborting) later than our watch names the lost peer.
+    beats = {"heartbeat_timeout_seconds": int(_PEER_TIMEOUT.value) + 60}
     if _COORDINATOR.value:
-      jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+      jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                 **beats)
     elif _DISTRIBUTED.value:
-      jax.distributed.initialize()
+      jax.distributed.initialize(**beats)
     check_platform()  # after jax.distributed: it starts the backends
+    if jax.process_count() > 1:
+      from jax._src import distributed
+
+      from jaxprune.train import peers
+      peers.watch(distributed.global_state.client, jax.process_index(), jax.process_count(),
+                  _PEER_TIMEOUT.value)
     execute(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
   except UserError as e:
     _fail(str(e))
@@ -113,7 +135,7 @@ def _clean(e: BaseException) -> str:
 
 
 OWN_FLAGS = ("config", "workdir", "overwrite", "coordinator", "num_processes", "process_id",
-             "distributed")
+             "distributed", "peer_timeout")
 
 
 def usage() -> str:

@@ -46,3 +46,36 @@ def test_two_processes_match_one(tmp_path):
     rows = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl"))]
     losses[name] = [r["loss"] for r in rows if r["phase"] == "pretrain"]
   assert losses["single"] and losses["single"] == pytest.approx(losses["multi"], rel=1e-4)
+
+
+def test_a_lost_peer_is_one_line_within_the_timeout(tmp_path):  # issue 26 case 4
+  """Process 1 killed mid-run: process 0 stops within --peer_timeout with one line naming the
+  lost peer and the last checkpoint (it aborted after 71 s with a Gloo traceback)."""
+  import signal
+  import time
+  work, port = tmp_path / "w", _free_port()
+  args = [a for a in ARGS if not a.startswith("--config.train.steps")]
+  procs = [subprocess.Popen([sys.executable, *args, "--config.train.steps=100000",
+                             f"--workdir={work}", f"--coordinator=localhost:{port}",
+                             "--num_processes=2", f"--process_id={i}", "--peer_timeout=8"],
+                            cwd=ROOT, env=job_env(2), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    deadline = time.time() + 240
+    while not (work / "checkpoints" / "pretrain" / "3").exists():  # training, checkpointed
+      assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint"
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    err = procs[0].communicate(timeout=120)[1]
+  finally:
+    for p in procs:
+      p.kill()
+  lines = [l for l in err.splitlines() if l.strip()]
+  if procs[0].returncode != 3 and "collectives" in err:
+    pytest.skip(f"this JAX cannot run CPU multi-process: {err[-500:]}")
+  assert procs[0].returncode == 3, err[-3000:]
+  assert time.time() - killed < 60
+  assert lines[-1].startswith("error: lost peer process 1 (no sign of life for 8 s); the last "
+                              "checkpoint of phase pretrain is step "), err[-2000:]
+  assert "Traceback" not in err and "Fatal Python error" not in err, err[-2000:]

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from jaxprune.errors import UserError
+from jaxprune.train import peers
 from jaxprune.train.checkpoint import PhaseCheckpoints, all_finite
 from jaxprune.train.logging import MetricWriter, Progress
 
@@ -148,6 +149,7 @@ def fit(*, workdir: str, phase: str, state: Any, train_step: Callable, batches: 
     Interrupted: Ctrl-C; the message names the step and the checkpoint a rerun resumes from.
   """
   ckpts = PhaseCheckpoints(workdir, phase)
+  peers.running(phase, ckpts.directory)
   meta = dict(meta or {}, phase=phase)
   start, done = 0, False
   if ckpts.latest_step() is not None:
