@@ -26,6 +26,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with auto-detection "
                                  "(TPU pods, SLURM, ...).")
+_COMPILE_CACHE = flags.DEFINE_bool(
+    "compile_cache", True, "Keep compiled XLA programs in ~/.cache/jaxprune/xla (or "
+    "$JAX_COMPILATION_CACHE_DIR) so reruns and resumes skip compiling; --nocompile_cache: off.")
 _PEER_TIMEOUT = flags.DEFINE_float("peer_timeout", 60.0,
                                    "Multi-process jobs: seconds without a sign of life from a "
                                    "peer process before this one stops, naming it.")
@@ -65,6 +68,8 @@ def _run() -> None:
     elif _DISTRIBUTED.value:
       jax.distributed.initialize(**beats)
     check_platform()  # after jax.distributed: it starts the backends
+    if _COMPILE_CACHE.value:
+      use_compile_cache()
     if jax.process_count() > 1:
       from jax._src import distributed
 
@@ -81,6 +86,23 @@ def _run() -> None:
     print("error: interrupted between training steps (finished phases and checkpoints are "
           "kept); rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
+
+
+def use_compile_cache() -> None:
+  """JAX's persistent compilation cache, in the user's cache folder unless
+  JAX_COMPILATION_CACHE_DIR names another: a rerun or a resume of the same job finds its
+  programs compiled."""
+  import jax
+
+  from jaxprune.data.sources import USER_CACHE
+  if jax.config.jax_compilation_cache_dir:  # set by the environment (e.g. the test suite)
+    return
+  path = os.path.join(USER_CACHE, "xla")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:  # a read-only home: run without the cache
+    return
+  jax.config.update("jax_compilation_cache_dir", path)
 
 
 def check_platform() -> None:
@@ -135,7 +157,7 @@ def _clean(e: BaseException) -> str:
 
 
 OWN_FLAGS = ("config", "workdir", "overwrite", "coordinator", "num_processes", "process_id",
-             "distributed", "peer_timeout")
+             "distributed", "peer_timeout", "compile_cache")
 
 
 def usage() -> str:

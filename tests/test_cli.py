@@ -132,3 +132,21 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
       r.stderr
 
 
+
+
+def test_compiled_programs_are_kept_in_the_user_cache(tmp_path):  # issue 31, target 5
+  """jaxprune.main keeps XLA's compiled programs in ~/.cache/jaxprune/xla (a rerun or resume
+  skips compiling) unless JAX_COMPILATION_CACHE_DIR names another folder."""
+  env = {k: v for k, v in job_env(1).items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  code = ("import jax, jax.numpy as jnp; from jaxprune.main import use_compile_cache; "
+          "use_compile_cache(); print(jax.config.jax_compilation_cache_dir); "
+          "jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(7)).block_until_ready()")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  cache = tmp_path / ".cache" / "jaxprune" / "xla"
+  assert r.stdout.strip() == str(cache) and os.listdir(cache)
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     env=dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "mine")), timeout=120)
+  assert r.stdout.strip() == str(tmp_path / "mine")
