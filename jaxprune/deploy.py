@@ -1,21 +1,23 @@
-"""Take a compressed model away: a serialised StableHLO program that runs without jaxprune.
+"""Take a compressed model away: StableHLO or ONNX files that run without jaxprune.
 
-    python -m jaxprune.export MODEL_DIR --format stablehlo --out model.stablehlo [--batch N]
+    python -m jaxprune.export MODEL_DIR --format stablehlo|onnx --out FILE [--batch N]
 
-The program is the model's eval forward with its weights as constants and its input
-normalisation inside: it takes **uint8 NHWC pixels** `[batch, H, W, C]` (0-255, the size the
-model was built for) and returns class logits `[batch, classes]` (the mean of both heads for a
-distilled DeiT). Taking pixels rather than normalised floats means a deployment cannot pair the
-model with the wrong mean/std. The batch is symbolic unless `--batch` fixes it. It is lowered for
-CPU, CUDA and TPU at once (`jax.export`, platforms chosen at call time) and reloads in any
-process with JAX and `flatbuffers`, no jaxprune needed:
+Both hold the model's eval forward with its weights as constants and its input normalisation
+inside: they take **uint8 NHWC pixels** `[batch, H, W, C]` (0-255, the size the model was built
+for) and return class logits `[batch, classes]` (the mean of both heads for a distilled DeiT).
+Taking pixels rather than normalised floats means a deployment cannot pair the model with the
+wrong mean/std. The batch is symbolic unless `--batch` fixes it.
 
-    from jax import export
-    program = export.deserialize(open("model.stablehlo", "rb").read())
-    logits = program.call(pixels)   # numpy uint8 [B, H, W, C]
+- `stablehlo`: a serialised `jax.export` program lowered for CPU, CUDA and TPU at once (the
+  platform is chosen at call time); it reloads in any process with JAX and `flatbuffers`:
+  `jax.export.deserialize(open(FILE, "rb").read()).call(pixels)`.
+- `onnx`: converted by `jax2onnx` and checked with `onnx.checker`; the normalisation, the input
+  description and the ArchSpec are also in its metadata. Runs in onnxruntime:
+  `onnxruntime.InferenceSession(FILE).run(None, {"pixels": pixels})`. Needs the optional
+  packages of requirements-onnx.txt (`jax2onnx` itself installed with `--no-deps`: see there).
 
-A JSON file beside it (`<out>.json`) records the input, the normalisation and the ArchSpec.
-ONNX and Hugging Face exports are not written yet.
+A JSON file beside either (`<out>.json`) records the input, the normalisation and the ArchSpec.
+A Hugging Face export is not written yet.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -33,7 +36,9 @@ from flax import nnx
 from jaxprune.atomic import replacing, write_json
 from jaxprune.errors import UserError
 
-FORMATS = ("stablehlo",)
+FORMATS = ("stablehlo", "onnx")
+ONNX_INSTALL = ("pip install -r requirements-onnx.txt && pip install --no-deps "
+                "jax2onnx==0.17.1")
 PLATFORMS = ("cpu", "cuda", "tpu")
 
 
@@ -69,13 +74,53 @@ def stablehlo(model: nnx.Module, preprocessing: dict[str, Sequence[float]],
                     "requirements.txt") from None
 
 
+def onnx_model(model: nnx.Module, preprocessing: dict[str, Sequence[float]],
+               batch: int | None = None) -> bytes:
+  """The ONNX model (serialised) of `pixels_to_logits`, input named `pixels` (batch symbolic
+  as `batch` when None), checked by `onnx.checker`, normalisation and ArchSpec in its
+  metadata."""
+  import logging
+  try:
+    import onnx
+    from jax2onnx import to_onnx
+  except ImportError as e:
+    raise UserError(f"ONNX export needs onnx and jax2onnx ({e}); install them with: "
+                    f"{ONNX_INSTALL}") from None
+  spec = model.spec
+  shape = (batch or "batch", spec.image_size, spec.image_size, spec.in_channels)
+  # jax2onnx logs its optional plugins' import failures, onnx-ir every untyped constant: noise
+  quiet = [logging.getLogger(name) for name in ("jax2onnx", "onnx_ir")]
+  levels = [q.level for q in quiet]
+  for q in quiet:
+    q.setLevel(logging.CRITICAL)
+  try:
+    with warnings.catch_warnings():  # its NNX plugins read Variable.value (deprecated by Flax)
+      warnings.filterwarnings("ignore", category=DeprecationWarning, module="jax2onnx")
+      proto = to_onnx(pixels_to_logits(model, preprocessing),
+                      [jax.ShapeDtypeStruct(shape, jnp.uint8)], input_names=["pixels"],
+                      output_names=["logits"], model_name="jaxprune")
+  except Exception as e:  # a primitive jax2onnx cannot convert, named in its message
+    raise UserError(f"ONNX export failed in jax2onnx ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:300]}); the stablehlo format has no such "
+                    "limit") from None
+  finally:
+    for q, level in zip(quiet, levels):
+      q.setLevel(level)
+  for key, value in {"input": "uint8 NHWC pixels 0-255", "normalisation": json.dumps(
+      {"mean": list(preprocessing["mean"]), "std": list(preprocessing["std"])}),
+                     "arch": spec.to_json()}.items():
+    proto.metadata_props.add(key=key, value=value)
+  onnx.checker.check_model(proto)
+  return proto.SerializeToString()
+
+
 def export_model(model_dir: str, fmt: str, out: str, batch: int | None = None,
                  preprocessing: dict[str, Sequence[float]] | None = None) -> dict[str, Any]:
   """Writes `model_dir`'s model to `out` in `fmt`; returns what the sidecar JSON records."""
   from jaxprune.export import load, read_preprocessing
   if fmt not in FORMATS:
-    raise UserError(f"--format {fmt!r}: allowed are {', '.join(FORMATS)} (onnx and hf are not "
-                    "written yet)")
+    raise UserError(f"--format {fmt!r}: allowed are {', '.join(FORMATS)} (hf is not written "
+                    "yet)")
   if batch is not None and batch < 1:
     raise UserError(f"--batch {batch}: must be >= 1 (or left out for any batch)")
   if os.path.isdir(out):
@@ -85,9 +130,10 @@ def export_model(model_dir: str, fmt: str, out: str, batch: int | None = None,
   if pre is None:
     raise UserError(f"model {model_dir!r} stores no input normalisation; pass --mean and --std "
                     "(per channel, for pixels scaled to [0, 1])")
-  data = stablehlo(model, pre, batch)
+  data = stablehlo(model, pre, batch) if fmt == "stablehlo" else onnx_model(model, pre, batch)
   spec = model.spec
-  info = {"format": fmt, "platforms": list(PLATFORMS),
+  info = {"format": fmt,
+          "platforms": list(PLATFORMS) if fmt == "stablehlo" else ["onnxruntime"],
           "input": {"dtype": "uint8", "layout": "NHWC", "range": [0, 255],
                     "shape": [batch or "batch", spec.image_size, spec.image_size,
                               spec.in_channels]},
@@ -126,6 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   shape = "x".join(str(d) for d in info["input"]["shape"])
   print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB, {info['format']} for "
-        f"{', '.join(PLATFORMS)}): uint8 pixels {shape} -> logits "
+        f"{', '.join(info['platforms'])}): uint8 pixels {shape} -> logits "
         f"{'x'.join(str(d) for d in info['output']['logits'])}; described in {args.out}.json")
   return 0

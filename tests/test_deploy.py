@@ -1,4 +1,5 @@
-"""StableHLO export: every block kind, reloaded in a fresh process that never imports jaxprune."""
+"""Export: StableHLO reloaded in a fresh process that never imports jaxprune, ONNX run in
+onnxruntime, every block kind, the same logits."""
 
 import json
 import os
@@ -63,15 +64,38 @@ def test_stablehlo_reloads_without_jaxprune_with_the_same_logits(tmp_path, spec,
       pixels)), want, atol=1e-4)
 
 
+@pytest.mark.parametrize("spec, batch", [(VIT, None), (_swin_with_convs(), 2)],
+                         ids=["vit_every_block_kind", "swin_convs_fixed_batch"])
+def test_onnx_runs_in_onnxruntime_with_the_same_logits(tmp_path, spec, batch):
+  onnx = pytest.importorskip("onnx")
+  ort = pytest.importorskip("onnxruntime")
+  model = build_model(spec, seed=4)
+  save_model(str(tmp_path / "m"), model, preprocessing={"mean": MEAN, "std": STD})
+  out = tmp_path / "m.onnx"
+  args = [str(tmp_path / "m"), "--format", "onnx", "--out", str(out)]
+  assert main(args + (["--batch", str(batch)] if batch else [])) == 0
+  proto = onnx.load(str(out))
+  meta = {p.key: p.value for p in proto.metadata_props}
+  assert json.loads(meta["normalisation"]) == {"mean": list(MEAN), "std": list(STD)}
+  assert json.loads(meta["arch"])["layers"] == json.loads(spec.to_json())["layers"]
+  session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+  assert [i.name for i in session.get_inputs()] == ["pixels"]
+  size = spec.image_size
+  pixels = np.random.default_rng(1).integers(0, 256, (batch or 3, size, size, 3)).astype(np.uint8)
+  got = session.run(None, {"pixels": pixels})[0]
+  x = (pixels.astype(np.float32) / 255 - np.asarray(MEAN)) / np.asarray(STD)
+  np.testing.assert_allclose(got, np.asarray(model(x.astype(np.float32))), atol=1e-4)
+
+
 def test_export_errors_are_one_line(tmp_path, capsys):
   save_model(str(tmp_path / "m"), build_model(VIT, seed=0))  # no normalisation stored
   assert main([str(tmp_path / "m"), "--out", str(tmp_path / "a")]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "stores no input normalisation; pass --mean and --std" in err
-  assert main([str(tmp_path / "m"), "--format", "onnx", "--out", str(tmp_path / "a")]) == 2
-  assert "--format 'onnx': allowed are stablehlo" in capsys.readouterr().err
+  assert main([str(tmp_path / "m"), "--format", "hf", "--out", str(tmp_path / "a")]) == 2
+  assert "--format 'hf': allowed are stablehlo, onnx" in capsys.readouterr().err
   assert main([str(tmp_path / "m"), "--out", str(tmp_path)]) == 2
   assert "is a folder" in capsys.readouterr().err
   r = subprocess.run([sys.executable, "-m", "jaxprune.export", "--help"], cwd=ROOT,
                      capture_output=True, text=True, timeout=120)
-  assert r.returncode == 0 and "stablehlo" in r.stdout and "uint8" in r.stdout
+  assert r.returncode == 0 and "stablehlo" in r.stdout and "onnx" in r.stdout and "uint8" in r.stdout

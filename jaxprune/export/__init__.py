@@ -153,10 +153,3 @@ def load(directory: str) -> nnx.Module:
                       f"{' '.join(str(e).split())[:200]})") from None
   nnx.replace_by_pure_dict(abstract_state, restored)
   return nnx.merge(graphdef, abstract_state)
-
-
-if __name__ == "__main__":  # python -m jaxprune.export MODEL_DIR --format stablehlo --out FILE
-  import sys
-
-  from jaxprune.deploy import main
-  sys.exit(main())

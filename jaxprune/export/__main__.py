@@ -1,0 +1,7 @@
+"""python -m jaxprune.export MODEL_DIR --format stablehlo|onnx --out FILE (see jaxprune.deploy)."""
+
+import sys
+
+from jaxprune.deploy import main
+
+sys.exit(main())
