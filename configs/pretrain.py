@@ -23,6 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = common.train_config(batch_size=64, epochs=42, label_smoothing=0.1,
                                      log_every=62, eval_every_epochs=6, checkpoint_every=250)
   config.optim = common.optim_config(lr=1.5e-3, weight_decay=0.05, warmup_steps=3 * 62)
+  config.export = ml_collections.ConfigDict({"formats": ()})  # e.g. ("stablehlo", "onnx")
   if arg == "runlocal":
     config.model.update(variant="test_micro", image_size=16)
     config.data.fewshot = 256
@@ -47,4 +48,5 @@ def compression_base(method: str, arg: str | None = None) -> ml_collections.Conf
   config.pretrain = ml_collections.ConfigDict({"train": base.train, "optim": base.optim,
                                                "fewshot": base.data.fewshot})
   config.latency_batch = 64
+  config.export = base.export  # the final models also written as stablehlo / onnx files
   return config

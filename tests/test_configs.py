@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES
@@ -31,12 +32,24 @@ def run_config(name, workdir, *overrides, devices=8):
                         text=True, timeout=600)
 
 
+# A method's run writes its final models in the `export.formats` asked (checked on one config).
+EXPORTING = {"practise": "stablehlo"}
+
+
 @pytest.mark.parametrize("name", SMOKE)
 def test_config_runs_in_runlocal_form(name, tmp_path):
-  r = run_config(name, tmp_path / "w", devices=SMOKE_DEVICES)
+  fmt = EXPORTING.get(name)
+  r = run_config(name, tmp_path / "w", *([f"--config.export.formats=('{fmt}',)"] if fmt else []),
+                 devices=SMOKE_DEVICES)
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(tmp_path / "w" / "summary.json"))
   assert "dense" in summary
+  if fmt:
+    assert list(summary["exports"]) == ["practise_drop1.stablehlo"]
+    from jax import export
+    program = export.deserialize(open(summary["exports"]["practise_drop1.stablehlo"],
+                                      "rb").read())
+    assert program.in_avals[0].dtype == np.uint8
   # --overwrite deletes exactly these names: every top-level entry a run writes must be one
   written = set(os.listdir(tmp_path / "w"))
   assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES

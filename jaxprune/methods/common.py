@@ -223,6 +223,27 @@ def evaluator(config: ml_collections.ConfigDict, graphdef, s: Setup,
   return evaluate
 
 
+EXPORT_SUFFIX = {"stablehlo": "stablehlo", "onnx": "onnx"}
+
+
+def export_models(config: ml_collections.ConfigDict, workdir: str,
+                  models: dict[str, str]) -> dict[str, str]:
+  """Writes each saved model (`{name: model folder}`) in every `export.formats` format to
+  `workdir/export/<name>.<format>` (`jaxprune.deploy`); returns {"<name>.<format>": path}."""
+  formats = tuple(config.get("export", {}).get("formats", ()))
+  if not formats or jax.process_index() != 0:
+    return {}
+  from jaxprune import deploy
+  written = {}
+  for name, folder in models.items():
+    for fmt in formats:
+      path = os.path.join(workdir, "export", f"{name}.{EXPORT_SUFFIX[fmt]}")
+      deploy.export_model(folder, fmt, path)
+      written[f"{name}.{fmt}"] = path
+  print(f"[export] wrote {', '.join(sorted(written.values()))}", flush=True)
+  return written
+
+
 def write_summary(workdir: str, summary: dict[str, Any]) -> str:
   path = os.path.join(workdir, "summary.json")
   if jax.process_index() == 0:

@@ -413,6 +413,9 @@ def compress(config, workdir: str, dense, synthetic, writer) -> dict[str, Any]:
                                    f["target_ratio"] in matched), rule[0].get("ranking", {}))
   report_path = os.path.join(workdir, "synthetic", "report.json")
   summary["synthetic"] = json.load(open(report_path)) if os.path.exists(report_path) else {}
+  summary["exports"] = common.export_models(config, workdir, {
+      **{f"{key}_{info['target_ratio']:.3f}": info["model_dir"] for key, fam in families.items()
+         for info, _, _ in fam}, **practise.practise_dirs(config, workdir)})
   summary["trials"] = {"count": len(os.listdir(trials.dir)), "seconds": sum(
       json.load(open(os.path.join(trials.dir, f))).get("seconds", 0.0)
       for f in os.listdir(trials.dir) if f.endswith(".json"))}

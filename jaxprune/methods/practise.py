@@ -147,6 +147,12 @@ def prune(config, workdir: str, dense, n: int, scores, writer) -> tuple[Any, lis
   return model, extra["dropped"]
 
 
+def practise_dirs(config, workdir: str) -> dict[str, str]:
+  """{name: saved model folder} of the PRACTISE models of `practise.num_drop`."""
+  return {f"practise_drop{n}": os.path.join(workdir, "practise", f"drop{n}")
+          for n in config.practise.num_drop}
+
+
 def run_family(config, workdir, dense, writer) -> list[tuple[Any, list[int]]]:
   """PRACTISE models for each `practise.num_drop` (units): (model, dropped blocks) pairs."""
   scores = block_scores(config, workdir, dense, writer)
@@ -177,7 +183,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                      [(m, evaluate(m)) for m, _ in pruned], config.latency_batch)
   rows = [{**r, "dropped": dropped} for r, (_, dropped) in zip(rows, pruned)]
   summary = {"dense": dense_row, "practise": rows,
-             "scores": block_scores(config, workdir, dense, writer)}
+             "scores": block_scores(config, workdir, dense, writer),
+             "exports": common.export_models(config, workdir, practise_dirs(config, workdir))}
   common.write_summary(workdir, summary)
   common.print_table(f"PRACTISE, {config.data.fewshot} training images",
                      [("dense", dense_row)] + [(f"drop {r['dropped']}", r) for r in rows])

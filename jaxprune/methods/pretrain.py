@@ -56,7 +56,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   c = accounting.count(model.spec)
   summary = {"dense": {"params": c.params, "macs": c.macs, "accuracy": metrics["accuracy"],
                        "latency_ms": latency["median_ms"]},
-             "model_dir": out_dir}
+             "model_dir": out_dir,
+             "exports": common.export_models(config, workdir, {"dense": out_dir})}
   common.write_summary(workdir, summary)
   writer.close()
   if jax.process_index() == 0:

@@ -407,7 +407,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   summary = {"dense": rows[0][1], "pruned": rows[1][1], "arch": pruned.spec.to_dict(),
              "target_ratio": config.spvit.target_ratio, "selected": record,
              "macs_ratio": rows[1][1]["macs"] / rows[0][1]["macs"],
-             "speedup": rows[0][1]["latency_ms"] / rows[1][1]["latency_ms"]}
+             "speedup": rows[0][1]["latency_ms"] / rows[1][1]["latency_ms"],
+             "exports": common.export_models(config, workdir,
+                                             {"pruned": os.path.join(workdir, "pruned")})}
   common.write_summary(workdir, summary)
   writer.close()
   common.print_table(f"SPViT, target {config.spvit.target_ratio:.0%} of dense MACs; latency: "

@@ -30,7 +30,7 @@ LOCK_FILE = ".lock"
 RUN_ENTRIES = frozenset({
     CONFIG_FILE, MARKER_FILE, "metrics.jsonl", "tensorboard", "checkpoints", "summary.json",
     "model", "dense", "search", "pruned", "candidates", "synthetic", "trials", "family",
-    "family.png", "practise", "arch.png", "searched", "seeds",
+    "family.png", "practise", "arch.png", "searched", "seeds", "export",
 })
 
 _held: dict[str, IO] = {}  # workdir → open lock file, held for the life of the process
