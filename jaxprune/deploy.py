@@ -1,6 +1,6 @@
 """Take a compressed model away: StableHLO or ONNX files that run without jaxprune.
 
-    python -m jaxprune.export MODEL_DIR --format stablehlo|onnx --out FILE [--batch N]
+    python -m jaxprune.export MODEL_DIR --format stablehlo|onnx|hf --out FILE [--batch N]
 
 Both hold the model's eval forward with its weights as constants and its input normalisation
 inside: they take **uint8 NHWC pixels** `[batch, H, W, C]` (0-255, the size the model was built
@@ -17,7 +17,12 @@ wrong mean/std. The batch is symbolic unless `--batch` fixes it.
   packages of requirements-onnx.txt (`jax2onnx` itself installed with `--no-deps`: see there).
 
 A JSON file beside either (`<out>.json`) records the input, the normalisation and the ArchSpec.
-A Hugging Face export is not written yet.
+
+- `hf`: where the architecture fits a Hugging Face ViT/DeiT config (every block attention with
+  the model's heads and one MLP width: a dense model, PRACTISE's dropped blocks, uniformly
+  narrowed MLPs), a `save_pretrained` folder that `transformers` loads with the same logits
+  (float pixel_values; the normalisation in its preprocessor_config.json); any other model is
+  refused in one line naming the first block that does not fit.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from flax import nnx
 from jaxprune.atomic import replacing, write_json
 from jaxprune.errors import UserError
 
-FORMATS = ("stablehlo", "onnx")
+FORMATS = ("stablehlo", "onnx", "hf")
 ONNX_INSTALL = ("pip install -r requirements-onnx.txt && pip install --no-deps "
                 "jax2onnx==0.17.1")
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -114,24 +119,111 @@ def onnx_model(model: nnx.Module, preprocessing: dict[str, Sequence[float]],
   return proto.SerializeToString()
 
 
+def hf_fit(spec) -> str | None:
+  """Why `spec` does not fit a Hugging Face ViT/DeiT config (one line), or None when it does:
+  a ViT whose blocks are all attention with the model's heads and one MLP width (a dense model,
+  PRACTISE's dropped blocks, uniformly narrowed MLPs)."""
+  if spec.family != "vit":
+    return f"family {spec.family!r}: the hf export writes ViT/DeiT models"
+  if not spec.blocks:
+    return "the model has no blocks"
+  mlp = spec.blocks[0].mlp
+  for i, b in enumerate(spec.blocks):
+    if (b.attn != "msa" or b.heads != spec.num_heads or spec.head_dim_of(b) * b.heads
+        != spec.width or b.mlp != mlp or not b.mlp or b.mlp_bias):
+      return (f"block {i} (attention {b.attn!r}, {b.heads} heads, MLP {b.mlp}) does not fit a "
+              f"Hugging Face ViT config: every block must be 'msa' with {spec.num_heads} heads "
+              f"of {spec.width // spec.num_heads} and one MLP width (block 0's: {mlp})")
+  return None
+
+
+def hf_folder(model: nnx.Module, preprocessing: dict[str, Sequence[float]], out: str) -> None:
+  """Writes `out/` as `save_pretrained` would: config.json, model.safetensors (the on-disk
+  names of transformers' ViT/DeiT), preprocessor_config.json with the normalisation."""
+  import numpy as np
+  from safetensors.numpy import save_file
+  spec = model.spec
+  why = hf_fit(spec)
+  if why:
+    raise UserError(f"--format hf: {why}; use --format stablehlo or onnx for this model")
+  st = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+  deit = spec.dist_token
+  pfx = "deit." if deit else "vit."
+  t = lambda a: np.ascontiguousarray(a.T)  # noqa: E731  flax [in, out] -> torch [out, in]
+  w = {f"{pfx}embeddings.cls_token": st["cls_token"],
+       f"{pfx}embeddings.position_embeddings": st["pos_embed"],
+       f"{pfx}embeddings.patch_embeddings.projection.weight":
+           np.ascontiguousarray(st["patch_embed"]["kernel"].transpose(3, 2, 0, 1)),
+       f"{pfx}embeddings.patch_embeddings.projection.bias": st["patch_embed"]["bias"],
+       f"{pfx}layernorm.weight": st["norm"]["scale"], f"{pfx}layernorm.bias": st["norm"]["bias"]}
+  if deit:
+    w[f"{pfx}embeddings.distillation_token"] = st["dist_token"]
+  c = spec.width
+  for i in range(spec.depth):
+    b, dst = st["blocks"][i], f"{pfx}encoder.layer.{i}."
+    qkv_w, qkv_b = t(b["attn"]["qkv"]["kernel"]), b["attn"]["qkv"]["bias"]
+    for j, name in enumerate(("query", "key", "value")):
+      w[f"{dst}attention.attention.{name}.weight"] = qkv_w[j * c:(j + 1) * c]
+      w[f"{dst}attention.attention.{name}.bias"] = qkv_b[j * c:(j + 1) * c]
+    for ours, hf in ((("attn", "proj"), "attention.output.dense"),
+                     (("mlp", "fc1"), "intermediate.dense"), (("mlp", "fc2"), "output.dense")):
+      layer = b[ours[0]][ours[1]]
+      w[f"{dst}{hf}.weight"], w[f"{dst}{hf}.bias"] = t(layer["kernel"]), layer["bias"]
+    for ours, hf in (("norm1", "layernorm_before"), ("norm2", "layernorm_after")):
+      w[f"{dst}{hf}.weight"], w[f"{dst}{hf}.bias"] = b[ours]["scale"], b[ours]["bias"]
+  heads = [("head", "cls_classifier" if spec.dist_head else "classifier")]
+  if spec.dist_head:
+    heads.append(("head_dist", "distillation_classifier"))
+  for ours, hf in heads:
+    w[f"{hf}.weight"], w[f"{hf}.bias"] = t(st[ours]["kernel"]), st[ours]["bias"]
+  arch = ("DeiTForImageClassificationWithTeacher" if spec.dist_head else
+          "DeiTForImageClassification" if deit else "ViTForImageClassification")
+  config = {"architectures": [arch], "model_type": "deit" if deit else "vit",
+            "hidden_size": c, "num_hidden_layers": spec.depth,
+            "num_attention_heads": spec.num_heads, "intermediate_size": spec.blocks[0].mlp,
+            "hidden_act": "gelu", "layer_norm_eps": spec.ln_eps, "image_size": spec.image_size,
+            "patch_size": spec.patch_size, "num_channels": spec.in_channels, "qkv_bias": True,
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+            "id2label": {str(i): f"LABEL_{i}" for i in range(spec.num_classes)},
+            "label2id": {f"LABEL_{i}": i for i in range(spec.num_classes)}}
+  processor = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+               "size": {"height": spec.image_size, "width": spec.image_size},
+               "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+               "image_mean": list(preprocessing["mean"]), "image_std": list(preprocessing["std"])}
+  os.makedirs(out, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in w.items()},
+            os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+  write_json(os.path.join(out, "config.json"), config, indent=2)
+  write_json(os.path.join(out, "preprocessor_config.json"), processor, indent=2)
+
+
 def export_model(model_dir: str, fmt: str, out: str, batch: int | None = None,
                  preprocessing: dict[str, Sequence[float]] | None = None) -> dict[str, Any]:
   """Writes `model_dir`'s model to `out` in `fmt`; returns what the sidecar JSON records."""
   from jaxprune.export import load, read_preprocessing
   if fmt not in FORMATS:
-    raise UserError(f"--format {fmt!r}: allowed are {', '.join(FORMATS)} (hf is not written "
-                    "yet)")
+    raise UserError(f"--format {fmt!r}: allowed are {', '.join(FORMATS)}")
   if batch is not None and batch < 1:
     raise UserError(f"--batch {batch}: must be >= 1 (or left out for any batch)")
-  if os.path.isdir(out):
+  if fmt == "hf":
+    if os.path.isfile(out) or (os.path.isdir(out) and os.listdir(out)):
+      raise UserError(f"--out {out} exists and is not an empty folder; the hf format writes a "
+                      "folder (config.json, model.safetensors, preprocessor_config.json)")
+  elif os.path.isdir(out):
     raise UserError(f"--out {out} is a folder; give the file to write, e.g. model.stablehlo")
   model = load(model_dir)
   pre = preprocessing or read_preprocessing(model_dir)
   if pre is None:
     raise UserError(f"model {model_dir!r} stores no input normalisation; pass --mean and --std "
                     "(per channel, for pixels scaled to [0, 1])")
-  data = stablehlo(model, pre, batch) if fmt == "stablehlo" else onnx_model(model, pre, batch)
   spec = model.spec
+  if fmt == "hf":
+    hf_folder(model, pre, out)
+    return {"format": fmt, "platforms": ["transformers"], "arch": spec.to_dict(),
+            "input": {"shape": ["batch", spec.in_channels, spec.image_size, spec.image_size],
+                      "dtype": "float32 pixel_values (preprocessor_config.json normalises)"},
+            "output": {"logits": ["batch", spec.num_classes]}}
+  data = stablehlo(model, pre, batch) if fmt == "stablehlo" else onnx_model(model, pre, batch)
   info = {"format": fmt,
           "platforms": list(PLATFORMS) if fmt == "stablehlo" else ["onnxruntime"],
           "input": {"dtype": "uint8", "layout": "NHWC", "range": [0, 255],
@@ -170,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
   except OSError as e:
     print(f"error: cannot write --out {args.out}: {e.strerror or e}", file=sys.stderr)
     return 2
+  if info["format"] == "hf":
+    print(f"wrote {args.out}/ (config.json, model.safetensors, preprocessor_config.json): "
+          "transformers.AutoModelForImageClassification.from_pretrained loads it")
+    return 0
   shape = "x".join(str(d) for d in info["input"]["shape"])
   print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB, {info['format']} for "
         f"{', '.join(info['platforms'])}): uint8 pixels {shape} -> logits "

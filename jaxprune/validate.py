@@ -160,7 +160,7 @@ RULES: list[tuple[str, Check]] = [
     ("dcvit.metric_temperature", number(0, lo_open=True)), ("dcvit.seeds", each(SEED)),
     ("practise.num_drop", each(POSITIVE, 1)), ("practise.adaptor_steps", POSITIVE),
     ("practise.adaptors", choice("around", "in_place")),
-    ("export.formats", each(choice("stablehlo", "onnx"))),
+    ("export.formats", each(choice("stablehlo", "onnx", "hf"))),
     ("random.num_archs", POSITIVE), ("random.seed", SEED),
 ]
 # Train sections whose epochs/steps set a phase's length (mimic phases take DC-ViT's step counts).

@@ -87,13 +87,49 @@ def test_onnx_runs_in_onnxruntime_with_the_same_logits(tmp_path, spec, batch):
   np.testing.assert_allclose(got, np.asarray(model(x.astype(np.float32))), atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["vit", "vit_dropped_narrowed", "deit_teacher"])
+def test_hf_folder_loads_in_transformers_with_the_same_logits(tmp_path, kind):
+  """Where the architecture fits a Hugging Face config (dense, PRACTISE's dropped blocks,
+  uniformly narrowed MLPs; DeiT with its distillation head)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  spec = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=5, depth=3,
+                    distilled=kind == "deit_teacher")
+  if kind == "vit_dropped_narrowed":
+    spec = spec.drop_blocks([1]).replace(blocks=tuple(
+        BlockSpec("msa", heads=b.heads, mlp=24) for b in spec.drop_blocks([1]).blocks))
+  model = build_model(spec, seed=5)
+  save_model(str(tmp_path / "m"), model, preprocessing={"mean": MEAN, "std": STD})
+  assert main([str(tmp_path / "m"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+  hf = transformers.AutoModelForImageClassification.from_pretrained(str(tmp_path / "hf")).eval()
+  assert type(hf).__name__ == {"vit": "ViTForImageClassification",
+                               "vit_dropped_narrowed": "ViTForImageClassification",
+                               "deit_teacher": "DeiTForImageClassificationWithTeacher"}[kind]
+  x = np.random.default_rng(2).normal(size=(3, 16, 16, 3)).astype(np.float32)
+  with torch.no_grad():
+    got = hf(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2))).logits.numpy()
+  np.testing.assert_allclose(got, np.asarray(model(x)), atol=1e-4)
+  pre = json.load(open(tmp_path / "hf" / "preprocessor_config.json"))
+  assert (pre["image_mean"], pre["image_std"]) == (list(MEAN), list(STD))
+
+
+def test_hf_refuses_what_does_not_fit(tmp_path, capsys):
+  save_model(str(tmp_path / "m"), build_model(VIT, seed=0), preprocessing={"mean": MEAN,
+                                                                            "std": STD})
+  assert main([str(tmp_path / "m"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "block 1 (attention 'conv1', 0 heads, MLP 16) does not fit a "\
+      "Hugging Face ViT config" in err and "use --format stablehlo or onnx" in err
+  assert not (tmp_path / "hf").exists()
+
+
 def test_export_errors_are_one_line(tmp_path, capsys):
   save_model(str(tmp_path / "m"), build_model(VIT, seed=0))  # no normalisation stored
   assert main([str(tmp_path / "m"), "--out", str(tmp_path / "a")]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "stores no input normalisation; pass --mean and --std" in err
-  assert main([str(tmp_path / "m"), "--format", "hf", "--out", str(tmp_path / "a")]) == 2
-  assert "--format 'hf': allowed are stablehlo, onnx" in capsys.readouterr().err
+  assert main([str(tmp_path / "m"), "--format", "tflite", "--out", str(tmp_path / "a")]) == 2
+  assert "--format 'tflite': allowed are stablehlo, onnx, hf" in capsys.readouterr().err
   assert main([str(tmp_path / "m"), "--out", str(tmp_path)]) == 2
   assert "is a folder" in capsys.readouterr().err
   r = subprocess.run([sys.executable, "-m", "jaxprune.export", "--help"], cwd=ROOT,

@@ -1,4 +1,4 @@
-"""python -m jaxprune.export MODEL_DIR --format stablehlo|onnx --out FILE (see jaxprune.deploy)."""
+"""python -m jaxprune.export MODEL_DIR --format stablehlo|onnx|hf --out PATH (see jaxprune.deploy)."""
 
 import sys
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Any, Callable
 
 import jax
@@ -223,7 +224,7 @@ def evaluator(config: ml_collections.ConfigDict, graphdef, s: Setup,
   return evaluate
 
 
-EXPORT_SUFFIX = {"stablehlo": "stablehlo", "onnx": "onnx"}
+EXPORT_SUFFIX = {"stablehlo": "stablehlo", "onnx": "onnx", "hf": "hf"}  # hf: a folder
 
 
 def export_models(config: ml_collections.ConfigDict, workdir: str,
@@ -234,10 +235,17 @@ def export_models(config: ml_collections.ConfigDict, workdir: str,
   if not formats or jax.process_index() != 0:
     return {}
   from jaxprune import deploy
+  from jaxprune.export import read_spec
   written = {}
   for name, folder in models.items():
     for fmt in formats:
       path = os.path.join(workdir, "export", f"{name}.{EXPORT_SUFFIX[fmt]}")
+      why = deploy.hf_fit(read_spec(folder)) if fmt == "hf" else None
+      if why:  # e.g. SPViT's conv blocks: the other formats carry any model
+        print(f"[export] {name}: no hf folder ({why})", flush=True)
+        continue
+      if fmt == "hf" and os.path.isdir(path):  # a rerun writes it again
+        shutil.rmtree(path)
       deploy.export_model(folder, fmt, path)
       written[f"{name}.{fmt}"] = path
   print(f"[export] wrote {', '.join(sorted(written.values()))}", flush=True)
