@@ -35,7 +35,7 @@ from jaxprune import accounting  # noqa: E402
 from jaxprune.data import normalise  # noqa: E402
 from jaxprune.export import load  # noqa: E402
 from jaxprune.methods import common  # noqa: E402
-from jaxprune.methods.mimicking import freeze_after, mimic  # noqa: E402
+from jaxprune.methods.mimicking import mimic, trainable_upto  # noqa: E402
 from jaxprune.models.blocks import gelu  # noqa: E402
 from jaxprune.surgery import compress_block, drop_blocks  # noqa: E402
 from jaxprune.train.logging import MetricWriter  # noqa: E402
@@ -100,7 +100,7 @@ def run_variant(base: ml_collections.ConfigDict, dense, v: dict) -> dict:
                  if v["select"] == "activation" else
                  compress_block(model, b, v["width"], config.seed))
         model, info = mimic(config, wd, f"step{j}", model, dense,
-                            freeze_after(max(done), dense.spec), v["steps"], writer, s)
+                            trainable_upto(dense.spec, max(done) + 1), v["steps"], writer, s)
     writer.close()
   return {"variant": v["name"], "macs_ratio": accounting.macs(model.spec) /
           accounting.macs(dense.spec), "feature_mse": info["feature_mse"],

@@ -68,7 +68,7 @@ def main() -> None:
   from jaxprune import load, synth
   from jaxprune.methods import common
   from jaxprune.methods.dcvit import kl_metric
-  from jaxprune.methods.mimicking import freeze_after, mimic
+  from jaxprune.methods.mimicking import mimic, trainable_upto
   from jaxprune.surgery import compress_block, drop_blocks
   from jaxprune.train.logging import MetricWriter
 
@@ -120,11 +120,11 @@ def main() -> None:
   # (phase, student, its trainable set, row fields): compress trials per width, then the
   # structure search's drop trials where the run made them (every block, the last included).
   cases = [(f"trial_b{b}_h{h}", lambda b=b, h=h: compress_block(dense, b, h, config.seed),
-            lambda b=b: freeze_after(b, dense.spec), {"block": b, "hidden": h})
+            lambda b=b: trainable_upto(dense.spec, b + 1), {"block": b, "hidden": h})
            for h in widths for b in range(1, dense.spec.depth - 1)]
   if args.drops:
     cases += [(f"trial_drop{b}", lambda b=b: drop_blocks(dense, (b,)),
-               lambda b=b: freeze_after(b - 1, dense.spec.drop_blocks({b})),
+               lambda b=b: trainable_upto(dense.spec.drop_blocks({b}), b),
                {"block": b, "hidden": "drop"}) for b in range(dense.spec.depth)]
   rows = []
   for phase, make, frozen, fields in cases:

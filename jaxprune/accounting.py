@@ -33,7 +33,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxprune.arch import ArchSpec, BlockSpec, Shape, normalised
+from jaxprune import registry
+from jaxprune.arch import ArchSpec, BlockSpec, Shape, mlp_macs, normalised
 
 
 CONVENTIONS = {"full": {"attention_matmuls": True, "norm": 1},
@@ -58,17 +59,6 @@ def _block_macs(spec: ArchSpec, b: BlockSpec, attention_matmuls: bool,
   return b.macs(shape or spec.stem_shape, spec.head_dim_of(b), attention_matmuls)
 
 
-def _stem(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
-  """(MACs, params) of the patch embedding and what comes with it (tokens, position
-  embedding for ViT; the patch LayerNorm for Swin)."""
-  c, p, n = spec.width, spec.patch_size, spec.num_patches
-  macs_ = n * c * spec.in_channels * p * p
-  params_ = p * p * spec.in_channels * c + c
-  if spec.family == "swin":
-    return macs_ + norm * n * c, params_ + 2 * c
-  return macs_, params_ + spec.num_prefix * c + spec.num_tokens * c
-
-
 def _tail(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
   """(MACs, params) of the final LayerNorm and the head(s) (pooling is not a multiply-add)."""
   out = spec.out_shape
@@ -85,10 +75,10 @@ def count(spec: ArchSpec, attention_matmuls: bool = True, norm: int = 1) -> Coun
     hd = spec.head_dim_of(layer) if isinstance(layer, BlockSpec) else 0
     lm.append(layer.macs(shape, hd, attention_matmuls, norm))
     lp.append(layer.params(shape, hd))
-    if isinstance(layer, BlockSpec):
+    if layer.is_block:
       bm.append(lm[-1])
       bp.append(lp[-1])
-  (sm, sp), (tm, tp) = _stem(spec, norm), _tail(spec, norm)
+  (sm, sp), (tm, tp) = registry.family(spec.family).stem(spec, norm), _tail(spec, norm)
   return Counts(macs=sm + sum(lm) + tm, params=sp + sum(lp) + tp, block_macs=tuple(bm),
                 block_params=tuple(bp), layer_macs=tuple(lm), layer_params=tuple(lp))
 
@@ -107,7 +97,7 @@ def block_mlp_macs(spec: ArchSpec, hidden: int, shape: Shape | None = None) -> i
   """MACs of one MLP sub-layer of `hidden` units (with its LayerNorm) at `shape` (default: the
   stem's)."""
   shape = shape or spec.stem_shape
-  return 2 * shape.tokens * shape.width * hidden + shape.tokens * shape.width
+  return mlp_macs(shape.tokens, shape.width, hidden)
 
 
 def _jitted_forward(model: nnx.Module, batch: int, seed: int):
@@ -205,5 +195,5 @@ def search_macs(spec: ArchSpec, gates, masks, conv_dims) -> jax.Array:
     f["msa"] = _block_macs(spec, dataclasses.replace(b, mlp=0), True, shape)
     total = total + (c[0] * f["conv1"] + c[1] * (f["conv3"] - f["conv1"])
                      + c[2] * (f["msa"] - f["conv3"]))
-    total = total + 2 * n * ch * jnp.sum(mask) + n * ch * jnp.max(mask)
+    total = total + mlp_macs(n, ch, jnp.sum(mask), present=jnp.max(mask))
   return total

@@ -26,16 +26,32 @@ import dataclasses
 import json
 from typing import Any, ClassVar, Iterator, Sequence
 
+from jaxprune import registry
 from jaxprune.errors import UserError
 
-ATTN_KINDS = ("msa", "conv1", "conv3", "none", "norm")
-FAMILIES = ("vit", "swin")
 FORMAT = 2
+# BlockSpec fields an attention kind may use: "hard" ones are refused where the kind does not use
+# them, "soft" ones (dimensions that mean nothing without it) are normalised to 0.
+HARD_FIELDS = ("heads", "conv_dim")
+SOFT_FIELDS = ("head_dim", "window", "shift")
 
 
 def _padded(grid: int, window: int) -> int:
   """`grid` rounded up to a multiple of `window` (windowed attention zero-pads the grid)."""
   return -(-grid // window) * window
+
+
+def mlp_macs(tokens, width, hidden, present=None, norm: int = 1):
+  """MACs of an MLP sub-layer (fc1, fc2: 2·N·C·H) and its LayerNorm (`norm`·N·C when `present`,
+  default: when hidden > 0). The one copy of the formula; works on traced values too (SPViT's
+  differentiable budget passes the mask's sum and max)."""
+  present = (hidden > 0) if present is None else present
+  return 2 * tokens * width * hidden + norm * tokens * width * present
+
+
+def mlp_params(width: int, hidden: int) -> int:
+  """Parameters of an MLP sub-layer with its LayerNorm (0 when hidden = 0)."""
+  return 2 * width + 2 * width * hidden + hidden + width if hidden else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +97,7 @@ class BlockSpec:
   """
 
   kind: ClassVar[str] = "block"
+  is_block: ClassVar[bool] = True
   attn: str = "msa"
   heads: int = 0
   mlp: int = 0
@@ -103,46 +120,23 @@ class BlockSpec:
       return _padded(shape.grid, self.window)**2
     return shape.tokens
 
+  def conv_positions(self, shape: Shape) -> int:
+    """Grid positions a convolution in the attention slot runs on (the padded grid in windows)."""
+    return _padded(shape.grid, self.window)**2 if self.window else shape.patches
+
   def macs(self, shape: Shape, head_dim: int, attention_matmuls: bool = True,
            norm: int = 1) -> int:
     """Multiply-adds per image (accounting's conventions) at input `shape`; `norm` MACs per
-    LayerNorm element (1 here; thop-style counters count 4)."""
-    n, c, hw = shape.tokens, shape.width, shape.patches
-    total = 0
-    if self.attn == "msa":
-      d, na = self.heads * head_dim, self.attn_tokens(shape)
-      total += 3 * na * c * d + na * d * c + norm * n * c
-      if attention_matmuls:
-        total += 2 * na * (self.window**2 if self.window else na) * d
-    elif self.attn in ("conv1", "conv3"):
-      positions = _padded(shape.grid, self.window)**2 if self.window else hw
-      total += ((self.kernel_size**2 * c * self.conv_dim + self.conv_dim * c) * positions
-                + norm * n * c)
-    elif self.attn == "norm":
-      total += norm * n * c
-    if self.mlp:
-      total += 2 * n * c * self.mlp + norm * n * c
-    return total
+    LayerNorm element (1 here; thop-style counters count 4). The attention sub-layer's count
+    is its kind's (`registry.attention`)."""
+    attn = registry.attention(self.attn).macs(self, shape, head_dim, attention_matmuls, norm)
+    return attn + mlp_macs(shape.tokens, shape.width, self.mlp, norm=norm)
 
   def params(self, shape: Shape, head_dim: int) -> int:
     """Trainable parameters (BatchNorm running statistics excluded)."""
-    c = shape.width
-    total = 0
-    if self.attn == "msa":
-      d = self.heads * head_dim
-      total += 2 * c + (c * 3 * d + 3 * d) + (d * c + c)
-      if self.window:
-        total += (2 * self.window - 1)**2 * self.heads
-    elif self.attn in ("conv1", "conv3"):
-      k2, d = self.kernel_size**2, self.conv_dim
-      total += 2 * c + (k2 * c * d + d) + 2 * d + (d * c + c)
-    elif self.attn == "norm":
-      total += 2 * c
-    if self.mlp:
-      total += 2 * c + (c * self.mlp + self.mlp) + (self.mlp * c + c)
-    elif self.mlp_bias:
-      total += c
-    return total
+    attn = registry.attention(self.attn).params(self, shape, head_dim)
+    bias = shape.width if self.mlp_bias and not self.mlp else 0
+    return attn + mlp_params(shape.width, self.mlp) + bias
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +145,11 @@ class MergeSpec:
   linear 4·C → out_width without bias; the grid halves (an odd grid is zero-padded first)."""
 
   kind: ClassVar[str] = "merge"
+  is_block: ClassVar[bool] = False
   out_width: int = 0
+
+  def check(self, where: str, shape: Shape) -> None:
+    _int_fields(where, self, ("out_width",), 1)
 
   def out_shape(self, shape: Shape) -> Shape:
     return Shape((shape.grid + 1) // 2, self.out_width, shape.prefix)
@@ -166,7 +164,8 @@ class MergeSpec:
     return 2 * c4 + c4 * self.out_width
 
 
-LAYER_KINDS = {k.kind: k for k in (BlockSpec, MergeSpec)}
+registry.register_layer(BlockSpec)
+registry.register_layer(MergeSpec)
 LayerSpec = BlockSpec | MergeSpec
 
 
@@ -179,14 +178,14 @@ def _int_fields(where: str, obj: Any, names: Sequence[str], minimum: int) -> Non
 
 
 def normalised(layer):
-  """The layer without dimensions that mean nothing for its kind (see `ArchSpec`). A 1×1 conv
-  is the same function inside (shifted, padded) windows or on the whole grid, so a `conv1`
-  block never keeps them (nor pays for their padding, rolls and partitions)."""
-  if not isinstance(layer, BlockSpec) or layer.attn == "msa":
+  """The layer without dimensions that mean nothing for its kind (see `ArchSpec`): the soft
+  fields (`SOFT_FIELDS`) its attention kind does not use. A 1×1 conv is the same function
+  inside (shifted, padded) windows or on the whole grid, so a `conv1` block never keeps them
+  (nor pays for their padding, rolls and partitions)."""
+  if not isinstance(layer, BlockSpec) or layer.attn not in registry.attention_kinds():
     return layer
-  changes = {"head_dim": 0} if layer.head_dim else {}
-  if layer.attn in ("none", "norm", "conv1") and (layer.window or layer.shift):
-    changes.update(window=0, shift=0)
+  used = registry.attention(layer.attn).fields
+  changes = {f: 0 for f in SOFT_FIELDS if f not in used and getattr(layer, f)}
   return dataclasses.replace(layer, **changes) if changes else layer
 
 
@@ -233,7 +232,7 @@ class ArchSpec:
   @property
   def blocks(self) -> tuple[BlockSpec, ...]:
     """The transformer blocks, in order (every layer but the `merge` ones)."""
-    return tuple(layer for layer in self.layers if isinstance(layer, BlockSpec))
+    return tuple(layer for layer in self.layers if layer.is_block)
 
   @property
   def head_dim(self) -> int:
@@ -284,26 +283,21 @@ class ArchSpec:
 
   def block_shapes(self) -> tuple[Shape, ...]:
     """The input shape of every block (in `blocks` order)."""
-    return tuple(s for layer, s in self.walk() if isinstance(layer, BlockSpec))
+    return tuple(s for layer, s in self.walk() if layer.is_block)
 
   # Validation ------------------------------------------------------------------------------------
   def validate(self) -> None:
-    """Raises `UserError` naming the field, its value and what is allowed."""
+    """Raises `UserError` naming the field, its value and what is allowed: the generic rules
+    here, then the family's own (`registry.Family.check`)."""
     _int_fields("ArchSpec", self, ("image_size", "patch_size", "width", "num_heads",
                                    "num_classes", "in_channels"), 1)
-    if self.family not in FAMILIES:
-      raise UserError(f"ArchSpec.family = {self.family!r}: allowed are {', '.join(FAMILIES)}")
+    family = registry.family(self.family)
     if self.image_size % self.patch_size:
       raise UserError(f"ArchSpec: image_size {self.image_size} is not divisible by "
                       f"patch_size {self.patch_size}")
     if self.width % self.num_heads:
       raise UserError(f"ArchSpec: width {self.width} is not divisible by "
                       f"num_heads {self.num_heads}")
-    if self.family == "vit" and not self.class_token:
-      raise UserError("ArchSpec.class_token = False: ViT models need a class token")
-    if self.family == "swin" and (self.class_token or self.dist_token):
-      raise UserError("ArchSpec: Swin models have no class or distillation token "
-                      "(class_token and dist_token must be False)")
     if self.dist_head and not self.dist_token:
       raise UserError("ArchSpec.dist_head = True needs dist_token = True")
     if not self.ln_eps > 0:
@@ -311,46 +305,44 @@ class ArchSpec:
     block_index = 0
     for i, (layer, shape) in enumerate(self.walk()):
       where = f"ArchSpec.layers[{i}]"
-      if isinstance(layer, MergeSpec):
-        if self.family != "swin":
-          raise UserError(f"{where}: 'merge' layers are only allowed in family 'swin'")
-        _int_fields(where, layer, ("out_width",), 1)
-        continue
-      if not isinstance(layer, BlockSpec):
-        raise UserError(f"{where} = {layer!r}: must be a BlockSpec or MergeSpec")
-      where = f"ArchSpec.blocks[{block_index}]"
-      block_index += 1
-      self._validate_block(where, layer, shape)
+      kind = getattr(layer, "kind", None)
+      if kind not in family.layer_kinds:
+        homes = [f for f in registry.families() if kind in registry.family(f).layer_kinds]
+        raise UserError(f"{where}: {kind or layer!r} layers are only allowed in family "
+                        f"{' or '.join(repr(f) for f in homes) or '(none)'}; family "
+                        f"{self.family!r} allows {', '.join(family.layer_kinds)}")
+      if isinstance(layer, BlockSpec):
+        where = f"ArchSpec.blocks[{block_index}]"
+        self._validate_block(where, layer, shape, family)
+      else:
+        layer.check(where, shape)
+      block_index += layer.is_block
+    family.check(self)
 
-  def _validate_block(self, where: str, b: BlockSpec, shape: Shape) -> None:
-    if b.attn not in ATTN_KINDS:
-      raise UserError(f"{where}.attn = {b.attn!r}: allowed are {', '.join(ATTN_KINDS)}")
+  def _validate_block(self, where: str, b: BlockSpec, shape: Shape, family) -> None:
+    if b.attn not in registry.attention_kinds():
+      raise UserError(f"{where}.attn = {b.attn!r}: allowed are "
+                      f"{', '.join(registry.attention_kinds())}")
     _int_fields(where, b, ("heads", "mlp", "conv_dim", "head_dim", "window", "shift"), 0)
-    if b.attn == "msa" and b.heads < 1:
-      raise UserError(f"{where}: attn 'msa' needs heads >= 1, got {b.heads}")
-    if b.attn != "msa" and b.heads:
-      raise UserError(f"{where}: heads = {b.heads} is only allowed with attn 'msa'")
-    if b.attn in ("conv1", "conv3") and b.conv_dim < 1:
-      raise UserError(f"{where}: attn {b.attn!r} needs conv_dim >= 1, got {b.conv_dim}")
+    kind = registry.attention(b.attn)
+    for field in HARD_FIELDS:
+      value = getattr(b, field)
+      if field in kind.needs and value < 1:
+        raise UserError(f"{where}: attn {b.attn!r} needs {field} >= 1, got {value}")
+      if field not in kind.fields and value:
+        users = [k for k in registry.attention_kinds() if field in registry.attention(k).fields]
+        raise UserError(f"{where}: {field} = {value} is only allowed with attn "
+                        f"{' or '.join(repr(k) for k in users)}")
     if not isinstance(b.mlp_bias, bool) or (b.mlp_bias and b.mlp):
       raise UserError(f"{where}.mlp_bias = {b.mlp_bias!r}: must be a bool, and True only "
                       f"with mlp = 0 (got mlp = {b.mlp})")
-    if b.attn not in ("conv1", "conv3") and b.conv_dim:
-      raise UserError(f"{where}: conv_dim = {b.conv_dim} is only allowed with attn "
-                      "'conv1' or 'conv3'")
-    if b.attn == "msa" and not b.head_dim and shape.width != self.width:
+    if "head_dim" in kind.fields and not b.head_dim and shape.width != self.width:
       raise UserError(f"{where}: head_dim is needed at width {shape.width} (the default "
                       f"width // num_heads only holds at width {self.width})")
-    if self.family == "swin":
-      if b.attn == "msa" and not 1 <= b.window <= shape.grid:
-        raise UserError(f"{where}.window = {b.window}: Swin attention needs 1 <= window <= "
-                        f"the grid at this block ({shape.grid})")
-      if b.attn in ("conv1", "conv3") and b.window > shape.grid:
-        raise UserError(f"{where}.window = {b.window}: a convolution inside windows needs "
-                        f"window <= the grid at this block ({shape.grid}), or 0 for the whole "
-                        "grid")
-    elif b.window or b.shift:
-      raise UserError(f"{where}: window/shift are only allowed in family 'swin'")
+    if (b.window or b.shift) and not family.windows:
+      allowed = [f for f in registry.families() if registry.family(f).windows]
+      raise UserError(f"{where}: window/shift are only allowed in family "
+                      f"{' or '.join(repr(f) for f in allowed)}")
     if b.shift and not b.shift < b.window:
       raise UserError(f"{where}.shift = {b.shift}: must be < window ({b.window})")
 
@@ -360,12 +352,12 @@ class ArchSpec:
     number of them when the spec has no `merge` layers, one for one otherwise)."""
     if "blocks" in changes:
       blocks = tuple(changes.pop("blocks"))
-      if any(isinstance(layer, MergeSpec) for layer in self.layers):
+      if any(not layer.is_block for layer in self.layers):
         if len(blocks) != self.depth:
           raise UserError(f"ArchSpec.replace(blocks=...): {len(blocks)} blocks for a spec with "
                           f"{self.depth} and merge layers; use drop_blocks to remove blocks")
         it = iter(blocks)
-        changes["layers"] = tuple(next(it) if isinstance(layer, BlockSpec) else layer
+        changes["layers"] = tuple(next(it) if layer.is_block else layer
                                   for layer in self.layers)
       else:
         changes["layers"] = blocks
@@ -380,7 +372,7 @@ class ArchSpec:
     """The spec without the given blocks (indices into `blocks`); merge layers stay."""
     drop, out, i = set(indices), [], 0
     for layer in self.layers:
-      if isinstance(layer, BlockSpec):
+      if layer.is_block:
         i += 1
         if i - 1 in drop:
           continue
@@ -419,13 +411,13 @@ class ArchSpec:
       raise UserError(f"ArchSpec: missing fields {missing}")
     if not isinstance(d["layers"], list):
       raise UserError(f"ArchSpec.layers = {d['layers']!r}: must be a list")
-    layers = []
+    layers, kinds = [], registry.layer_kinds()
     for i, layer in enumerate(d["layers"]):
-      if not isinstance(layer, dict) or layer.get("kind") not in LAYER_KINDS:
+      if not isinstance(layer, dict) or layer.get("kind") not in kinds:
         raise UserError(f"ArchSpec.layers[{i}]: must be an object with \"kind\" one of "
-                        f"{', '.join(LAYER_KINDS)}")
+                        f"{', '.join(kinds)}")
       layer = dict(layer)
-      kind = LAYER_KINDS[layer.pop("kind")]
+      kind = kinds[layer.pop("kind")]
       allowed = {f.name for f in dataclasses.fields(kind)}
       bad = sorted(set(layer) - allowed)
       if bad:

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxprune import registry
 from jaxprune.atomic import replacing, write_json
 from jaxprune.errors import UserError
 
@@ -123,8 +124,9 @@ def hf_fit(spec) -> str | None:
   """Why `spec` does not fit a Hugging Face ViT/DeiT config (one line), or None when it does:
   a ViT whose blocks are all attention with the model's heads and one MLP width (a dense model,
   PRACTISE's dropped blocks, uniformly narrowed MLPs)."""
-  if spec.family != "vit":
-    return f"family {spec.family!r}: the hf export writes ViT/DeiT models"
+  if not registry.family(spec.family).hf_model_type:
+    fits = [f for f in registry.families() if registry.family(f).hf_model_type]
+    return f"family {spec.family!r}: the hf export writes {', '.join(fits)} models"
   if not spec.blocks:
     return "the model has no blocks"
   mlp = spec.blocks[0].mlp

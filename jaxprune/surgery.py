@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec, normalised
 from jaxprune.errors import UserError
 from jaxprune.models import build_model
@@ -147,9 +148,8 @@ def materialise(search_model: nnx.Module, arch: ArchSpec | None = None) -> nnx.M
 # Moving weights between models --------------------------------------------------------------------
 def block_slots(spec: ArchSpec) -> tuple[str, list[int]]:
   """Where the blocks live in a model's state: (collection, index of each block in it)."""
-  if spec.family == "swin":
-    return "layers", [j for j, layer in enumerate(spec.layers) if isinstance(layer, BlockSpec)]
-  return "blocks", list(range(spec.depth))
+  family = registry.family(spec.family)
+  return family.collection, family.slots(spec)
 
 
 def block_states(model: nnx.Module) -> list[dict]:

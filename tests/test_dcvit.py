@@ -12,7 +12,8 @@ from flax import nnx
 from jaxprune import build_model, dense_spec, load, macs
 from jaxprune.errors import UserError
 from jaxprune.methods.dcvit import kl_metric
-from jaxprune.methods.mimicking import freeze_after
+from jaxprune.methods.mimicking import trainable_upto
+from jaxprune.train.optim import trainable_paths
 from jaxprune.methods.practise import with_adaptor
 from jaxprune.methods.structure import compressed_spec, structure_for
 from jaxprune.models.blocks import gelu
@@ -175,7 +176,7 @@ def test_practise_adaptors_sit_where_the_reference_puts_them():
   blocks (`insert_one_block_adaptors_for_vit`), the only weights a PRACTISE phase trains; with
   non-identity adaptors the model computes exactly that, written out here."""
   import jax.numpy as jnp
-  from jaxprune.methods.practise import TRAINED
+  from jaxprune.methods.practise import ADAPTORS_ONLY
   from jaxprune.models.blocks import WithAdaptor
   dense = build_model(SPEC, seed=4)
   model = with_adaptor(dense, 3, "around")
@@ -184,7 +185,8 @@ def test_practise_adaptors_sit_where_the_reference_puts_them():
   assert [type(b.attn.qkv).__name__ for b in model.blocks] == ["Linear"] * 3 + [
       "WithAdaptor"] * 2
   params = {"weights": nnx.state(model, nnx.Param), "gates": {}}
-  labels = group_labels(params, cfgs.optim_config(frozen=TRAINED))
+  labels = group_labels(params, cfgs.optim_config(),
+                        trainable_paths(model, ADAPTORS_ONLY, "test"))
   trained = [path_str(p) for p, v in jax.tree_util.tree_leaves_with_path(labels)
              if v != "frozen"]
   assert len(trained) == 2 * 5 and all("/practise_adaptor/" in p for p in trained), trained
@@ -207,10 +209,11 @@ def test_practise_adaptors_sit_where_the_reference_puts_them():
   np.testing.assert_allclose(model(X), dense.logits(dense.norm(x)), atol=1e-5)
 
 
-def test_freeze_after_leaves_embeddings_and_early_blocks_trainable():
+def test_trainable_upto_leaves_embeddings_and_early_blocks_trainable():
   model = build_model(SPEC)
   params = {"weights": nnx.state(model, nnx.Param), "gates": {}}
-  labels = group_labels(params, cfgs.optim_config(frozen=freeze_after(2, SPEC)))
+  labels = group_labels(params, cfgs.optim_config(),
+                        trainable_paths(model, trainable_upto(SPEC, 3), "test"))
   flat = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(labels)}
   frozen = {k for k, v in flat.items() if v == "frozen"}
   assert all(k.startswith(("weights/blocks/4/", "weights/blocks/5/", "weights/head/"))
@@ -218,6 +221,15 @@ def test_freeze_after_leaves_embeddings_and_early_blocks_trainable():
   assert any(k.startswith("weights/blocks/5/") for k in frozen)
   assert not any(k.startswith(("weights/blocks/3/", "weights/pos_embed", "weights/norm/"))
                  for k in frozen)
+
+
+def test_a_trainable_set_that_selects_nothing_is_an_error():
+  """The regexes this replaced froze nothing, silently, when they matched nothing."""
+  from flax import nnx as nnx_
+  model = build_model(SPEC)
+  nothing = nnx_.All(nnx_.Param, lambda path, value: "practise_adaptor" in map(str, path))
+  with pytest.raises(UserError, match="phase p: the trainable set selects no weight"):
+    trainable_paths(model, nothing, "phase p")
 
 
 def test_kl_metric():

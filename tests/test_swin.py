@@ -156,13 +156,14 @@ def test_structure_for_pairs_lands_on_the_target():
     assert target - step <= got <= target + 1e-9  # the width rounds down: at or just below
 
 
-def test_freeze_after_on_swin_freezes_later_layers_and_merges():
-  from jaxprune.methods.mimicking import freeze_after
-  from jaxprune.train.optim import group_labels, path_str
+def test_trainable_upto_on_swin_freezes_later_layers_and_merges():
+  from jaxprune.methods.mimicking import trainable_upto
+  from jaxprune.train.optim import group_labels, path_str, trainable_paths
   from configs import common as cfgs
   model = build_model(MINI)
   params = {"weights": nnx.state(model, nnx.Param), "gates": {}}
-  labels = group_labels(params, cfgs.optim_config(frozen=freeze_after(3, MINI)))
+  labels = group_labels(params, cfgs.optim_config(),
+                        trainable_paths(model, trainable_upto(MINI, 4), "test"))
   frozen = {path_str(p) for p, v in jax.tree_util.tree_leaves_with_path(labels)
             if v == "frozen"}
   # layers: 0 1 | merge 2 | blocks 2..7 at 3..8 | merge 9 | 10 11; block 4 (layer 5) trains

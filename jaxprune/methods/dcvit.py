@@ -36,7 +36,7 @@ from jaxprune.atomic import write_json
 from jaxprune.errors import UserError
 from jaxprune.methods import common, practise, pretrain, structure_search
 from jaxprune.methods.cache import cached_json, cached_model
-from jaxprune.methods.mimicking import freeze_after, mimic
+from jaxprune.methods.mimicking import mimic, trainable_upto
 from jaxprune.methods.structure import (block_costs, candidate_units, group_of, stages,
                                         structure_for)
 from jaxprune.surgery import compress_block, drop_blocks
@@ -175,7 +175,7 @@ class Trials:
       model = self.dense
       for b in unit:
         model = compress_block(model, b, hidden, self.config.seed)
-      return model, freeze_after(max(unit), self.dense.spec)
+      return model, trainable_upto(self.dense.spec, max(unit) + 1)
 
     return f"b{unit_name(unit)}_h{hidden}", student
 
@@ -194,8 +194,8 @@ class Trials:
 
   def _recover(self, name: str, make):
     """Runs (or, finished, restores) the trial's feature mimicking; (student, info)."""
-    student, frozen = make()
-    return mimic(self.config, self.workdir, f"trial_{name}", student, self.dense, frozen,
+    student, trainable = make()
+    return mimic(self.config, self.workdir, f"trial_{name}", student, self.dense, trainable,
                  self.config.dcvit.trial_steps, self.writer)
 
   def drop(self, unit: tuple[int, ...]) -> dict[str, Any]:
@@ -203,7 +203,7 @@ class Trials:
     trainable."""
     def student():
       model = drop_blocks(self.dense, unit)
-      return model, freeze_after(unit[0] - 1, model.spec)
+      return model, trainable_upto(model.spec, unit[0])
 
     return self._trial(f"drop{unit_name(unit)}", unit, student, hidden=0, op="drop")
 
@@ -274,7 +274,7 @@ def compress_to(config, workdir: str, dense, target: float, trials: Trials, cand
       done.append(b)
       model = compress_block(model, b, st.hidden, config.seed)
     model, _ = mimic(config, workdir, f"target{target:.3f}_step{j}", model, dense,
-                     freeze_after(max(done), dense.spec), config.dcvit.finetune_steps,
+                     trainable_upto(dense.spec, max(done) + 1), config.dcvit.finetune_steps,
                      writer, meta={"compressed": list(done)})
   info = {"target_ratio": target, "blocks": done, "units": [list(u) for u in chosen],
           "mlp_width": st.hidden, "rd": st.rd,

@@ -1,8 +1,8 @@
 """Feature mimicking: recover a compressed student from the original model on unlabeled images.
 
 Loss: MSE between the student's and the original model's final-norm tokens, all tokens (labels
-are never used). What trains is chosen by path rules (optax masking), so frozen later blocks
-still pass gradients to the trainable earlier ones. Shared by DC-ViT (block trials, progressive
+are never used). What trains is an NNX filter of the student's weights (the rest is frozen by
+optax masking), so frozen later blocks still pass gradients to the trainable earlier ones. Shared by DC-ViT (block trials, progressive
 steps) and PRACTISE (adaptors, end-to-end fine-tune).
 
 The reference also scales the loss by min(epoch/20, 1); under AdamW a constant loss scale does
@@ -18,24 +18,17 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from jaxprune import registry
 from jaxprune.arch import ArchSpec
 from jaxprune.methods import common
-from jaxprune.surgery import block_slots
 from jaxprune.methods.phase import train_phase
 from jaxprune.train.logging import MetricWriter
 
 
-def freeze_after(last: int, spec: ArchSpec) -> str:
-  """Regex freezing everything after block `last + 1` (later blocks, later patch merging) and
-  the head(s): DC-ViT's trainable set is the embeddings, the layers up to block last+1 and the
-  final norm."""
-  coll, slots = block_slots(spec)
-  first_frozen = slots[last + 2] if last + 2 < len(slots) else None
-  rules = [r"^weights/head"]
-  if first_frozen is not None:
-    later = [str(j) for j in range(first_frozen, len(spec.layers))]  # a ViT's layers = blocks
-    rules.append(rf"^weights/{coll}/({'|'.join(later)})/")
-  return "|".join(rules)
+def trainable_upto(spec: ArchSpec, last: int):
+  """DC-ViT's trainable set when block `last` is the last one that trains: the embeddings, the
+  layers up to block `last` and the final norm (`registry.Family.trainable_upto`)."""
+  return registry.family(spec.family).trainable_upto(spec, last)
 
 
 def mimic_loss(config: ml_collections.ConfigDict, num_classes: int, teacher_graphdef):
@@ -55,21 +48,21 @@ def feature_mse(config, model, teacher, s: common.Setup) -> float:
 
 
 def mimic(config: ml_collections.ConfigDict, workdir: str, phase: str, student, teacher,
-          frozen: str, steps: int, writer: MetricWriter, setup: common.Setup | None = None,
+          trainable, steps: int, writer: MetricWriter, setup: common.Setup | None = None,
           meta: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
   """Fine-tunes `student` to mimic `teacher`'s features for `steps` steps (resumable phase).
 
-  `config.mimic.{train, optim}` give the recipe; `frozen` overrides `optim.frozen`; `meta` adds
+  `config.mimic.{train, optim}` give the recipe; `trainable` (an NNX filter, e.g.
+  `trainable_upto`) is what trains, on top of `mimic.optim.frozen`; `meta` adds
   to the checkpoints' metadata (e.g. `dropped`, which a resume must match).
   Returns (student, {"feature_mse": ...} on the training images).
   """
   cfg = common.phase_config(config, "mimic")
-  cfg.optim.frozen = frozen
   s = setup or common.setup(cfg)
   teacher_graphdef, teacher_state = nnx.split(teacher)
   t = train_phase(cfg, workdir, phase, student,
                   mimic_loss(cfg, s.data.num_classes, teacher_graphdef), s, writer, steps=steps,
                   aux=teacher_state, evaluate=False,
                   meta={"arch": student.spec.to_dict(), **(meta or {})},
-                  show=("loss",))
+                  show=("loss",), trainable=trainable)
   return t.model, {"feature_mse": feature_mse(cfg, t.model, teacher, s)}

@@ -18,7 +18,7 @@ from jaxprune.data.pipeline import fingerprint
 from jaxprune.methods import common
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.loop import Schedule, fit
-from jaxprune.train.optim import make_optimizer
+from jaxprune.train.optim import make_optimizer, trainable_paths
 from jaxprune.models.precision import compute_dtype
 from jaxprune.train.step import init_state, make_train_step, merge, place
 
@@ -33,7 +33,8 @@ def train_phase(cfg: ml_collections.ConfigDict, workdir: str, phase: str, model,
                 s: common.Setup, writer: MetricWriter, *, steps: int | None = None,
                 seed: int | None = None, aux: Any = None, evaluate: bool | Callable = True,
                 eval_every: int | None = None, meta: dict[str, Any] | None = None,
-                show=("loss", "accuracy"), stop_when=None, on_start=None) -> Trained:
+                show=("loss", "accuracy"), stop_when=None, on_start=None,
+                trainable=None) -> Trained:
   """Trains `model` on `loss_fn(model, batch, key[, aux]) -> (loss, metrics)` as phase `phase`.
 
   Args:
@@ -45,10 +46,13 @@ def train_phase(cfg: ml_collections.ConfigDict, workdir: str, phase: str, model,
     evaluate: True = test accuracy every `train.eval_every_epochs`; a callable
       `evaluate(graphdef) -> (state -> metrics)` for the phase's own evaluation; False = none.
     eval_every: in steps, overriding `train.eval_every_epochs`.
+    trainable: an NNX filter of the weights the phase trains (the others frozen, on top of
+      `optim.frozen`); None = all. One that selects nothing is an error.
     meta, show, stop_when, on_start: as `fit`.
   """
   steps = steps or common.total_steps(cfg, s)
-  graphdef, state, tx = init_state(model, lambda p: make_optimizer(cfg.optim, p, steps))
+  paths = None if trainable is None else trainable_paths(model, trainable, f"phase {phase}")
+  graphdef, state, tx = init_state(model, lambda p: make_optimizer(cfg.optim, p, steps, paths))
   step_fn = make_train_step(graphdef, tx, loss_fn, s.mesh, cfg.seed if seed is None else seed,
                             aux=aux, compute_dtype=compute_dtype(cfg.train.get("compute_dtype",
                                                                                "float32")))

@@ -22,15 +22,15 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
-from jaxprune import accounting
+from jaxprune import accounting, registry
 from jaxprune.errors import UserError
 from jaxprune.methods import common, pretrain
 from jaxprune.methods.cache import cached_json, cached_model
-from jaxprune.methods.mimicking import mimic
+from jaxprune.methods.mimicking import mimic, trainable_upto
 from jaxprune.models import build_model
 from jaxprune.models.blocks import Block, LinearAdaptor, WithAdaptor
 from jaxprune.methods.structure import group_of, units
-from jaxprune.surgery import block_slots, block_states, drop_blocks, transplant
+from jaxprune.surgery import block_states, drop_blocks, transplant
 from jaxprune.train.logging import MetricWriter
 from jaxprune.validate import planned_spec
 
@@ -42,7 +42,8 @@ def drop_units(config, spec) -> list[tuple[int, ...]]:
 
 
 ADAPTORS = ("around", "in_place")  # practise.adaptors: the reference's placement, or ours before
-TRAINED = r"^weights/(?!.*/practise_adaptor/)"  # frozen: every weight but the adaptors'
+# What an adaptor phase trains: the adaptors' weights alone.
+ADAPTORS_ONLY = nnx.All(nnx.Param, lambda path, value: "practise_adaptor" in map(str, path))
 
 
 def with_adaptor(dense, unit, placement: str = "around"):
@@ -64,7 +65,7 @@ def with_adaptor(dense, unit, placement: str = "around"):
   for i, block in enumerate(model.blocks):  # indices of the pruned model: unit[0] = next block
     if i < unit[0] and block.mlp is not None:
       block.mlp.fc2 = WithAdaptor(block.mlp.fc2, "post", rngs=rngs)
-    elif i >= unit[0] and block.attn_kind == "msa":
+    elif i >= unit[0] and hasattr(block.attn, "qkv"):  # attention (not a conv, not none)
       block.attn.qkv = WithAdaptor(block.attn.qkv, "pre", rngs=rngs)
   return model
 
@@ -112,18 +113,17 @@ def block_scores(config, workdir: str, dense, writer: MetricWriter) -> list[dict
   def compute():
     unit_list = drop_units(config, dense.spec)
     saved = latency_saved(dense, config.latency_batch, unit_list)
-    coll, slots = block_slots(dense.spec)
+    family = registry.family(dense.spec.family)
     placement = adaptor_placement(config)
     rows = []
     for u in unit_list:
       name = "-".join(str(b) for b in u)
-      if placement == "in_place":  # the adaptor sits in the unit's slots
-        frozen = rf"^weights/(?!{'|'.join(f'{coll}/{slots[b]}/' for b in u)})"
-      else:
-        frozen = TRAINED
+      # in_place: the adaptor sits in the unit's slots
+      trainable = (family.trainable_blocks(dense.spec, u) if placement == "in_place"
+                   else ADAPTORS_ONLY)
       phase = f"practise_adaptor{name}" + ("" if placement == "in_place" else f"_{placement}")
       _, info = mimic(config, workdir, phase, with_adaptor(dense, u, placement), dense,
-                      frozen, config.practise.adaptor_steps, writer)
+                      trainable, config.practise.adaptor_steps, writer)
       rows.append({"block": u[0], "unit": list(u), "recovered_error": info["feature_mse"],
                    "latency_saved_ms": saved[u], "score": info["feature_mse"] / saved[u]})
     return rows
@@ -137,8 +137,10 @@ def prune(config, workdir: str, dense, n: int, scores, writer) -> tuple[Any, lis
   def compute():
     best = sorted(scores, key=lambda r: (r["score"], r["block"]))[:n]
     dropped = sorted(b for r in best for b in r.get("unit", [r["block"]]))
-    model, _ = mimic(config, workdir, f"practise_drop{n}", drop_blocks(dense, dropped), dense,
-                     r"^weights/head", (n + 1) * config.dcvit.finetune_steps, writer,
+    student = drop_blocks(dense, dropped)
+    model, _ = mimic(config, workdir, f"practise_drop{n}", student, dense,
+                     trainable_upto(student.spec, student.spec.depth - 1),  # all but the head
+                     (n + 1) * config.dcvit.finetune_steps, writer,
                      meta={"dropped": dropped})
     return model, {"dropped": dropped}
 

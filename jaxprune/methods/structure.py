@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jaxprune import accounting
-from jaxprune.arch import ArchSpec, BlockSpec
+from jaxprune import accounting, registry
+from jaxprune.arch import ArchSpec, mlp_macs
 from jaxprune.errors import UserError
 
 
@@ -40,7 +40,7 @@ def stages(spec: ArchSpec) -> list[list[int]]:
   """Block indices per stage (blocks between patch-merging layers; a ViT has one stage)."""
   out, current, i = [], [], 0
   for layer in spec.layers:
-    if isinstance(layer, BlockSpec):
+    if layer.is_block:
       current.append(i)
       i += 1
     elif current:
@@ -58,8 +58,9 @@ def units(spec: ArchSpec, group: int, stage_blocks: list[int] | None = None
 
 
 def group_of(config, spec: ArchSpec) -> int:
-  """Blocks per unit: `dcvit.group`, or by family (1 on ViT, 2 on Swin, as the paper)."""
-  return config.dcvit.get("group", 0) or (2 if spec.family == "swin" else 1)
+  """Blocks per unit: `dcvit.group`, or the family's (`Family.block_unit`: 1 on ViT, 2 on Swin,
+  as the paper)."""
+  return config.dcvit.get("group", 0) or registry.family(spec.family).block_unit
 
 
 def candidate_units(spec: ArchSpec, group: int) -> list[tuple[int, ...]]:
@@ -78,7 +79,7 @@ def block_costs(spec: ArchSpec, block: int = 0, convention: str = "full"
   b, shape = spec.blocks[block], spec.block_shapes()[block]
   attn_only = dataclasses.replace(b, mlp=0, mlp_bias=False)
   m_attn = attn_only.macs(shape, spec.head_dim_of(b), **accounting.CONVENTIONS[convention])
-  m_mlp = 2 * shape.tokens * shape.width * b.mlp
+  m_mlp = mlp_macs(shape.tokens, shape.width, b.mlp, norm=0)
   return m_attn, m_mlp, b.mlp
 
 

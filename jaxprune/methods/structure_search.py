@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxprune import accounting
 from jaxprune.errors import UserError
-from jaxprune.methods.mimicking import freeze_after, mimic
+from jaxprune.methods.mimicking import mimic, trainable_upto
 from jaxprune.methods.structure import rule, unit_costs
 from jaxprune.surgery import compress_block, drop_blocks
 
@@ -142,7 +142,7 @@ def build(config, workdir: str, dense, choice: Candidate, steps_owed: int, tag: 
     steps = config.dcvit.finetune_steps * (max(steps_owed - len(ops), 0) + 1
                                            if j == len(ops) - 1 else 1)
     model, _ = mimic(config, workdir, f"{tag}_step{j}", model, dense,
-                     freeze_after(last - 1, model.spec), steps, writer,
+                     trainable_upto(model.spec, last), steps, writer,
                      meta={"dropped": sorted(dropped),
                            "compressed": [b for o, u in done if o == "compress" for b in u]})
   return model

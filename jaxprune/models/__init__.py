@@ -1,7 +1,8 @@
 """Flax NNX models built from an ArchSpec. They know nothing of training, flags or checkpoints."""
 
+from jaxprune.models.build import build_model, split_model
 from jaxprune.models.gates import Gate
 from jaxprune.models.swin import Swin
-from jaxprune.models.vit import ViT, build_model, split_model
+from jaxprune.models.vit import ViT
 
 __all__ = ["Gate", "Swin", "ViT", "build_model", "split_model"]

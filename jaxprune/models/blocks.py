@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec, Shape
 
 _kernel_init = nnx.initializers.xavier_uniform()
@@ -52,7 +53,7 @@ class Attention(nnx.Module):
     self.qkv = linear(width, 3 * inner, rngs)
     self.proj = linear(inner, width, rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     b, n, _ = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -133,7 +134,7 @@ class WindowAttention(Attention):
     self.relative_position_bias_table = nnx.Param(nnx.initializers.truncated_normal(0.02)(
         rngs.params(), ((2 * window - 1)**2, heads), jnp.float32))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     g, w, s = self.grid, self.window, self.shift
     win = to_shifted_windows(x, g, w, s)                              # [B, nw, w², C]
     qkv = self.qkv(win).reshape(*win.shape[:3], 3, self.heads, self.head_dim)
@@ -239,15 +240,21 @@ def branch_drops(drop: tuple[float, jax.Array] | None) -> tuple:
   return (drop[0], k1), (drop[0], k2)
 
 
+def layer_is_block(module) -> bool:
+  """A model layer is a block (counted by stochastic depth, given the block kwargs) unless its
+  class says `is_block = False` (patch merging, downsampling)."""
+  return getattr(type(module), "is_block", True)
+
+
 def apply_layers(layers, x: jax.Array, train: bool, drop_rate: float = 0.0,
                  drop_key: jax.Array | None = None, **block_kwargs) -> jax.Array:
   """Runs `layers` in order. In training, with `drop_key` and `drop_rate` > 0, block i of n
   (patch merging layers are not blocks) drops its residual branches at rate
   drop_rate·i/(n − 1), the linear rule of DeiT and Swin; `block_kwargs` go to every block."""
-  n = sum(not isinstance(layer, PatchMerging) for layer in layers)
+  n = sum(layer_is_block(layer) for layer in layers)
   i = 0
   for layer in layers:
-    if isinstance(layer, PatchMerging):
+    if not layer_is_block(layer):
       x = layer(x)
       continue
     extra = {}
@@ -262,30 +269,15 @@ def apply_layers(layers, x: jax.Array, train: bool, drop_rate: float = 0.0,
 class Block(nnx.Module):
   """Pre-norm block `x + attn(norm1(x))` then `x + mlp(norm2(x))`; either sub-layer may be absent.
 
-  `shape` is the input shape the block sits at (default: the stem's, where every ViT block is).
+  The attention slot is built by the block's attention kind (`registry.attention`); `shape` is
+  the input shape the block sits at (default: the stem's, where every ViT block is).
   """
 
   def __init__(self, spec: ArchSpec, block: BlockSpec, *, rngs: nnx.Rngs,
                shape: Shape | None = None):
     shape = shape or spec.stem_shape
     c = shape.width
-    self.attn_kind = block.attn
-    if block.attn == "msa":
-      self.norm1 = layer_norm(c, spec.ln_eps, rngs)
-      if block.window:
-        self.attn = WindowAttention(c, block.heads, spec.head_dim_of(block), block.window,
-                                    block.shift, shape.grid, rngs=rngs)
-      else:
-        self.attn = Attention(c, block.heads, spec.head_dim_of(block), rngs=rngs)
-    elif block.attn in ("conv1", "conv3"):
-      self.norm1 = layer_norm(c, spec.ln_eps, rngs)
-      self.attn = ConvAttention(c, block.conv_dim, block.kernel_size, shape.prefix,
-                                grid=shape.grid, window=block.window, shift=block.shift,
-                                rngs=rngs)
-    elif block.attn == "norm":  # the SPViT reference's fine-tuned skip: x + norm1(x)
-      self.norm1, self.attn = layer_norm(c, spec.ln_eps, rngs), None
-    else:
-      self.norm1 = self.attn = None
+    self.norm1, self.attn = registry.attention(block.attn).build(spec, block, shape, rngs)
     if block.mlp:
       self.norm2 = layer_norm(c, spec.ln_eps, rngs)
       self.mlp = Mlp(c, block.mlp, rngs=rngs)
@@ -298,9 +290,7 @@ class Block(nnx.Module):
                drop: tuple[float, jax.Array] | None = None) -> jax.Array:
     """`drop` = (rate, key): stochastic depth on each residual branch (training only)."""
     d1, d2 = branch_drops(drop)
-    if self.attn_kind == "msa":
-      x = x + drop_path(self.attn(self.norm1(x)), d1)
-    elif self.attn is not None:
+    if self.attn is not None:
       x = x + drop_path(self.attn(self.norm1(x), train=train), d1)
     elif self.norm1 is not None:  # attn "norm"
       x = x + drop_path(self.norm1(x), d1)
@@ -309,6 +299,69 @@ class Block(nnx.Module):
     elif self.mlp_bias is not None:
       x = x + drop_path(jnp.broadcast_to(self.mlp_bias[...], x.shape), d2)
     return x
+
+
+# Attention kinds ---------------------------------------------------------------------------------
+# Each owns its MACs, parameters and module (`registry.AttentionKind`); N tokens, C width,
+# D = heads·head_dim, HW patch positions (the padded grid inside windows).
+def _msa_macs(b: BlockSpec, shape: Shape, head_dim: int, attention_matmuls: bool,
+              norm: int) -> int:
+  d, na, c = b.heads * head_dim, b.attn_tokens(shape), shape.width
+  total = 3 * na * c * d + na * d * c + norm * shape.tokens * c
+  if attention_matmuls:
+    total += 2 * na * (b.window**2 if b.window else na) * d
+  return total
+
+
+def _msa_params(b: BlockSpec, shape: Shape, head_dim: int) -> int:
+  c, d = shape.width, b.heads * head_dim
+  bias_table = (2 * b.window - 1)**2 * b.heads if b.window else 0
+  return 2 * c + (c * 3 * d + 3 * d) + (d * c + c) + bias_table
+
+
+def _msa_build(spec: ArchSpec, b: BlockSpec, shape: Shape, rngs: nnx.Rngs):
+  c, d = shape.width, spec.head_dim_of(b)
+  attn = (WindowAttention(c, b.heads, d, b.window, b.shift, shape.grid, rngs=rngs) if b.window
+          else Attention(c, b.heads, d, rngs=rngs))
+  return layer_norm(c, spec.ln_eps, rngs), attn
+
+
+def _conv_macs(b: BlockSpec, shape: Shape, head_dim: int, attention_matmuls: bool,
+               norm: int) -> int:
+  c, k2 = shape.width, b.kernel_size**2
+  return (k2 * c * b.conv_dim + b.conv_dim * c) * b.conv_positions(shape) + norm * shape.tokens * c
+
+
+def _conv_params(b: BlockSpec, shape: Shape, head_dim: int) -> int:
+  c, d, k2 = shape.width, b.conv_dim, b.kernel_size**2
+  return 2 * c + (k2 * c * d + d) + 2 * d + (d * c + c)
+
+
+def _conv_build(spec: ArchSpec, b: BlockSpec, shape: Shape, rngs: nnx.Rngs):
+  c = shape.width
+  return layer_norm(c, spec.ln_eps, rngs), ConvAttention(
+      c, b.conv_dim, b.kernel_size, shape.prefix, grid=shape.grid, window=b.window,
+      shift=b.shift, rngs=rngs)
+
+
+registry.register_attention(registry.AttentionKind(
+    "msa", _msa_macs, _msa_params, _msa_build, fields=("heads", "head_dim", "window", "shift"),
+    needs=("heads",), summary="multi-head self-attention (in windows with window > 0)"))
+registry.register_attention(registry.AttentionKind(
+    "conv1", _conv_macs, _conv_params, _conv_build, fields=("conv_dim",), needs=("conv_dim",),
+    summary="bottleneck 1x1 conv C -> conv_dim, BN, ReLU, 1x1 conv_dim -> C (SPViT)"))
+registry.register_attention(registry.AttentionKind(
+    "conv3", _conv_macs, _conv_params, _conv_build, fields=("conv_dim", "window", "shift"),
+    needs=("conv_dim",), summary="bottleneck 3x3 conv C -> conv_dim, BN, ReLU, 1x1 "
+    "conv_dim -> C (SPViT; inside windows with window > 0)"))
+registry.register_attention(registry.AttentionKind(
+    "none", lambda *a: 0, lambda *a: 0, lambda *a: (None, None),
+    summary="no attention sub-layer (SPViT's skip, DC-ViT's compressed block)"))
+registry.register_attention(registry.AttentionKind(
+    "norm", lambda b, shape, hd, am, norm: norm * shape.tokens * shape.width,
+    lambda b, shape, hd: 2 * shape.width,
+    lambda spec, b, shape, rngs: (layer_norm(shape.width, spec.ln_eps, rngs), None),
+    summary="x + LN1(x): the skip as the SPViT reference's fine-tuning code computes it"))
 
 
 class LinearAdaptor(nnx.Module):
@@ -344,6 +397,8 @@ class PatchMerging(nnx.Module):
   """Swin patch merging (`MergeSpec`): [B, g², C] → [B, ⌈g/2⌉², out_width]. The four tokens of
   each 2×2 cell are concatenated in the order (0,0), (1,0), (0,1), (1,1) (row, column offsets),
   as in the reference; an odd grid is zero-padded at the bottom/right."""
+
+  is_block = False
 
   def __init__(self, width: int, out_width: int, grid: int, eps: float, *, rngs: nnx.Rngs):
     self.grid = grid

@@ -36,7 +36,7 @@ from jaxprune.models.blocks import (Attention, Mlp, WindowAttention, branch_drop
                                     drop_path, gelu, layer_norm, on_patch_maps)
 from jaxprune.models.gates import (GATE_INIT, Gate, flops_path, op_coefficients, sample_st,
                                    single_path, threshold_surrogate)
-from jaxprune.models.vit import build_model
+from jaxprune.models.build import build_model
 from jaxprune.surgery import transplant
 
 
@@ -109,7 +109,7 @@ class SearchBlock(nnx.Module):
     c, d = shape.width, spec.head_dim_of(block)
     self.index, self.opts, self.num_prefix = index, opts, shape.prefix
     self.grid, self.window, self.shift = shape.grid, block.window, block.shift
-    self.centre_first = spec.family == "swin"
+    self.centre_first = bool(block.window)  # the Swin reference orders M's columns so
     self.heads, self.head_dim = block.heads, d
     self.norm1 = layer_norm(c, spec.ln_eps, rngs)
     if block.window:

@@ -13,7 +13,9 @@ from typing import Any
 import jax
 from flax import nnx
 
+from jaxprune import registry
 from jaxprune.arch import ArchSpec, MergeSpec
+from jaxprune.errors import UserError
 from jaxprune.models.blocks import (Block, PatchMerging, apply_layers, check_images, layer_norm,
                                     linear)
 
@@ -73,3 +75,31 @@ class Swin(nnx.Module):
                **block_kwargs) -> Any:
     return self.logits(self.features(images, train=train, **block_kwargs),
                        return_dist=return_dist)
+
+
+def _swin_stem(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
+  """(MACs, params) of the patch embedding and its LayerNorm."""
+  c, p, n = spec.width, spec.patch_size, spec.num_patches
+  return n * c * spec.in_channels * p * p + norm * n * c, p * p * spec.in_channels * c + 3 * c
+
+
+def _swin_check(spec: ArchSpec) -> None:
+  if spec.class_token or spec.dist_token:
+    raise UserError("ArchSpec: Swin models have no class or distillation token "
+                    "(class_token and dist_token must be False)")
+  for i, (b, shape) in enumerate(zip(spec.blocks, spec.block_shapes())):
+    where = f"ArchSpec.blocks[{i}]"
+    if b.attn == "msa" and not 1 <= b.window <= shape.grid:
+      raise UserError(f"{where}.window = {b.window}: Swin attention needs 1 <= window <= "
+                      f"the grid at this block ({shape.grid})")
+    if b.window > shape.grid:
+      raise UserError(f"{where}.window = {b.window}: a convolution inside windows needs "
+                      f"window <= the grid at this block ({shape.grid}), or 0 for the whole "
+                      "grid")
+
+
+registry.register_family(registry.Family(
+    "swin", build=lambda spec, rngs, make_block=None: Swin(spec, rngs=rngs, make_block=make_block),
+    stem=_swin_stem, check=_swin_check, collection="layers", layer_kinds=("block", "merge"),
+    windows=True, block_unit=2,
+    summary="Swin: (shifted) window attention, patch merging between stages"))

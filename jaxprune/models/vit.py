@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxprune import registry
 from jaxprune.arch import ArchSpec
+from jaxprune.errors import UserError
 from jaxprune.models.blocks import Block, apply_layers, check_images, layer_norm, linear
-from jaxprune.models.gates import Gate
 
 
 class ViT(nnx.Module):
@@ -79,20 +80,19 @@ class ViT(nnx.Module):
                        return_dist=return_dist)
 
 
-def build_model(spec: ArchSpec, seed: int = 0, make_block=None) -> nnx.Module:
-  """A randomly initialised model for `spec`: `ViT` or `Swin` by `spec.family`.
-
-  `make_block(spec, block_spec, index, rngs, shape)` builds each block (default: `Block`).
-  """
-  if spec.family == "swin":
-    from jaxprune.models.swin import Swin  # noqa: PLC0415 (a sibling; imported where used)
-    return Swin(spec, rngs=nnx.Rngs(seed), make_block=make_block)
-  return ViT(spec, rngs=nnx.Rngs(seed), make_block=make_block)
+def _vit_stem(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
+  """(MACs, params) of the patch embedding, the prefix tokens and the position embedding."""
+  c, p, n = spec.width, spec.patch_size, spec.num_patches
+  return (n * c * spec.in_channels * p * p,
+          p * p * spec.in_channels * c + c + spec.num_prefix * c + spec.num_tokens * c)
 
 
-def split_model(model: nnx.Module):
-  """`(graphdef, weights, gates, rest)`: the functional view every train step works on.
+def _vit_check(spec: ArchSpec) -> None:
+  if not spec.class_token:
+    raise UserError("ArchSpec.class_token = False: ViT models need a class token")
 
-  `rest` holds what is neither weight nor gate (BatchNorm statistics).
-  """
-  return nnx.split(model, nnx.Param, Gate, ...)
+
+registry.register_family(registry.Family(
+    "vit", build=lambda spec, rngs, make_block=None: ViT(spec, rngs=rngs, make_block=make_block),
+    stem=_vit_stem, check=_vit_check, collection="blocks", hf_model_type="vit",
+    summary="ViT / DeiT: class (+distillation) token, global attention"))

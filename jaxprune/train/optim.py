@@ -42,9 +42,23 @@ def _compile(pattern: str, field: str) -> re.Pattern:
     raise UserError(f"{field} = {pattern!r} is not a valid regular expression: {e}") from None
 
 
-def group_labels(params, cfg: ml_collections.ConfigDict) -> Any:
+def trainable_paths(model, selects, where: str) -> frozenset[str]:
+  """The `weights/...` paths of the parameters an NNX filter `selects` in `model` (a method's
+  trainable set, e.g. `registry.Family.trainable_upto`); one that selects nothing is an error."""
+  from flax import nnx  # noqa: PLC0415
+  state = nnx.state(model, nnx.All(nnx.Param, selects))
+  paths = frozenset("weights/" + p for p in jax.tree.leaves(leaf_paths(state)))
+  if not paths:
+    raise UserError(f"{where}: the trainable set selects no weight of the model (it would "
+                    "train nothing)")
+  return paths
+
+
+def group_labels(params, cfg: ml_collections.ConfigDict,
+                 trainable: frozenset[str] | None = None) -> Any:
   """Per-leaf optimizer group: `gates`, `frozen`, or `lr<i>` (i = first matching lr rule, else
-  the default group `lr-1`)."""
+  the default group `lr-1`). With `trainable` (from `trainable_paths`), weights outside it are
+  frozen too."""
   frozen = _compile(cfg.frozen, "optim.frozen") if cfg.frozen else None
   rules = [(_compile(r, f"optim.lr_rules[{i}]"), float(m)) for i, (r, m) in
            enumerate(cfg.lr_rules)]
@@ -53,6 +67,8 @@ def group_labels(params, cfg: ml_collections.ConfigDict) -> Any:
     if path.startswith("gates/"):
       return "gates"
     if frozen is not None and frozen.search(path):
+      return "frozen"
+    if trainable is not None and path not in trainable:
       return "frozen"
     for i, (rx, _) in enumerate(rules):
       if rx.search(path):
@@ -70,9 +86,10 @@ def schedule(base_lr: float, warmup_steps: int, total_steps: int,
       0.0, base_lr, warmup_steps, max(total_steps, warmup_steps + 1), base_lr * final_ratio)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, params, total_steps: int
-                   ) -> optax.GradientTransformation:
-  """AdamW groups by path rules over `{"weights", "gates"}`, with warm-up + cosine schedules."""
+def make_optimizer(cfg: ml_collections.ConfigDict, params, total_steps: int,
+                   trainable: frozenset[str] | None = None) -> optax.GradientTransformation:
+  """AdamW groups by path rules over `{"weights", "gates"}`, with warm-up + cosine schedules;
+  `trainable` (weight paths) freezes every other weight."""
   if cfg.lr <= 0:
     raise UserError(f"optim.lr = {cfg.lr}: must be > 0")
   warmup = int(cfg.warmup_steps)
@@ -89,7 +106,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params, total_steps: int
                                      weight_decay=0.0)}
   for i, (_, mult) in enumerate(cfg.lr_rules):
     transforms[f"lr{i}"] = adamw(cfg.lr * float(mult), cfg.weight_decay)
-  labels = group_labels(params, cfg)
+  labels = group_labels(params, cfg, trainable)
   if jax.tree.leaves(labels) and all(v == "frozen" for v in jax.tree.leaves(labels)):
     raise UserError(f"optim.frozen = {cfg.frozen!r} freezes every parameter of the phase: it "
                     "would train nothing; freeze fewer (e.g. '^weights/head')")
