@@ -103,9 +103,11 @@ NONNEG = integer(0)
 POSITIVE = integer(1)
 FRACTION = number(0, 1, lo_open=True, hi_open=True)
 
-# (path pattern, check). The first matching rule applies; a numeric leaf with no rule is a bug
-# (tests/test_validate.py checks every shipped config is covered).
-RULES: list[tuple[str, Check]] = [
+# (path pattern, check): the rules of the sections every method shares; each method adds those
+# of its own sections (`methods.Method.rules`, see `rules()`). The first matching rule applies; a
+# numeric leaf with no rule is a bug (tests/test_validate.py checks every shipped config is
+# covered).
+CORE_RULES: list[tuple[str, Check]] = [
     ("seed", SEED),
     ("latency_batch", POSITIVE),
     ("model.image_size", NONNEG),       # 0 = the data's size
@@ -113,7 +115,7 @@ RULES: list[tuple[str, Check]] = [
     ("model.depth", NONNEG), ("model.width", NONNEG), ("model.num_heads", NONNEG),
     ("model.window", NONNEG),  # 0 = preset
     ("model.mlp_ratio", number(0)),
-    ("data.fewshot", NONNEG), ("data.fewshot_seed", SEED), ("pretrain.fewshot", NONNEG),
+    ("data.fewshot", NONNEG), ("data.fewshot_seed", SEED),
     ("data.mean", each(number(), 0)), ("data.std", each(number(0, lo_open=True), 0)),
     ("data.augment.crop_scale_min", number(0, 1, lo_open=True)),
     ("data.augment.shift", NONNEG),
@@ -137,34 +139,24 @@ RULES: list[tuple[str, Check]] = [
     ("*distill.kind", choice("none", "hard", "soft")),
     ("*train.compute_dtype", choice("float32", "bfloat16")),
     ("*distill.weight", number(0, 1)), ("*distill.temperature", number(0, lo_open=True)),
-    ("spvit.target_ratio", FRACTION), ("spvit.tolerance", FRACTION),
-    ("spvit.budget_weight", number(0)), ("spvit.budget_scale", number(0, lo_open=True)),
-    ("spvit.alpha", number(0, lo_open=True)), ("spvit.ffn_group", POSITIVE),
-    ("spvit.temperature", number(0, lo_open=True)), ("spvit.eval_every", POSITIVE),
-    ("spvit.finetune_from", choice("search", "original")),
-    ("spvit.stop", choice("first", "end")),
-    ("spvit.swin_conv", choice("window", "grid")),
-    ("spvit.lambda_preset", choice("", "deit_tiny", "deit_small", "deit_base", "swin_tiny",
-                                   "swin_small", "swin_base")),
-    ("synthetic.num_images", POSITIVE), ("synthetic.steps", POSITIVE),
-    ("synthetic.lr", number(0, lo_open=True)), ("synthetic.warmup_steps", NONNEG),
-    ("synthetic.tv_weight", number(0)), ("synthetic.tv_exponent", number(0, lo_open=True)),
-    ("synthetic.l2_weight", number(0)), ("synthetic.jitter", integer(-1)),
-    ("synthetic.tv_group", POSITIVE), ("synthetic.jpeg_quality", integer(0, 95)),
-    ("dcvit.targets", each(FRACTION)), ("dcvit.num_targets", NONNEG),
-    ("dcvit.trial_steps", POSITIVE), ("dcvit.finetune_steps", POSITIVE),
-    ("dcvit.width_multiple", POSITIVE), ("dcvit.group", NONNEG),
-    ("dcvit.structure", choice("rule", "search", "both")),
-    ("dcvit.metric_set", choice("synthetic", "fewshot")),
-    ("dcvit.macs_convention", choice("full", "reference")),
-    ("dcvit.metric_temperature", number(0, lo_open=True)), ("dcvit.seeds", each(SEED)),
-    ("practise.num_drop", each(POSITIVE, 1)), ("practise.adaptor_steps", POSITIVE),
-    ("practise.adaptors", choice("around", "in_place")),
     ("export.formats", each(choice("stablehlo", "onnx", "hf"))),
-    ("random.num_archs", POSITIVE), ("random.seed", SEED),
 ]
-# Train sections whose epochs/steps set a phase's length (mimic phases take DC-ViT's step counts).
-LENGTH_SECTIONS = ("train", "pretrain.train", "search.train", "finetune.train")
+
+
+def rules() -> list[tuple[str, Check]]:
+  """The core rules, then every method's (`methods.Method.rules`)."""
+  from jaxprune import methods
+  return CORE_RULES + [r for m in methods.all_methods().values() for r in m.rules]
+
+
+def length_sections() -> tuple[str, ...]:
+  """Train sections whose epochs/steps set a phase's length: `train` and every method's
+  `phases` (mimic phases take DC-ViT's step counts)."""
+  from jaxprune import methods
+  out = ["train"]
+  for m in methods.all_methods().values():
+    out += [p for p in m.phases if p not in out]
+  return tuple(out)
 
 
 def leaves(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
@@ -179,7 +171,7 @@ def leaves(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def rule_for(path: str) -> Check | None:
-  for pattern, check in RULES:
+  for pattern, check in rules():
     if fnmatch.fnmatchcase(path, pattern):
       return check
   return None
@@ -197,7 +189,7 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
     msg = check(value) if check else None
     if msg:
       raise UserError(f"{path} = {_show(value)}: {msg}")
-  for section in LENGTH_SECTIONS:
+  for section in length_sections():
     if f"{section}.epochs" in flat and not (flat[f"{section}.epochs"] or flat[f"{section}.steps"]):
       raise UserError(f"{section}.epochs = 0 and {section}.steps = 0: the phase would train "
                       f"nothing; set {section}.epochs or {section}.steps > 0")
@@ -224,19 +216,14 @@ def planned_spec(config: ml_collections.ConfigDict):
   return spec_from_config(m, m.patch_size, num_classes=2, in_channels=3)
 
 
-# Model families each method runs on (SPViT on Swin: not built yet).
-METHOD_FAMILIES = {"pretrain": ("vit", "swin"), "dcvit": ("vit", "swin"),
-                   "practise": ("vit", "swin"), "spvit": ("vit", "swin"),
-                   "spvit_random": ("vit", "swin")}
-
-
 def check_paths(config: ml_collections.ConfigDict) -> None:
   """The data source names a known kind (and existing folders); the model can be built, and is
   of a family the method runs on."""
+  from jaxprune import methods, registry
   from jaxprune.data.sources import check_source
   check_source(config.data.source)
   family = planned_spec(config).family
-  allowed = METHOD_FAMILIES.get(config.method, ("vit",))
+  allowed = methods.get(config.method).families or registry.families()
   if family not in allowed:
     raise UserError(f"method {config.method!r} does not run on {family!r} models yet (the "
                     f"model from model.variant / model.init_from); it runs on: "
@@ -252,7 +239,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     check_devices(config, device_count)
   check_paths(config)
   check_frozen(config)
-  if hasattr(method, "check"):
+  if method.check is not None:
     method.check(config)
 
 

@@ -27,7 +27,7 @@ def _main(*args, devices=8, **kw):
     ("--config.model.variant=vit_giant", "model variant 'vit_giant' is unknown; allowed are"),
     ("--config.train.batch_size=12", "train.batch_size = 12 is not divisible by the 8 devices"),
     ("--config.model.init_from=/no/such/model", "model directory '/no/such/model' has no arch.json"),
-    ("--config.method=spvitt", "config.method = 'spvitt' is unknown; allowed are pretrain"),
+    ("--config.method=spvitt", "config.method = 'spvitt' is unknown; allowed are dcvit, practise, pretrain, spvit, spvit_random"),
     ("--config.optim.lrr=0.1", "unknown config field in the --config.* overrides: 'lrr' Did "
                                'you mean "lr"'),
     ("--config.optim.lr=abc", "--config.optim.lr=abc: could not convert string to float"),
@@ -118,9 +118,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
   assert "resumed from checkpoint at step" in r.stdout
   sa, sb = (json.load(open(os.path.join(d, "summary.json"))) for d in (a, b))
   assert sa["dense"]["accuracy"] == pytest.approx(sb["dense"]["accuracy"], abs=1e-6)
-  from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES  # (the pretrain config's smoke test)
+  from jaxprune.train.workdir import LOCK_FILE, run_entries  # (the pretrain config's smoke test)
   for d in (a, b):  # --overwrite deletes exactly these names: every entry written must be one
-    assert set(os.listdir(d)) <= RUN_ENTRIES | {LOCK_FILE}, set(os.listdir(d)) - RUN_ENTRIES
+    assert set(os.listdir(d)) <= run_entries() | {LOCK_FILE}, set(os.listdir(d)) - run_entries()
   from jaxprune import load
   import jax
   ma, mb = load(os.path.join(a, "model")), load(os.path.join(b, "model"))

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES
+from jaxprune.train.workdir import LOCK_FILE, run_entries
 from tests.jobs import SMOKE_DEVICES, job_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +52,7 @@ def test_config_runs_in_runlocal_form(name, tmp_path):
     assert program.in_avals[0].dtype == np.uint8
   # --overwrite deletes exactly these names: every top-level entry a run writes must be one
   written = set(os.listdir(tmp_path / "w"))
-  assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES
+  assert written <= run_entries() | {LOCK_FILE}, written - run_entries()
 
 
 @pytest.mark.parametrize("name, arg", [

@@ -15,13 +15,13 @@ from jaxprune.methods.dcvit import kl_metric
 from jaxprune.methods.mimicking import trainable_upto
 from jaxprune.train.optim import trainable_paths
 from jaxprune.methods.practise import with_adaptor
-from jaxprune.methods.structure import compressed_spec, structure_for
+from jaxprune.methods.dcvit.structure import compressed_spec, structure_for
 from jaxprune.models.blocks import gelu
 from jaxprune.surgery import compress_block, drop_blocks
 from jaxprune.synth import InversionConfig, invert, labels_for, save
 from jaxprune.train.mesh import make_mesh
 from jaxprune.train.optim import group_labels, path_str
-from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES
+from jaxprune.train.workdir import LOCK_FILE, run_entries
 from configs import common as cfgs
 from tests.test_configs import run_config
 
@@ -281,7 +281,7 @@ def test_dcvit_main_job(tmp_path):
   assert os.path.exists(w / "synthetic" / "synthetic.png")  # one synthetic set for all seeds
   # --overwrite deletes exactly these names: every top-level entry a run writes must be one
   written = set(os.listdir(w))
-  assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES
+  assert written <= run_entries() | {LOCK_FILE}, written - run_entries()
   _check_trials_by_metric_set(w)
   _check_first_progressive_step_is_the_trial(w)
 
@@ -292,7 +292,7 @@ def _check_first_progressive_step_is_the_trial(w):
   import ml_collections
   from jaxprune.methods import pretrain
   from jaxprune.methods.dcvit import Trials, compress_to
-  from jaxprune.methods.structure import block_costs
+  from jaxprune.methods.dcvit.structure import block_costs
   from jaxprune.train.logging import MetricWriter
   config = ml_collections.ConfigDict(json.load(open(w / "config.json")))
   config.data.fewshot_seed = 0

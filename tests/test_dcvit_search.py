@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from jaxprune import dense_spec, macs
-from jaxprune.methods import structure_search
+from jaxprune.methods.dcvit import structure_search
 from jaxprune.methods.dcvit import over_seeds
-from jaxprune.methods.structure import candidate_units, compressed_spec, structure_for
+from jaxprune.methods.dcvit.structure import candidate_units, compressed_spec, structure_for
 from jaxprune.synth import jpeg_roundtrip, total_variation
 
 SPEC = dense_spec("test_small", image_size=28, patch_size=4, num_classes=10, in_channels=1,
@@ -169,7 +169,7 @@ def test_the_synthetic_set_is_made_only_to_rank_by_it(metric_set, inverted, monk
   made, given = [], []
   monkeypatch.setattr(dcvit.pretrain, "dense_model", lambda *a: "dense")
   monkeypatch.setattr(dcvit, "synthetic_set", lambda *a: made.append(1) or "images")
-  monkeypatch.setattr(dcvit, "compress",
-                      lambda c, w, dense, synthetic, writer: given.append(synthetic) or {})
-  dcvit.run(config, str(tmp_path))
+  monkeypatch.setattr(dcvit, "compress_seed",
+                      lambda c, w, dense, synthetic, writer: given.append(synthetic) or None)
+  dcvit.compress(config, str(tmp_path), writer=None)
   assert bool(made) == inverted and given == ["images" if inverted else None]

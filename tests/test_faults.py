@@ -463,8 +463,8 @@ def test_fields_added_after_a_run_at_their_off_value_do_not_block_resuming(tmp_p
 
 
 # Every config field whose default is not an "off" value, by the end of its dotted path (as
-# `workdir.ADDED_DEFAULTS`), as of the resume rules. A run written before a new such field lacks
-# it, and resuming it reads as a different config unless `workdir.ADDED_DEFAULTS` names the value
+# `workdir.added_defaults()`), as of the resume rules. A run written before a new such field lacks
+# it, and resuming it reads as a different config unless `workdir.added_defaults()` names the value
 # that run computed with (or the field is inert at an off default). Forgetting that once stopped a
 # day-long benchmark at its next resume.
 NON_OFF_FIELDS = frozenset({
@@ -506,8 +506,8 @@ def test_a_new_config_field_says_what_older_runs_computed_with():
     config = importlib.import_module(module)
     if hasattr(config, "get_config"):  # (the ImageNet SPViT config needs a model size)
       walk(config.get_config("tiny" if module.endswith("spvit_deit") else None).to_dict())
-  known = dict.fromkeys(NON_OFF_FIELDS) | wd.ADDED_DEFAULTS
+  known = dict.fromkeys(NON_OFF_FIELDS) | wd.added_defaults()
   new = sorted(k for k in names if wd.path_entry(known, k) is wd._MISSING)
   assert not new, (f"config fields {new} have a non-off default: add each to "
-                   "jaxprune/train/workdir.py ADDED_DEFAULTS with the value runs before it "
+                   "the method's Method.added_defaults (or workdir.CORE_ADDED_DEFAULTS) with the value runs before it "
                    "computed with (so they resume), or, if it is not new, to NON_OFF_FIELDS here")

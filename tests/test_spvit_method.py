@@ -8,7 +8,7 @@ import pytest
 
 from jaxprune import ArchSpec, load, macs
 from jaxprune.methods.common import distillation_loss
-from jaxprune.train.workdir import LOCK_FILE, RUN_ENTRIES
+from jaxprune.train.workdir import LOCK_FILE, run_entries
 from tests.test_configs import run_config
 
 
@@ -37,7 +37,7 @@ def test_spvit_main_job_writes_summary_and_a_loadable_pruned_model(tmp_path):
   assert len(search_rows[0]["ops"]) == arch.depth
   # --overwrite deletes exactly these names: every top-level entry a run writes must be one
   written = set(os.listdir(w))
-  assert written <= RUN_ENTRIES | {LOCK_FILE}, written - RUN_ENTRIES
+  assert written <= run_entries() | {LOCK_FILE}, written - run_entries()
   # stop=end: every evaluation to the end is logged, the choice says where it came from
   history = [json.loads(l) for l in open(w / "search" / "archs.jsonl")]
   assert [h["step"] for h in history] == [4, 8, 12, 16]

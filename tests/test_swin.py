@@ -138,7 +138,7 @@ MINI = swin_spec("swin_mini", image_size=28, patch_size=2, num_classes=10, in_ch
 
 
 def test_dcvit_candidates_are_pairs_of_the_longest_stage():
-  from jaxprune.methods.structure import candidate_units, stages, units
+  from jaxprune.methods.dcvit.structure import candidate_units, stages, units
   assert stages(MINI) == [[0, 1], [2, 3, 4, 5, 6, 7], [8, 9]]
   assert candidate_units(MINI, 2) == [(2, 3), (4, 5), (6, 7)]
   assert units(MINI, 2) == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
@@ -146,7 +146,7 @@ def test_dcvit_candidates_are_pairs_of_the_longest_stage():
 
 
 def test_structure_for_pairs_lands_on_the_target():
-  from jaxprune.methods.structure import compressed_spec, structure_for
+  from jaxprune.methods.dcvit.structure import compressed_spec, structure_for
   dense = count(MINI).macs
   for target in (0.85, 0.75, 0.6):
     st = structure_for(MINI, target, 3, width_multiple=8, unit=(2, 3))
@@ -246,10 +246,13 @@ def test_timm_swin_parity_and_image_size_required():
 
 
 def test_methods_without_swin_support_refuse_it_before_any_work(tmp_path, monkeypatch):
-  from jaxprune import validate
+  import dataclasses
+  from jaxprune import methods
   from jaxprune.main import execute
   from configs import spvit
-  monkeypatch.setitem(validate.METHOD_FAMILIES, "spvit", ("vit",))
+  methods.all_methods()  # discovered first, then one of them narrowed
+  monkeypatch.setitem(methods._METHODS, "spvit",
+                      dataclasses.replace(methods.get("spvit"), families=("vit",)))
   config = spvit.get_config()
   config.model.update(variant="swin_test", num_heads=0)
   with pytest.raises(UserError, match="method 'spvit' does not run on 'swin' models yet"):

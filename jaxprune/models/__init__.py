@@ -2,7 +2,7 @@
 
 from jaxprune.models.build import build_model, split_model
 from jaxprune.models.gates import Gate
-from jaxprune.models.swin import Swin
-from jaxprune.models.vit import ViT
+from jaxprune.models.vit import ViT  # registers family "vit" (first: the default family)
+from jaxprune.models.swin import Swin  # noqa: I001  registers family "swin"
 
 __all__ = ["Gate", "Swin", "ViT", "build_model", "split_model"]

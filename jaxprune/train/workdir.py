@@ -2,7 +2,7 @@
 
 A workdir made by jaxprune holds `config.json` (the run's config) and a marker file
 `.jaxprune-run`. Rerunning the same config resumes it. `--overwrite` replaces a run of another
-config, but only ever deletes what jaxprune writes (`RUN_ENTRIES`) in a folder carrying the
+config, but only ever deletes what jaxprune writes (`run_entries()`) in a folder carrying the
 marker; anything else in the folder is left where it is. A second process on the same workdir
 is refused while the first holds its lock (`flock`, released by the kernel when a process dies,
 so a killed run never leaves a stale lock behind).
@@ -26,12 +26,16 @@ from jaxprune.errors import UserError
 CONFIG_FILE = "config.json"
 MARKER_FILE = ".jaxprune-run"
 LOCK_FILE = ".lock"
-# Everything jaxprune writes at the top of a workdir (methods, checkpoints, logs, exports).
-RUN_ENTRIES = frozenset({
-    CONFIG_FILE, MARKER_FILE, "metrics.jsonl", "tensorboard", "checkpoints", "summary.json",
-    "model", "dense", "search", "pruned", "candidates", "synthetic", "trials", "family",
-    "family.png", "practise", "arch.png", "searched", "seeds", "export",
-})
+# What every run writes at the top of its workdir (config, checkpoints, logs, exports); each
+# method adds its own (`methods.Method.outputs`, see `run_entries()`).
+CORE_ENTRIES = frozenset({CONFIG_FILE, MARKER_FILE, "metrics.jsonl", "tensorboard", "checkpoints",
+                          "summary.json", "export"})
+
+
+def run_entries() -> frozenset[str]:
+  """Everything jaxprune writes at the top of a workdir: the core entries and every method's."""
+  from jaxprune import methods
+  return CORE_ENTRIES.union(*(m.outputs for m in methods.all_methods().values()))
 
 _held: dict[str, IO] = {}  # workdir → open lock file, held for the life of the process
 
@@ -105,7 +109,7 @@ def _delete_run(workdir: str) -> list[str]:
   kept = []
   for name in sorted(os.listdir(workdir)):
     path = os.path.join(workdir, name)
-    if name not in RUN_ENTRIES or name == MARKER_FILE:
+    if name not in run_entries() or name == MARKER_FILE:
       kept.append(name)
     elif os.path.isdir(path) and not os.path.islink(path):
       shutil.rmtree(path)
@@ -187,21 +191,30 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
 
 _MISSING = object()
 # Fields a resume may change: how fast a run goes (loader threads and processes), never what it
-# computes; and `dcvit.seeds`, whose every seed runs in its own `seeds/<seed>/` folder, so a
-# resume with more seeds adds their runs and keeps the finished ones; `dcvit.trial_accuracy`,
-# which only adds a measurement to the trials it runs (nothing is chosen by it), so a study can
-# record it for one seed and spare the test-set passes on the others; `data.skip_corrupt`, the fix
-# a data error advises (a resume that then finds other images says so: train/loop.py).
-NEUTRAL = frozenset({"data.threads", "data.workers", "dcvit.seeds", "dcvit.trial_accuracy",
-                     "data.skip_corrupt"})
+# computes; and `data.skip_corrupt`, the fix a data error advises (a resume that then finds
+# other images says so: train/loop.py). Methods add theirs (`methods.Method.neutral`).
+CORE_NEUTRAL = frozenset({"data.threads", "data.workers", "data.skip_corrupt"})
 # Fields added later whose default is not an "off" value: the default the runs before them
 # computed with. Keyed by the end of the dotted path ("train.compute_dtype" is every section's
 # `train.compute_dtype`), so a later field that shares only a leaf name is not covered by mistake.
-ADDED_DEFAULTS = {"train.compute_dtype": "float32", "augment.randaugment_std": 0.5,
-                  "augment.repeats": 1, "synthetic.tv_group": 1, "dcvit.structure": "rule",
-                  "dcvit.metric_set": "synthetic", "dcvit.metric_temperature": 1.0,
-                  "dcvit.macs_convention": "full", "practise.adaptors": "in_place",
-                  "spvit.swin_conv": "window"}
+# Methods add theirs (`methods.Method.added_defaults`).
+CORE_ADDED_DEFAULTS = {"train.compute_dtype": "float32", "augment.randaugment_std": 0.5,
+                       "augment.repeats": 1}
+
+
+def neutral() -> frozenset[str]:
+  """Config paths a resume may change: the core ones and every method's."""
+  from jaxprune import methods
+  return CORE_NEUTRAL.union(*(m.neutral for m in methods.all_methods().values()))
+
+
+def added_defaults() -> dict[str, Any]:
+  """Fields added after runs were saved, with the value those runs computed with."""
+  from jaxprune import methods
+  out = dict(CORE_ADDED_DEFAULTS)
+  for m in methods.all_methods().values():
+    out.update(m.added_defaults)
+  return out
 
 
 def path_entry(table: dict[str, Any], key: str) -> Any:
@@ -220,12 +233,12 @@ def _off(value: Any) -> bool:
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
   """Dotted keys whose values differ. A key the old config `a` lacks while the new one holds it
   at its off value is not a difference: a field added to jaxprune after that run, inert; nor
-  are the `NEUTRAL` loader settings."""
+  are the `neutral()` settings."""
   if isinstance(a, dict) and isinstance(b, dict):
-    out = []
+    out, defaults, free = [], added_defaults(), neutral()
     for k in sorted(set(a) | set(b)):
-      added = k not in a and (_off(b[k]) or path_entry(ADDED_DEFAULTS, prefix + k) == b[k])
-      if added or f"{prefix}{k}" in NEUTRAL:
+      added = k not in a and (_off(b[k]) or path_entry(defaults, prefix + k) == b[k])
+      if added or f"{prefix}{k}" in free:
         continue
       out += _diff_keys(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
     return out

@@ -15,10 +15,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxprune import accounting
+from jaxprune import accounting, validate
 from jaxprune.arch import ArchSpec
 from jaxprune.errors import UserError
-from jaxprune.methods import common, pretrain, spvit
+from jaxprune.methods import Method, Outcome, common, pretrain, spvit
 from jaxprune.models.spvit import build_search_model
 from jaxprune.surgery import OPS_BY_DEPTH, encode_arch, materialise, searched_block
 from jaxprune.train.logging import MetricWriter
@@ -44,8 +44,8 @@ def sample_arch(dense: ArchSpec, rng: np.random.Generator, target_ratio: float, 
                   f"{target_ratio} x dense MACs in {MAX_DRAWS} draws; widen spvit.tolerance")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  writer = MetricWriter(workdir)
+def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter) -> Outcome:
+  """Samples `random.num_archs` architectures, fine-tunes each, reports the best."""
   dense = pretrain.dense_model(config, workdir, writer)
   eval_setup = common.setup(common.phase_config(config, "finetune"))
   dense_acc = common.evaluate_model(common.phase_config(config, "finetune"), dense,
@@ -71,9 +71,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
              "target_ratio": config.spvit.target_ratio, "best_candidate": best_i,
              "candidates": [{"accuracy": a, "arch": m.spec.to_dict(),
                              "macs": accounting.macs(m.spec)} for a, _, m in candidates]}
-  common.write_summary(workdir, summary)
-  writer.close()
-  common.print_table(f"Random search, {len(candidates)} architectures within "
-                     f"±{config.spvit.tolerance:.0%} of {config.spvit.target_ratio:.0%} MACs",
-                     rows)
-  return summary
+  return Outcome(summary, table=(f"Random search, {len(candidates)} architectures within "
+                                 f"±{config.spvit.tolerance:.0%} of "
+                                 f"{config.spvit.target_ratio:.0%} MACs", rows))
+
+
+METHOD = Method(
+    "spvit_random", compress,
+    summary="random search in SPViT's space at its MACs target (the search's baseline)",
+    paper="the random-search baseline of SPViT (TPAMI 2024, arXiv:2111.11802)",
+    rules=(("random.num_archs", validate.POSITIVE), ("random.seed", validate.SEED)),
+    phases=("finetune.train",), outputs=frozenset({"candidates"}))

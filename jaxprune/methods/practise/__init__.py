@@ -22,17 +22,16 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
-from jaxprune import accounting, registry
+from jaxprune import accounting, registry, validate
 from jaxprune.errors import UserError
-from jaxprune.methods import common, pretrain
+from jaxprune.methods import Method, Outcome, common, pretrain
 from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import mimic, trainable_upto
 from jaxprune.models import build_model
 from jaxprune.models.blocks import Block, LinearAdaptor, WithAdaptor
-from jaxprune.methods.structure import group_of, units
+from jaxprune.methods.dcvit.structure import group_of, units
 from jaxprune.surgery import block_states, drop_blocks, transplant
 from jaxprune.train.logging import MetricWriter
-from jaxprune.validate import planned_spec
 
 
 def drop_units(config, spec) -> list[tuple[int, ...]]:
@@ -163,7 +162,7 @@ def run_family(config, workdir, dense, writer) -> list[tuple[Any, list[int]]]:
 
 def check(config: ml_collections.ConfigDict) -> None:
   """Before any work: each `practise.num_drop` leaves at least one unit."""
-  spec = planned_spec(config)
+  spec = validate.planned_spec(config)
   count = len(drop_units(config, spec))
   what = "blocks" if count == spec.depth else "units (block pairs)"
   too_many = [n for n in config.practise.num_drop if n >= count]
@@ -173,9 +172,8 @@ def check(config: ml_collections.ConfigDict) -> None:
                     f"{count - 1}")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """PRACTISE alone (`configs/practise.py`)."""
-  writer = MetricWriter(workdir)
+def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter) -> Outcome:
+  """PRACTISE alone (`configs/practise.py`): scores, the dropped models, the table."""
   dense = pretrain.dense_model(config, workdir, writer)
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
@@ -185,10 +183,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                      [(m, evaluate(m)) for m, _ in pruned], config.latency_batch)
   rows = [{**r, "dropped": dropped} for r, (_, dropped) in zip(rows, pruned)]
   summary = {"dense": dense_row, "practise": rows,
-             "scores": block_scores(config, workdir, dense, writer),
-             "exports": common.export_models(config, workdir, practise_dirs(config, workdir))}
-  common.write_summary(workdir, summary)
-  common.print_table(f"PRACTISE, {config.data.fewshot} training images",
-                     [("dense", dense_row)] + [(f"drop {r['dropped']}", r) for r in rows])
-  writer.close()
-  return summary
+             "scores": block_scores(config, workdir, dense, writer)}
+  return Outcome(summary, models=practise_dirs(config, workdir),
+                 table=(f"PRACTISE, {config.data.fewshot} training images",
+                        [("dense", dense_row)] + [(f"drop {r['dropped']}", r) for r in rows]))
+
+
+METHOD = Method(
+    "practise", compress, check=check,
+    summary="PRACTISE: drop the blocks whose adaptors recover best per latency saved",
+    paper="Practical Network Acceleration with Tiny Sets (CVPR 2023, arXiv:2202.07861); "
+          "github.com/DoctorKey/Practise",
+    rules=(("practise.num_drop", validate.each(validate.POSITIVE, 1)),
+           ("practise.adaptor_steps", validate.POSITIVE),
+           ("practise.adaptors", validate.choice(*ADAPTORS))),
+    outputs=frozenset({"practise"}), added_defaults={"practise.adaptors": "in_place"})

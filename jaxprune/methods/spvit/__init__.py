@@ -1,5 +1,8 @@
 """SPViT: single-path search of MSA → convolution and FFN width under a MACs target.
 
+He et al., "Pruning Self-attentions into Convolutional Layers in Single Path", IEEE TPAMI 2024,
+arXiv:2111.11802; reference code github.com/ziplab/SPViT.
+
 Phases (each checkpointed; a rerun resumes where it stopped):
   1. dense        the pretrained model (`model.init_from`, or pre-trained here)
   2. search       every MSA layer a nested choice skip ⊂ conv1 ⊂ conv3 ⊂ msa, every FFN unit gated;
@@ -29,13 +32,13 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from jaxprune import accounting, plot
+from jaxprune import accounting, plot, validate
 from jaxprune.atomic import write_json
 from jaxprune.arch import ArchSpec
 from jaxprune.data.augment import renormalise
 from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
-from jaxprune.methods import common, pretrain
+from jaxprune.methods import Method, Outcome, common, pretrain
 from jaxprune.methods.phase import train_phase
 from jaxprune.models.gates import Gate
 from jaxprune.models.spvit import SearchOptions, build_search_model
@@ -361,8 +364,8 @@ def run_finetune(config, workdir: str, compact, dense, writer: MetricWriter):
   return t.model, t.metrics
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  writer = MetricWriter(workdir)
+def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter) -> Outcome:
+  """Phases 1-6 of the module docstring."""
   if config.spvit.search_dir and not config.model.init_from:
     dense = load(os.path.join(config.spvit.search_dir, "dense"))  # the model that was searched
   else:
@@ -407,15 +410,34 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   summary = {"dense": rows[0][1], "pruned": rows[1][1], "arch": pruned.spec.to_dict(),
              "target_ratio": config.spvit.target_ratio, "selected": record,
              "macs_ratio": rows[1][1]["macs"] / rows[0][1]["macs"],
-             "speedup": rows[0][1]["latency_ms"] / rows[1][1]["latency_ms"],
-             "exports": common.export_models(config, workdir,
-                                             {"pruned": os.path.join(workdir, "pruned")})}
-  common.write_summary(workdir, summary)
-  writer.close()
-  common.print_table(f"SPViT, target {config.spvit.target_ratio:.0%} of dense MACs; latency: "
-                     f"median eval forward, batch {batch}", rows)
-  if jax.process_index() == 0:
-    print(f"selected arch (attn/mlp per block): {arch_summary(pruned.spec)}\n"
-          f"MACs ratio {summary['macs_ratio']:.3f}, measured speed-up {summary['speedup']:.2f}x; "
-          f"wrote {os.path.join(workdir, 'summary.json')}")
-  return summary
+             "speedup": rows[0][1]["latency_ms"] / rows[1][1]["latency_ms"]}
+  return Outcome(
+      summary, models={"pruned": os.path.join(workdir, "pruned")},
+      table=(f"SPViT, target {config.spvit.target_ratio:.0%} of dense MACs; latency: median eval "
+             f"forward, batch {batch}", rows),
+      notes=(f"selected arch (attn/mlp per block): {arch_summary(pruned.spec)}",
+             f"MACs ratio {summary['macs_ratio']:.3f}, measured speed-up "
+             f"{summary['speedup']:.2f}x; wrote {os.path.join(workdir, 'summary.json')}"))
+
+
+FRACTION, POSITIVE = validate.FRACTION, validate.POSITIVE
+METHOD = Method(
+    "spvit", compress, check=check,
+    summary="SPViT: MSA layers into convolutions or skips, FFN widths, under a MACs target",
+    paper="Pruning Self-attentions into Convolutional Layers in Single Path (TPAMI 2024, "
+          "arXiv:2111.11802); github.com/ziplab/SPViT",
+    rules=(("spvit.target_ratio", FRACTION), ("spvit.tolerance", FRACTION),
+           ("spvit.budget_weight", validate.number(0)),
+           ("spvit.budget_scale", validate.number(0, lo_open=True)),
+           ("spvit.alpha", validate.number(0, lo_open=True)), ("spvit.ffn_group", POSITIVE),
+           ("spvit.temperature", validate.number(0, lo_open=True)),
+           ("spvit.eval_every", POSITIVE),
+           ("spvit.finetune_from", validate.choice("search", "original")),
+           ("spvit.stop", validate.choice("first", "end")),
+           ("spvit.swin_conv", validate.choice("window", "grid")),
+           ("spvit.lambda_preset", validate.choice("", "deit_tiny", "deit_small", "deit_base",
+                                                   "swin_tiny", "swin_small", "swin_base"))),
+    phases=("search.train", "finetune.train"),
+    outputs=frozenset({"search", "pruned", "arch.png"}),
+    added_defaults={"spvit.swin_conv": "window"})
+

@@ -1,5 +1,8 @@
 """DC-ViT: dense few-shot compression into a family of models covering a range of MACs.
 
+Zhang et al., "Dense Vision Transformer Compression with Few Samples", CVPR 2024,
+arXiv:2403.18708; reference code github.com/Michelia-zhx/dcvit.
+
 Phases (each resumable; finished work is found on disk and reused):
   1. dense      the pretrained model (`model.init_from`, or pre-trained here)
   2. synthetic  the metric set: the dense model inverted from noise (`synth.py`)
@@ -13,7 +16,7 @@ Phases (each resumable; finished work is found on disk and reused):
      targets whose (unit, width) coincide. `dcvit.structure = "search"` (or "both", next to
      the rule's family) chooses each target's structure among drops, the rule and mixes
      instead (`structure_search.py`).
-  4. PRACTISE at matched MACs (`methods/practise.py`), evaluation, latency, table, plot.
+  4. PRACTISE at matched MACs (`methods/practise/`), evaluation, latency, table, plot.
 With `dcvit.seeds`, phases 3-4 run once per few-shot set (`seeds/<seed>/`) and the summary
 gives mean ± std per family member.
 """
@@ -31,18 +34,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxprune import accounting, synth
+from jaxprune import accounting, synth, validate
 from jaxprune.atomic import write_json
 from jaxprune.errors import UserError
-from jaxprune.methods import common, practise, pretrain, structure_search
+from jaxprune.methods import Method, Outcome, common, finish, practise, pretrain
+from jaxprune.methods.dcvit import structure_search
 from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import mimic, trainable_upto
-from jaxprune.methods.structure import (block_costs, candidate_units, group_of, stages,
+from jaxprune.methods.dcvit.structure import (block_costs, candidate_units, group_of, stages,
                                         structure_for)
 from jaxprune.surgery import compress_block, drop_blocks
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.mesh import make_mesh
-from jaxprune.validate import planned_spec
 
 
 def kl_metric(teacher, student, images: np.ndarray, batch: int = 256,
@@ -311,7 +314,7 @@ def search_to(config, workdir: str, dense, target: float, trials: Trials, candid
 
 def check(config: ml_collections.ConfigDict) -> None:
   """Before any work: the dense model has candidate units and only MSA blocks."""
-  spec = planned_spec(config)
+  spec = validate.planned_spec(config)
   group = group_of(config, spec)
   if not candidate_units(spec, group):
     raise UserError(f"DC-ViT finds no candidate unit of {group} block(s) in this model "
@@ -334,36 +337,34 @@ STRUCTURES = {"rule": (("family", compress_to),), "search": (("family", search_t
               "both": (("family", compress_to), ("searched", search_to))}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  writer = MetricWriter(workdir)
+def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter) -> Outcome:
+  """Phases 1-4 of the module docstring; with `dcvit.seeds`, phases 3-4 once per seed."""
   dense = pretrain.dense_model(config, workdir, writer)
   # The real few-shot images need no inversion: the synthetic set is made only to rank by.
   synthetic = (synthetic_set(config, workdir, dense) if metric_set(config) == "synthetic"
                else None)
   seeds = [int(x) for x in config.dcvit.get("seeds", ())]
   if not seeds:
-    summary = compress(config, workdir, dense, synthetic, writer)
-  else:  # one compression per few-shot set; dense model and synthetic set shared
-    runs = {}
-    for i, seed in enumerate(seeds):
-      if jax.process_index() == 0:
-        print(f"[dcvit] few-shot seed {seed} ({i + 1} of {len(seeds)})", flush=True)
-      c = ml_collections.ConfigDict(config.to_dict())
-      c.data.fewshot_seed = seed
-      sub = os.path.join(workdir, "seeds", str(seed))
-      seed_writer = MetricWriter(sub)  # each seed's phases logged beside its checkpoints
-      runs[seed] = compress(c, sub, dense, synthetic, seed_writer)
+    return compress_seed(config, workdir, dense, synthetic, writer)
+  runs = {}  # one compression per few-shot set; dense model and synthetic set shared
+  for i, seed in enumerate(seeds):
+    if jax.process_index() == 0:
+      print(f"[dcvit] few-shot seed {seed} ({i + 1} of {len(seeds)})", flush=True)
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.data.fewshot_seed = seed
+    sub = os.path.join(workdir, "seeds", str(seed))
+    seed_writer = MetricWriter(sub)  # each seed's phases logged beside its checkpoints
+    try:
+      runs[seed] = finish(compress_seed(c, sub, dense, synthetic, seed_writer), c, sub)
+    finally:
       seed_writer.close()
-    summary = over_seeds(runs)
-    common.write_summary(workdir, summary)
-    report(config, workdir, summary, f"mean ± std over few-shot seeds {seeds}")
-  writer.close()
-  return summary
+  summary = over_seeds(runs)
+  table, notes = report(config, workdir, summary, f"mean ± std over few-shot seeds {seeds}")
+  return Outcome(summary, table=table, notes=notes)
 
 
-def compress(config, workdir: str, dense, synthetic, writer) -> dict[str, Any]:
-  """PRACTISE and the DC-ViT family (or families: `dcvit.structure`) from one few-shot set;
-  writes `workdir/summary.json`."""
+def compress_seed(config, workdir: str, dense, synthetic, writer) -> Outcome:
+  """PRACTISE and the DC-ViT family (or families: `dcvit.structure`) from one few-shot set."""
   candidates = candidate_units(dense.spec, group_of(config, dense.spec))
   mcfg = common.phase_config(config, "mimic")
   s = common.setup(mcfg)
@@ -413,15 +414,14 @@ def compress(config, workdir: str, dense, synthetic, writer) -> dict[str, Any]:
                                    f["target_ratio"] in matched), rule[0].get("ranking", {}))
   report_path = os.path.join(workdir, "synthetic", "report.json")
   summary["synthetic"] = json.load(open(report_path)) if os.path.exists(report_path) else {}
-  summary["exports"] = common.export_models(config, workdir, {
-      **{f"{key}_{info['target_ratio']:.3f}": info["model_dir"] for key, fam in families.items()
-         for info, _, _ in fam}, **practise.practise_dirs(config, workdir)})
+  models = {**{f"{key}_{info['target_ratio']:.3f}": info["model_dir"]
+                for key, fam in families.items() for info, _, _ in fam},
+            **practise.practise_dirs(config, workdir)}
   summary["trials"] = {"count": len(os.listdir(trials.dir)), "seconds": sum(
       json.load(open(os.path.join(trials.dir, f))).get("seconds", 0.0)
       for f in os.listdir(trials.dir) if f.endswith(".json"))}
-  common.write_summary(workdir, summary)
-  report(config, workdir, summary, f"{config.data.fewshot} training images")
-  return summary
+  table, notes = report(config, workdir, summary, f"{config.data.fewshot} training images")
+  return Outcome(summary, models=models, table=table, notes=notes)
 
 
 def over_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -448,14 +448,14 @@ def over_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
   return summary
 
 
-def report(config, workdir: str, summary: dict[str, Any], what: str) -> None:
-  """The plot and the table of a summary (process 0)."""
-  if jax.process_index() != 0:
-    return
-  from jaxprune.plot import accuracy_vs_macs
+def report(config, workdir: str, summary: dict[str, Any], what: str):
+  """The plot (drawn on process 0) and the (table, notes) of a summary."""
   dense_row = summary["dense"]
-  png = accuracy_vs_macs(os.path.join(workdir, "family.png"), dense_row, summary["family"],
-                         summary["practise"], searched=summary.get("searched", ()))
+  png = os.path.join(workdir, "family.png")
+  if jax.process_index() == 0:
+    from jaxprune.plot import accuracy_vs_macs
+    png = accuracy_vs_macs(png, dense_row, summary["family"], summary["practise"],
+                           searched=summary.get("searched", ()))
   names = {"family": "DC-ViT" if config.dcvit.get("structure", "rule") != "search"
            else "searched", "searched": "searched"}
   rows = [("dense", dense_row)]
@@ -464,11 +464,44 @@ def report(config, workdir: str, summary: dict[str, Any], what: str) -> None:
              for f in summary.get(key, ())]
   rows += [(f"PRACTISE drop {n}", p) for n, p in zip(config.practise.num_drop,
                                                      summary["practise"])]
-  common.print_table(f"DC-ViT family and PRACTISE, {what}; latency: median eval forward, "
-                     f"batch {config.latency_batch}", rows)
+  table = (f"DC-ViT family and PRACTISE, {what}; latency: median eval forward, "
+           f"batch {config.latency_batch}", rows)
+  notes = []
   if summary.get("block_ranking"):
     where = {"synthetic": "the synthetic set", "fewshot": "the real few-shot images"}[
         metric_set(config)]
-    print(f"block ranking (KL on {where}, lower = recovers better): "
-          f"{summary['block_ranking']}")
-  print(f"wrote {os.path.join(workdir, 'summary.json')} and {png}")
+    notes.append(f"block ranking (KL on {where}, lower = recovers better): "
+                 f"{summary['block_ranking']}")
+  notes.append(f"wrote {os.path.join(workdir, 'summary.json')} and {png}")
+  return table, tuple(notes)
+
+
+NONNEG, POSITIVE, FRACTION = validate.NONNEG, validate.POSITIVE, validate.FRACTION
+METHOD = Method(
+    "dcvit", compress, check=check,
+    summary="DC-ViT: a dense family of compressed models from a few unlabeled images",
+    paper="Dense Vision Transformer Compression with Few Samples (CVPR 2024, arXiv:2403.18708); "
+          "github.com/Michelia-zhx/dcvit",
+    rules=(("synthetic.num_images", POSITIVE), ("synthetic.steps", POSITIVE),
+           ("synthetic.lr", validate.number(0, lo_open=True)),
+           ("synthetic.warmup_steps", NONNEG), ("synthetic.tv_weight", validate.number(0)),
+           ("synthetic.tv_exponent", validate.number(0, lo_open=True)),
+           ("synthetic.l2_weight", validate.number(0)), ("synthetic.jitter", validate.integer(-1)),
+           ("synthetic.tv_group", POSITIVE), ("synthetic.jpeg_quality", validate.integer(0, 95)),
+           ("dcvit.targets", validate.each(FRACTION)), ("dcvit.num_targets", NONNEG),
+           ("dcvit.trial_steps", POSITIVE), ("dcvit.finetune_steps", POSITIVE),
+           ("dcvit.width_multiple", POSITIVE), ("dcvit.group", NONNEG),
+           ("dcvit.structure", validate.choice(*STRUCTURES)),
+           ("dcvit.metric_set", validate.choice("synthetic", "fewshot")),
+           ("dcvit.macs_convention", validate.choice(*accounting.CONVENTIONS)),
+           ("dcvit.metric_temperature", validate.number(0, lo_open=True)),
+           ("dcvit.seeds", validate.each(validate.SEED))),
+    outputs=frozenset({"synthetic", "trials", "family", "family.png", "practise", "searched",
+                       "seeds"}),
+    # dcvit.seeds: every seed runs in its own seeds/<seed>/ folder, so a resume with more seeds
+    # adds their runs and keeps the finished ones; dcvit.trial_accuracy only adds a measurement
+    # to the trials it runs (nothing is chosen by it).
+    neutral=frozenset({"dcvit.seeds", "dcvit.trial_accuracy"}),
+    added_defaults={"synthetic.tv_group": 1, "dcvit.structure": "rule",
+                    "dcvit.metric_set": "synthetic", "dcvit.metric_temperature": 1.0,
+                    "dcvit.macs_convention": "full"})

@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
 import ml_collections
 from flax import nnx
 
 from jaxprune import accounting
 from jaxprune.export import save_model
-from jaxprune.methods import common
+from jaxprune import validate
+from jaxprune.methods import Method, Outcome, common
 from jaxprune.methods.cache import cached_model
 from jaxprune.methods.phase import train_phase
 from jaxprune.train.logging import MetricWriter
@@ -46,8 +46,8 @@ def dense_model(config: ml_collections.ConfigDict, workdir: str, writer) -> Any:
   return model
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  writer = MetricWriter(workdir)
+def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter) -> Outcome:
+  """Trains the dense model, saves it to `workdir/model`, measures it."""
   model, metrics = train_dense(config, workdir, writer)
   out_dir = os.path.join(workdir, "model")
   save_model(out_dir, model, extra={"test_accuracy": metrics["accuracy"]},
@@ -56,12 +56,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   c = accounting.count(model.spec)
   summary = {"dense": {"params": c.params, "macs": c.macs, "accuracy": metrics["accuracy"],
                        "latency_ms": latency["median_ms"]},
-             "model_dir": out_dir,
-             "exports": common.export_models(config, workdir, {"dense": out_dir})}
-  common.write_summary(workdir, summary)
-  writer.close()
-  if jax.process_index() == 0:
-    print(f"dense model: {c.params / 1e3:.1f}k params, {c.macs / 1e6:.2f}M MACs, "
-          f"test accuracy {metrics['accuracy']:.4f}, latency {latency['median_ms']:.2f} ms "
-          f"(batch 64); saved to {out_dir}")
-  return summary
+             "model_dir": out_dir}
+  return Outcome(summary, models={"dense": out_dir}, notes=(
+      f"dense model: {c.params / 1e3:.1f}k params, {c.macs / 1e6:.2f}M MACs, test accuracy "
+      f"{metrics['accuracy']:.4f}, latency {latency['median_ms']:.2f} ms (batch 64); saved to "
+      f"{out_dir}",))
+
+
+METHOD = Method(
+    "pretrain", compress, summary="dense training of any family (the models the others compress)",
+    rules=(("pretrain.fewshot", validate.NONNEG),), phases=("pretrain.train",),
+    outputs=frozenset({"model", "dense"}))
