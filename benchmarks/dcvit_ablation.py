@@ -37,7 +37,8 @@ from jaxprune.export import load  # noqa: E402
 from jaxprune.methods import common  # noqa: E402
 from jaxprune.methods.mimicking import mimic, trainable_upto  # noqa: E402
 from jaxprune.models.blocks import gelu  # noqa: E402
-from jaxprune.surgery import compress_block, drop_blocks  # noqa: E402
+from jaxprune.methods.dcvit.structure import compress_block  # noqa: E402
+from jaxprune.surgery import drop_blocks  # noqa: E402
 from jaxprune.train.logging import MetricWriter  # noqa: E402
 
 

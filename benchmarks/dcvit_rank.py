@@ -69,7 +69,8 @@ def main() -> None:
   from jaxprune.methods import common
   from jaxprune.methods.dcvit import kl_metric
   from jaxprune.methods.mimicking import mimic, trainable_upto
-  from jaxprune.surgery import compress_block, drop_blocks
+  from jaxprune.methods.dcvit.structure import compress_block
+  from jaxprune.surgery import drop_blocks
   from jaxprune.train.logging import MetricWriter
 
   config = ml_collections.ConfigDict(json.load(open(os.path.join(args.run, "config.json"))))

@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       group=0,                # blocks per candidate unit; 0 = 1 on ViT, 2 (pairs) on Swin
       trial_accuracy=False,   # also record each trial's real test accuracy (rank studies)
       structure="rule",       # "rule": DC-ViT's; "search": drops, the rule and mixes compared
-                              # per target (methods/structure_search.py); "both": both families
+                              # per target (methods/dcvit/structure_search.py); "both": both families
       metric_set="synthetic", # what trials are ranked by: KL on the "synthetic" set (DC-ViT's)
                               # or on the real "fewshot" training images (no inversion made)
       metric_temperature=1.0, # the KL's softmax temperature; 1 = DC-ViT's (see README: a

@@ -164,36 +164,3 @@ def xla_flops(fn, *args) -> float:
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0]
   return float(analysis["flops"])
-
-
-
-def search_macs(spec: ArchSpec, gates, masks, conv_dims) -> jax.Array:
-  """Differentiable MACs of an SPViT search model (for the budget loss).
-
-  Args:
-    spec: the dense spec searched over.
-    gates: per block, the nested attention gates c = (c0 "≥conv1", c1 "≥conv3", c2 "msa") of
-      the FLOPs path (0/1 forward).
-    masks: per block, the FFN hidden-unit mask.
-    conv_dims: per block, the bottleneck width of its conv candidates.
-
-  The attention slot costs the reference's telescoping sum (SPViT_DeiT `models_pruning.py`
-  `flops`, SPViT_Swin `spvit_swin.py` the same): c0·F_conv1 + c1·(F_conv3 − F_conv1) +
-  c2·(F_msa − F_conv3). On hard gates that is the chosen op's MACs; its gradient gives each
-  level's gate that level's increment (all on: F_msa, F_msa − F_conv1, F_msa − F_conv3 for
-  g0, g1, g2 through c = cumprod(g)), which the mixing coefficients would not.
-  With hard gates this equals `macs(derive_arch(...))` exactly.
-  """
-  import jax.numpy as jnp
-  dense = count(spec)
-  total = jnp.asarray(float(dense.macs - sum(dense.block_macs)))
-  for b, shape, c, mask, d in zip(spec.blocks, spec.block_shapes(), gates, masks, conv_dims):
-    n, ch = shape.tokens, shape.width
-    f = {op: _block_macs(spec, normalised(dataclasses.replace(
-        b, attn=op, heads=0, head_dim=0, conv_dim=d, mlp=0)), True, shape)
-         for op in ("conv1", "conv3")}
-    f["msa"] = _block_macs(spec, dataclasses.replace(b, mlp=0), True, shape)
-    total = total + (c[0] * f["conv1"] + c[1] * (f["conv3"] - f["conv1"])
-                     + c[2] * (f["msa"] - f["conv3"]))
-    total = total + mlp_macs(n, ch, jnp.sum(mask), present=jnp.max(mask))
-  return total

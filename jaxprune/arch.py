@@ -432,62 +432,9 @@ class ArchSpec:
 
 
 # Presets -----------------------------------------------------------------------------------------
-_VARIANTS = {
-    # name: (width, depth, heads, mlp_ratio)
-    "deit_tiny": (192, 12, 3, 4),
-    "deit_small": (384, 12, 6, 4),
-    "deit_base": (768, 12, 12, 4),
-    "test_micro": (32, 2, 2, 2),
-    "test_small": (64, 4, 2, 2),
-}
-_SWIN_VARIANTS = {
-    # name: (embed width, blocks per stage, heads per stage, window, mlp_ratio)
-    "swin_tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 4),
-    "swin_small": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 4),
-    "swin_base": (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 4),
-    "swin_test": (32, (2, 2), (2, 4), 7, 2),   # tests and CPU runs (28 px, patch 2)
-    "swin_mini": (32, (2, 6, 2), (2, 4, 8), 7, 2),  # CPU runs of DC-ViT/PRACTISE (3 stages)
-}
-VARIANTS: Sequence[str] = tuple(_VARIANTS) + tuple(_SWIN_VARIANTS)
-
-
-def swin_spec(variant: str = "swin_tiny", *, image_size: int = 224, patch_size: int = 4,
-              num_classes: int = 1000, in_channels: int = 3, width: int | None = None,
-              depths: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-              window: int | None = None, mlp_ratio: float | None = None,
-              ln_eps: float = 1e-5) -> ArchSpec:
-  """A dense Swin spec: stages of blocks alternating regular and shifted windows, patch merging
-  (width doubles, grid halves) between stages; heads keep one head_dim = width // heads[0].
-
-  As in the reference implementations, a stage whose grid is not larger than the window uses one
-  window covering the whole grid and no shift.
-  """
-  if variant not in _SWIN_VARIANTS:
-    raise UserError(f"Swin variant {variant!r} is unknown; allowed are "
-                    f"{', '.join(_SWIN_VARIANTS)}")
-  w0, d0, h0, win0, r0 = _SWIN_VARIANTS[variant]
-  w, depths, heads = width or w0, tuple(depths or d0), tuple(heads or h0)
-  window, r = window or win0, mlp_ratio or r0
-  if len(depths) != len(heads):
-    raise UserError(f"Swin: depths {depths} and heads {heads} must have one entry per stage")
-  if image_size % patch_size:
-    raise UserError(f"ArchSpec: image_size {image_size} is not divisible by "
-                    f"patch_size {patch_size}")
-  if w % heads[0]:
-    raise UserError(f"Swin: width {w} is not divisible by heads[0] = {heads[0]}")
-  head_dim, grid, layers = w // heads[0], image_size // patch_size, []
-  for s, (depth, h) in enumerate(zip(depths, heads)):
-    width_s = w * 2**s
-    win = min(window, grid)
-    for i in range(depth):
-      layers.append(BlockSpec("msa", heads=h, mlp=int(round(width_s * r)), head_dim=head_dim,
-                              window=win, shift=win // 2 if i % 2 and grid > window else 0))
-    if s < len(depths) - 1:
-      layers.append(MergeSpec(out_width=2 * width_s))
-      grid = (grid + 1) // 2
-  return ArchSpec(image_size=image_size, patch_size=patch_size, width=w, num_heads=heads[0],
-                  num_classes=num_classes, in_channels=in_channels, layers=tuple(layers),
-                  family="swin", class_token=False, ln_eps=ln_eps)
+def variants() -> tuple[str, ...]:
+  """Every named preset of every registered family (`registry.Family.presets`)."""
+  return tuple(v for f in registry.families() for v in registry.family(f).presets)
 
 
 def dense_spec(variant: str = "deit_tiny", *, image_size: int = 224, patch_size: int | None = None,
@@ -495,33 +442,28 @@ def dense_spec(variant: str = "deit_tiny", *, image_size: int = 224, patch_size:
                width: int | None = None, num_heads: int | None = None,
                mlp_ratio: float | None = None, distilled: bool = False,
                ln_eps: float | None = None, window: int | None = None) -> ArchSpec:
-  """A dense ViT/DeiT or Swin spec from a named variant, any field overridable.
+  """A dense spec from a named variant of any family, any field overridable; the family that
+  owns the variant builds it (`registry.Family.preset`) and refuses overrides it has no use for.
 
   Args:
-    variant: one of `VARIANTS` (deit_tiny/small/base: 192/384/768 wide, 3/6/12 heads, depth 12,
-      MLP x4; swin_tiny/small/base; test_micro/test_small/swin_test for tests and CPU runs).
-    patch_size: default 16 (ViT) / 4 (Swin).
-    depth, num_heads: ViT only (Swin stages: `swin_spec`).
+    variant: one of `variants()` (ViT: deit_tiny/small/base, test_micro/test_small; Swin:
+      swin_tiny/small/base, swin_test/swin_mini).
+    patch_size: default the family's (16 ViT, 4 Swin).
+    depth, num_heads, distilled: ViT only (Swin stages: `models.swin.swin_spec`).
     window: Swin only, the attention window (default: the variant's).
-    distilled: DeiT-distilled: distillation token and head (ViT only).
-    ln_eps: default 1e-6 (ViT) / 1e-5 (Swin).
+    ln_eps: default the family's (1e-6 ViT, 1e-5 Swin).
   """
-  if variant in _SWIN_VARIANTS:
-    for name, value in (("depth", depth), ("num_heads", num_heads), ("distilled", distilled)):
-      if value:
-        raise UserError(f"model.{name} = {value!r} does not apply to Swin variant {variant!r} "
-                        "(its stages are set by the variant)")
-    return swin_spec(variant, image_size=image_size, patch_size=patch_size or 4,
-                     num_classes=num_classes, in_channels=in_channels, width=width,
-                     mlp_ratio=mlp_ratio, ln_eps=ln_eps or 1e-5, window=window)
-  if variant not in _VARIANTS:
-    raise UserError(f"model variant {variant!r} is unknown; allowed are {', '.join(VARIANTS)}")
-  if window:
-    raise UserError(f"model.window = {window!r} applies to Swin variants only, not {variant!r}")
-  w, dep, h, r = _VARIANTS[variant]
-  w, dep, h, r = width or w, depth or dep, num_heads or h, mlp_ratio or r
-  mlp = int(round(w * r))
-  return ArchSpec(image_size=image_size, patch_size=patch_size or 16, width=w, num_heads=h,
-                  num_classes=num_classes, in_channels=in_channels,
-                  layers=tuple(BlockSpec("msa", heads=h, mlp=mlp) for _ in range(dep)),
-                  dist_token=distilled, dist_head=distilled, ln_eps=ln_eps or 1e-6)
+  for name in registry.families():
+    family = registry.family(name)
+    if variant in family.presets:
+      return family.preset(variant, image_size=image_size, patch_size=patch_size,
+                           num_classes=num_classes, in_channels=in_channels, depth=depth,
+                           width=width, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                           distilled=distilled, ln_eps=ln_eps, window=window)
+  raise UserError(f"model variant {variant!r} is unknown; allowed are {', '.join(variants())}")
+
+
+def swin_spec(*args, **kwargs) -> ArchSpec:
+  """`jaxprune.models.swin.swin_spec` (a Swin spec by stages), kept here for old imports."""
+  from jaxprune.models.swin import swin_spec as make  # noqa: PLC0415
+  return make(*args, **kwargs)

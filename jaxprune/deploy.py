@@ -124,19 +124,11 @@ def hf_fit(spec) -> str | None:
   """Why `spec` does not fit a Hugging Face ViT/DeiT config (one line), or None when it does:
   a ViT whose blocks are all attention with the model's heads and one MLP width (a dense model,
   PRACTISE's dropped blocks, uniformly narrowed MLPs)."""
-  if not registry.family(spec.family).hf_model_type:
-    fits = [f for f in registry.families() if registry.family(f).hf_model_type]
+  family = registry.family(spec.family)
+  if family.hf_fit is None:
+    fits = [f for f in registry.families() if registry.family(f).hf_fit]
     return f"family {spec.family!r}: the hf export writes {', '.join(fits)} models"
-  if not spec.blocks:
-    return "the model has no blocks"
-  mlp = spec.blocks[0].mlp
-  for i, b in enumerate(spec.blocks):
-    if (b.attn != "msa" or b.heads != spec.num_heads or spec.head_dim_of(b) * b.heads
-        != spec.width or b.mlp != mlp or not b.mlp or b.mlp_bias):
-      return (f"block {i} (attention {b.attn!r}, {b.heads} heads, MLP {b.mlp}) does not fit a "
-              f"Hugging Face ViT config: every block must be 'msa' with {spec.num_heads} heads "
-              f"of {spec.width // spec.num_heads} and one MLP width (block 0's: {mlp})")
-  return None
+  return family.hf_fit(spec)
 
 
 def hf_folder(model: nnx.Module, preprocessing: dict[str, Sequence[float]], out: str) -> None:

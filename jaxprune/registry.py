@@ -51,7 +51,11 @@ class Family:
     windows: blocks may have window / shift (windowed attention).
     block_unit: blocks per compression unit of block-level methods (DC-ViT, PRACTISE): Swin's
       regular + shifted pair is one unit, as in the DC-ViT paper.
-    hf_model_type: the Hugging Face model type a dense model exports to ("" = none).
+    hf_fit: `hf_fit(spec) -> why not | None`: whether a model fits the family's Hugging Face
+      config (the `hf` export); None = the family has no Hugging Face export.
+    presets: the named variants the family builds (`arch.dense_spec`, `model.variant`).
+    preset: `preset(variant, **overrides) -> ArchSpec` (the overrides of `arch.dense_spec`);
+      refuses the ones it has no use for.
     summary: one line for help texts.
   """
 
@@ -63,7 +67,9 @@ class Family:
   layer_kinds: tuple[str, ...] = ("block",)
   windows: bool = False
   block_unit: int = 1
-  hf_model_type: str = ""
+  hf_fit: Callable[[Any], str | None] | None = None
+  presets: tuple[str, ...] = ()
+  preset: Callable[..., Any] | None = None
   summary: str = ""
 
   def slots(self, spec) -> list[int]:

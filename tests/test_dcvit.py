@@ -15,9 +15,9 @@ from jaxprune.methods.dcvit import kl_metric
 from jaxprune.methods.mimicking import trainable_upto
 from jaxprune.train.optim import trainable_paths
 from jaxprune.methods.practise import with_adaptor
-from jaxprune.methods.dcvit.structure import compressed_spec, structure_for
+from jaxprune.methods.dcvit.structure import compress_block, compressed_spec, structure_for
 from jaxprune.models.blocks import gelu
-from jaxprune.surgery import compress_block, drop_blocks
+from jaxprune.surgery import drop_blocks
 from jaxprune.synth import InversionConfig, invert, labels_for, save
 from jaxprune.train.mesh import make_mesh
 from jaxprune.train.optim import group_labels, path_str

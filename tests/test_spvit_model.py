@@ -7,13 +7,12 @@ import pytest
 from flax import nnx
 
 from jaxprune import build_model, dense_spec, load, macs, save_model
-from jaxprune.accounting import search_macs
 from jaxprune.models.gates import (Gate, flops_path, op_coefficients, sample_st, single_path,
                                    threshold_surrogate)
 from jaxprune.models.blocks import conv_same
 from jaxprune.models.spvit import (SearchOptions, build_search_model, collapse_conv,
                                    conv_kernel_position)
-from jaxprune.surgery import derive_arch, materialise
+from jaxprune.methods.spvit.surgery import derive_arch, materialise, search_macs
 
 
 def _sig(z):
@@ -281,7 +280,7 @@ def _choice_config(arch="", stop="first", target=0.8):
 
 def test_choose_arch_by_step_band_file_and_automatic(tmp_path):
   from jaxprune.methods.spvit import choose_arch
-  from jaxprune.surgery import encode_arch, gate_masks
+  from jaxprune.methods.spvit.surgery import encode_arch, gate_masks
   sm = _search_model()
   a = derive_arch(sm)
   b = a.replace_block(0, attn="conv3", heads=0, conv_dim=a.head_dim)
@@ -312,7 +311,7 @@ def test_choose_arch_by_step_band_file_and_automatic(tmp_path):
 
 def test_unreachable_arch_is_refused():
   from jaxprune.errors import UserError
-  from jaxprune.surgery import check_reachable
+  from jaxprune.methods.spvit.surgery import check_reachable
   sm = _search_model()
   a = derive_arch(sm)
   with pytest.raises(UserError, match="block 1 .* is not in the search space"):

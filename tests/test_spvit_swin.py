@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 from jaxprune import build_model, load, macs, save_model
-from jaxprune.accounting import search_macs
 from jaxprune.arch import swin_spec
 from jaxprune.errors import UserError
 from jaxprune.models.blocks import conv_same, on_patch_maps
 from jaxprune.models.spvit import (SearchOptions, build_search_model, collapse_conv,
                                    conv_kernel_position)
-from jaxprune.surgery import check_reachable, derive_arch, materialise
+from jaxprune.methods.spvit.surgery import check_reachable, derive_arch, materialise, search_macs
 from tests.test_spvit_model import (STATES, budget_gradient_matches_telescoping_reference,
                                      gated_search_model)
 
@@ -126,7 +125,7 @@ def test_grid_form_materialises_conv3_as_a_plain_conv_on_the_whole_grid():
   inside shifted, padded windows, becomes a 3×3 conv over the whole unshifted grid — same
   weights, written out here with the loops over one window as large as the grid — and no
   longer pays for the padding; a conv1 block is windowless in both forms."""
-  from jaxprune.surgery import conv_form
+  from jaxprune.methods.spvit.surgery import conv_form
   sm = _search_model(("conv1", "conv3", "msa", "conv3"))
   arch = derive_arch(sm)
   grid = conv_form(arch, "grid")

@@ -120,7 +120,7 @@ def test_adaptor_swap_equals_dropping_and_keeps_every_other_weight():
 
 
 def test_compress_block_on_swin_removes_attention_only():
-  from jaxprune.surgery import compress_block
+  from jaxprune.methods.dcvit.structure import compress_block
   dense = build_model(ODD, seed=5)
   i = 2  # first block after the merge: width 64
   compressed = compress_block(dense, i, ODD.blocks[i].mlp, seed=0)

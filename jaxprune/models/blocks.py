@@ -8,13 +8,15 @@ width).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxprune import registry
-from jaxprune.arch import ArchSpec, BlockSpec, Shape
+from jaxprune.arch import ArchSpec, BlockSpec, Shape, normalised
 
 _kernel_init = nnx.initializers.xavier_uniform()
 _zeros = nnx.initializers.zeros_init()
@@ -217,6 +219,18 @@ class Mlp(nnx.Module):
     self.fc1 = linear(width, hidden, rngs)
     self.fc2 = linear(hidden, width, rngs)
 
+  def narrowed(self, keep) -> "Mlp":
+    """A new MLP of the hidden units `keep` (indices, in order): fc1's columns and biases and
+    fc2's rows; fc2's bias as it is. The one narrowing SPViT's materialise and DC-ViT's
+    compressed block share."""
+    keep = np.asarray(keep, np.int64)
+    out = nnx.eval_shape(lambda: Mlp(self.fc1.in_features, len(keep), rngs=nnx.Rngs(0)))
+    out.fc1.kernel.set_value(self.fc1.kernel[...][:, keep])
+    out.fc1.bias.set_value(self.fc1.bias[...][keep])
+    out.fc2.kernel.set_value(self.fc2.kernel[...][keep])
+    out.fc2.bias.set_value(self.fc2.bias[...])
+    return out
+
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.fc2(gelu(self.fc1(x)))
 
@@ -285,6 +299,32 @@ class Block(nnx.Module):
       self.norm2 = self.mlp = None
     # A pruned-away MLP's output bias (BlockSpec.mlp_bias): x + b.
     self.mlp_bias = nnx.Param(jnp.zeros((c,), jnp.float32)) if block.mlp_bias else None
+
+  def without_attention(self) -> None:
+    """Removes the attention sub-layer and its LayerNorm (in place): `x + mlp(norm2(x))`."""
+    self.norm1 = self.attn = None
+
+  def without_mlp(self) -> None:
+    """Removes the MLP sub-layer (in place), keeping fc2's bias as the block's learned vector
+    (`BlockSpec.mlp_bias`): what an MLP with every hidden unit pruned computes."""
+    if self.mlp is not None:
+      self.mlp_bias = nnx.data(nnx.Param(self.mlp.fc2.bias[...]))
+    self.norm2 = self.mlp = None
+
+  def layer_spec(self, template: BlockSpec) -> BlockSpec:
+    """The BlockSpec of this block as its modules now are; `template` (the spec it was built
+    from) for what modules do not record (head_dim's default, the kind's other fields)."""
+    if self.attn is None:
+      attn = {"attn": "norm" if self.norm1 is not None else "none", "heads": 0, "conv_dim": 0}
+    elif isinstance(self.attn, ConvAttention):
+      attn = {"attn": f"conv{self.attn.conv.kernel_size[0]}", "heads": 0,
+              "conv_dim": self.attn.conv.out_features, "window": self.attn.window,
+              "shift": self.attn.shift}
+    else:
+      attn = {"attn": "msa", "heads": self.attn.heads, "conv_dim": 0}
+    mlp = self.mlp.fc1.out_features if self.mlp is not None else 0
+    return normalised(dataclasses.replace(template, **attn, mlp=mlp,
+                                          mlp_bias=self.mlp_bias is not None))
 
   def __call__(self, x: jax.Array, train: bool = False,
                drop: tuple[float, jax.Array] | None = None) -> jax.Array:

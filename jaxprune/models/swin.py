@@ -8,13 +8,13 @@ token and no absolute position embedding (Swin's defaults).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 from flax import nnx
 
 from jaxprune import registry
-from jaxprune.arch import ArchSpec, MergeSpec
+from jaxprune.arch import ArchSpec, BlockSpec, MergeSpec
 from jaxprune.errors import UserError
 from jaxprune.models.blocks import (Block, PatchMerging, apply_layers, check_images, layer_norm,
                                     linear)
@@ -98,8 +98,69 @@ def _swin_check(spec: ArchSpec) -> None:
                       "grid")
 
 
+SWIN_VARIANTS = {
+    # name: (embed width, blocks per stage, heads per stage, window, mlp_ratio)
+    "swin_tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 4),
+    "swin_small": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 4),
+    "swin_base": (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 4),
+    "swin_test": (32, (2, 2), (2, 4), 7, 2),   # tests and CPU runs (28 px, patch 2)
+    "swin_mini": (32, (2, 6, 2), (2, 4, 8), 7, 2),  # CPU runs of DC-ViT/PRACTISE (3 stages)
+}
+
+
+def swin_spec(variant: str = "swin_tiny", *, image_size: int = 224, patch_size: int = 4,
+              num_classes: int = 1000, in_channels: int = 3, width: int | None = None,
+              depths: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+              window: int | None = None, mlp_ratio: float | None = None,
+              ln_eps: float = 1e-5) -> ArchSpec:
+  """A dense Swin spec: stages of blocks alternating regular and shifted windows, patch merging
+  (width doubles, grid halves) between stages; heads keep one head_dim = width // heads[0].
+
+  As in the reference implementations, a stage whose grid is not larger than the window uses one
+  window covering the whole grid and no shift.
+  """
+  if variant not in SWIN_VARIANTS:
+    raise UserError(f"Swin variant {variant!r} is unknown; allowed are "
+                    f"{', '.join(SWIN_VARIANTS)}")
+  w0, d0, h0, win0, r0 = SWIN_VARIANTS[variant]
+  w, depths, heads = width or w0, tuple(depths or d0), tuple(heads or h0)
+  window, r = window or win0, mlp_ratio or r0
+  if len(depths) != len(heads):
+    raise UserError(f"Swin: depths {depths} and heads {heads} must have one entry per stage")
+  if image_size % patch_size:
+    raise UserError(f"ArchSpec: image_size {image_size} is not divisible by "
+                    f"patch_size {patch_size}")
+  if w % heads[0]:
+    raise UserError(f"Swin: width {w} is not divisible by heads[0] = {heads[0]}")
+  head_dim, grid, layers = w // heads[0], image_size // patch_size, []
+  for s, (depth, h) in enumerate(zip(depths, heads)):
+    width_s = w * 2**s
+    win = min(window, grid)
+    for i in range(depth):
+      layers.append(BlockSpec("msa", heads=h, mlp=int(round(width_s * r)), head_dim=head_dim,
+                              window=win, shift=win // 2 if i % 2 and grid > window else 0))
+    if s < len(depths) - 1:
+      layers.append(MergeSpec(out_width=2 * width_s))
+      grid = (grid + 1) // 2
+  return ArchSpec(image_size=image_size, patch_size=patch_size, width=w, num_heads=heads[0],
+                  num_classes=num_classes, in_channels=in_channels, layers=tuple(layers),
+                  family="swin", class_token=False, ln_eps=ln_eps)
+
+
+def _swin_preset(variant: str, *, patch_size: int | None = None, ln_eps: float | None = None,
+                 depth: int | None = None, num_heads: int | None = None, distilled: bool = False,
+                 **rest) -> ArchSpec:
+  """`arch.dense_spec` for a Swin variant (its stages are set by the variant)."""
+  for name, value in (("depth", depth), ("num_heads", num_heads), ("distilled", distilled)):
+    if value:
+      raise UserError(f"model.{name} = {value!r} does not apply to Swin variant {variant!r} "
+                      "(its stages are set by the variant)")
+  return swin_spec(variant, patch_size=patch_size or 4, ln_eps=ln_eps or 1e-5, **rest)
+
+
 registry.register_family(registry.Family(
-    "swin", build=lambda spec, rngs, make_block=None: Swin(spec, rngs=rngs, make_block=make_block),
+    "swin", presets=tuple(SWIN_VARIANTS), preset=_swin_preset,
+    build=lambda spec, rngs, make_block=None: Swin(spec, rngs=rngs, make_block=make_block),
     stem=_swin_stem, check=_swin_check, collection="layers", layer_kinds=("block", "merge"),
     windows=True, block_unit=2,
     summary="Swin: (shifted) window attention, patch merging between stages"))

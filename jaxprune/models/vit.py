@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxprune import registry
-from jaxprune.arch import ArchSpec
+from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.errors import UserError
 from jaxprune.models.blocks import Block, apply_layers, check_images, layer_norm, linear
 
@@ -92,7 +92,57 @@ def _vit_check(spec: ArchSpec) -> None:
     raise UserError("ArchSpec.class_token = False: ViT models need a class token")
 
 
+def _vit_hf_fit(spec: ArchSpec) -> str | None:
+  """Why `spec` does not fit a Hugging Face ViT/DeiT config (one line), or None when it does:
+  every block attention with the model's heads and one MLP width (a dense model, PRACTISE's
+  dropped blocks, uniformly narrowed MLPs)."""
+  if not spec.blocks:
+    return "the model has no blocks"
+  mlp = spec.blocks[0].mlp
+  for i, b in enumerate(spec.blocks):
+    if (b.attn != "msa" or b.heads != spec.num_heads or spec.head_dim_of(b) * b.heads
+        != spec.width or b.mlp != mlp or not b.mlp or b.mlp_bias):
+      return (f"block {i} (attention {b.attn!r}, {b.heads} heads, MLP {b.mlp}) does not fit a "
+              f"Hugging Face ViT config: every block must be 'msa' with {spec.num_heads} heads "
+              f"of {spec.width // spec.num_heads} and one MLP width (block 0's: {mlp})")
+  return None
+
+
+VIT_VARIANTS = {
+    # name: (width, depth, heads, mlp_ratio)
+    "deit_tiny": (192, 12, 3, 4),
+    "deit_small": (384, 12, 6, 4),
+    "deit_base": (768, 12, 12, 4),
+    "test_micro": (32, 2, 2, 2),
+    "test_small": (64, 4, 2, 2),
+}
+
+
+def vit_spec(variant: str = "deit_tiny", *, image_size: int = 224, patch_size: int | None = None,
+             num_classes: int = 1000, in_channels: int = 3, depth: int | None = None,
+             width: int | None = None, num_heads: int | None = None,
+             mlp_ratio: float | None = None, distilled: bool = False,
+             ln_eps: float | None = None, window: int | None = None) -> ArchSpec:
+  """A dense ViT/DeiT spec from a named variant (deit_tiny/small/base: 192/384/768 wide, 3/6/12
+  heads, depth 12, MLP x4; test_micro/test_small for tests and CPU runs), any field overridable;
+  patch 16 and LayerNorm eps 1e-6 by default; `distilled`: DeiT's distillation token and head.
+  """
+  if variant not in VIT_VARIANTS:
+    raise UserError(f"ViT variant {variant!r} is unknown; allowed are "
+                    f"{', '.join(VIT_VARIANTS)}")
+  if window:
+    raise UserError(f"model.window = {window!r} applies to Swin variants only, not {variant!r}")
+  w, dep, h, r = VIT_VARIANTS[variant]
+  w, dep, h, r = width or w, depth or dep, num_heads or h, mlp_ratio or r
+  mlp = int(round(w * r))
+  return ArchSpec(image_size=image_size, patch_size=patch_size or 16, width=w, num_heads=h,
+                  num_classes=num_classes, in_channels=in_channels,
+                  layers=tuple(BlockSpec("msa", heads=h, mlp=mlp) for _ in range(dep)),
+                  dist_token=distilled, dist_head=distilled, ln_eps=ln_eps or 1e-6)
+
+
 registry.register_family(registry.Family(
-    "vit", build=lambda spec, rngs, make_block=None: ViT(spec, rngs=rngs, make_block=make_block),
-    stem=_vit_stem, check=_vit_check, collection="blocks", hf_model_type="vit",
+    "vit", presets=tuple(VIT_VARIANTS), preset=vit_spec,
+    build=lambda spec, rngs, make_block=None: ViT(spec, rngs=rngs, make_block=make_block),
+    stem=_vit_stem, check=_vit_check, collection="blocks", hf_fit=_vit_hf_fit,
     summary="ViT / DeiT: class (+distillation) token, global attention"))

@@ -41,9 +41,9 @@ from jaxprune.methods import Method, Outcome, common, finish, practise, pretrain
 from jaxprune.methods.dcvit import structure_search
 from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import mimic, trainable_upto
-from jaxprune.methods.dcvit.structure import (block_costs, candidate_units, group_of, stages,
-                                        structure_for)
-from jaxprune.surgery import compress_block, drop_blocks
+from jaxprune.methods.dcvit.structure import (block_costs, candidate_units, compress_block,
+                                              group_of, stages, structure_for)
+from jaxprune.surgery import drop_blocks
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.mesh import make_mesh
 

@@ -23,9 +23,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+from flax import nnx
+
 from jaxprune import accounting, registry
 from jaxprune.arch import ArchSpec, mlp_macs
 from jaxprune.errors import UserError
+from jaxprune.surgery import replace_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +123,29 @@ def structure_for(spec: ArchSpec, target_ratio: float, num_candidates: int,
   return Structure(int(dense * target_ratio), k, rd, hidden)
 
 
+def compress_block(model, index: int, hidden: int, seed: int):
+  """DC-ViT's compressed block at `index`, on a copy of `model`: attention and its LayerNorm
+  removed, MLP cut to a seeded uniformly random subset of `hidden` units (`Mlp.narrowed`: fc1
+  columns and biases, fc2 rows; fc2 bias kept): `y = x + fc2(gelu(fc1(LN2(x))))`; with `hidden`
+  = 0, `y = x + b_fc2`. The spec is read back from the edited model."""
+  b = model.spec.blocks[index]
+  if not 0 <= hidden <= b.mlp:
+    raise ValueError(f"hidden {hidden} is outside 0..{b.mlp} for block {index}")
+  keep = np.sort(np.random.default_rng([seed, index]).choice(b.mlp, hidden, replace=False))
+  model = nnx.clone(model)
+  blocks = list(model.blocks)
+  block = blocks[index]
+  block.without_attention()
+  if hidden:
+    block.mlp = block.mlp.narrowed(keep)
+  else:  # no unit kept: fc2(0) = its bias, kept as the block's learned vector
+    block.without_mlp()
+  return replace_blocks(model, blocks, compressed_spec(model.spec, (index,), hidden))
+
+
 def compressed_spec(spec: ArchSpec, blocks, hidden: int) -> ArchSpec:
+  """`spec` with `blocks` compressed as `compress_block` does."""
   for i in blocks:
-    spec = spec.replace_block(i, attn="none", heads=0, conv_dim=0, mlp=hidden)
+    spec = spec.replace_block(i, attn="none", heads=0, conv_dim=0, mlp=hidden,
+                              mlp_bias=hidden == 0)
   return spec

@@ -36,8 +36,8 @@ import numpy as np
 from jaxprune import accounting
 from jaxprune.errors import UserError
 from jaxprune.methods.mimicking import mimic, trainable_upto
-from jaxprune.methods.dcvit.structure import rule, unit_costs
-from jaxprune.surgery import compress_block, drop_blocks
+from jaxprune.methods.dcvit.structure import compress_block, rule, unit_costs
+from jaxprune.surgery import drop_blocks
 
 DROP_SLACK = 0.02  # pure block dropping may land this far (× dense MACs) below a target
 

@@ -20,7 +20,7 @@ from jaxprune.arch import ArchSpec
 from jaxprune.errors import UserError
 from jaxprune.methods import Method, Outcome, common, pretrain, spvit
 from jaxprune.models.spvit import build_search_model
-from jaxprune.surgery import OPS_BY_DEPTH, encode_arch, materialise, searched_block
+from jaxprune.methods.spvit.surgery import OPS_BY_DEPTH, encode_arch, materialise, searched_block
 from jaxprune.train.logging import MetricWriter
 
 MAX_DRAWS = 200_000

@@ -42,8 +42,8 @@ from jaxprune.methods import Method, Outcome, common, pretrain
 from jaxprune.methods.phase import train_phase
 from jaxprune.models.gates import Gate
 from jaxprune.models.spvit import SearchOptions, build_search_model
-from jaxprune.surgery import (check_reachable, conv_form, derive_arch, encode_arch, gate_masks,
-                              materialise)
+from jaxprune.methods.spvit.surgery import (check_reachable, conv_form, derive_arch, encode_arch,
+                                            gate_masks, materialise, search_macs)
 from jaxprune.train.logging import MetricWriter, truncate_jsonl
 from jaxprune.train.checkpoint import PhaseCheckpoints
 from jaxprune.train.optim import make_optimizer
@@ -68,7 +68,7 @@ def gate_readout(model) -> tuple[jax.Array, jax.Array, jax.Array]:
     masks.append(mask)
     depth.append(jnp.sum(jax.lax.stop_gradient(c)))
     width.append(jnp.sum(jax.lax.stop_gradient(mask)))
-  f = accounting.search_macs(model.spec, gates, masks, [b.head_dim for b in model.blocks])
+  f = search_macs(model.spec, gates, masks, [b.head_dim for b in model.blocks])
   return f, jnp.stack(depth), jnp.stack(width)
 
 
