@@ -63,8 +63,9 @@ def _tail(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
   """(MACs, params) of the final LayerNorm and the head(s) (pooling is not a multiply-add)."""
   out = spec.out_shape
   c, heads = out.width, 1 + int(spec.dist_head)
-  return (norm * out.tokens * c + heads * c * spec.num_classes,
-          2 * c + heads * (c * spec.num_classes + spec.num_classes))
+  final = registry.family(spec.family).final_norm
+  return (final * norm * out.tokens * c + heads * c * spec.num_classes,
+          final * 2 * c + heads * (c * spec.num_classes + spec.num_classes))
 
 
 def count(spec: ArchSpec, attention_matmuls: bool = True, norm: int = 1) -> Counts:

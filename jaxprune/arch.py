@@ -240,7 +240,9 @@ class ArchSpec:
 
   @property
   def grid(self) -> int:
-    return self.image_size // self.patch_size
+    """The stem's output grid, ⌈image_size / patch_size⌉ (a patch embedding needs divisibility:
+    its family checks it; a strided conv stem pads)."""
+    return -(-self.image_size // self.patch_size)
 
   @property
   def num_patches(self) -> int:
@@ -292,9 +294,6 @@ class ArchSpec:
     _int_fields("ArchSpec", self, ("image_size", "patch_size", "width", "num_heads",
                                    "num_classes", "in_channels"), 1)
     family = registry.family(self.family)
-    if self.image_size % self.patch_size:
-      raise UserError(f"ArchSpec: image_size {self.image_size} is not divisible by "
-                      f"patch_size {self.patch_size}")
     if self.width % self.num_heads:
       raise UserError(f"ArchSpec: width {self.width} is not divisible by "
                       f"num_heads {self.num_heads}")

@@ -1,5 +1,6 @@
-"""Checkpoint import: Hugging Face, timm and big_vision/vit_jax ViT/DeiT weights, and Hugging
-Face / timm Swin weights (`convert_swin`) → jaxprune.
+"""Checkpoint import: Hugging Face, timm and big_vision/vit_jax ViT/DeiT weights, Hugging Face /
+timm Swin weights (`convert_swin`) and Hugging Face / torchvision / timm ResNets
+(`convert_resnet`) → jaxprune.
 
 No untrusted code is executed: `.safetensors` and `.npz` are read as arrays, `.pth` through
 `torch.load(weights_only=True)` (only when torch is installed). Every format is first renamed to
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxprune import convert_swin
+from jaxprune import convert_resnet, convert_swin
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.errors import UserError
 from jaxprune.models import build_model
@@ -85,11 +86,11 @@ def _read_file(path: str, ext: str) -> dict[str, np.ndarray]:
 
 def detect_format(sd: Mapping[str, Any]) -> str:
   keys = list(sd)
-  if any(k.startswith(("vit.", "deit.", "swin.")) for k in keys):
+  if any(k.startswith(("vit.", "deit.", "swin.", "resnet.")) for k in keys):
     return "hf"
   if any(k.startswith("Transformer/") for k in keys):
     return "big_vision"
-  if any(k.startswith(("blocks.", "layers.")) for k in keys):
+  if any(k.startswith(("blocks.", "layers.", "layer1.")) for k in keys):
     return "timm"
   raise UserError(f"cannot tell the checkpoint format from its keys (first: {keys[:5]}); pass "
                   f"--format, one of {', '.join(FORMATS[1:])}")
@@ -273,7 +274,8 @@ def import_checkpoint(path_or_sd: str | Mapping[str, np.ndarray], fmt: str = "au
                       num_heads: int | None = None, image_size: int | None = None,
                       ln_eps: float | None = None, hf_config: Mapping[str, Any] | None = None
                       ) -> nnx.Module:
-  """A jaxprune `ViT` (or `Swin`) holding the weights of a ViT/DeiT (or Swin) checkpoint.
+  """A jaxprune `ViT` (or `Swin`, `ResNet`) holding the weights of a ViT/DeiT (or Swin, ResNet)
+  checkpoint.
 
   Args:
     path_or_sd: a file (`.safetensors`, `.npz`, `.pth`), an HF model folder, or a state dict.
@@ -300,6 +302,9 @@ def import_checkpoint(path_or_sd: str | Mapping[str, np.ndarray], fmt: str = "au
   else:
     sd = dict(path_or_sd)
   fmt = detect_format(sd) if fmt == "auto" else fmt
+  if convert_resnet.is_resnet(sd):
+    return _fill(*convert_resnet.from_checkpoint(sd, fmt, image_size=image_size,
+                                                 hf_config=hf_config))
   if convert_swin.is_swin(sd):
     return _import_swin(sd, fmt, image_size=image_size, ln_eps=ln_eps, hf_config=hf_config)
   if fmt == "hf":

@@ -49,6 +49,7 @@ class Family:
     collection: the attribute of the model (and key of its state) holding its layers.
     layer_kinds: the `LayerSpec` kinds its `layers` may hold.
     windows: blocks may have window / shift (windowed attention).
+    final_norm: a LayerNorm before the head (transformers; a ResNet has none).
     block_unit: blocks per compression unit of block-level methods (DC-ViT, PRACTISE): Swin's
       regular + shifted pair is one unit, as in the DC-ViT paper.
     hf_fit: `hf_fit(spec) -> why not | None`: whether a model fits the family's Hugging Face
@@ -66,6 +67,7 @@ class Family:
   collection: str
   layer_kinds: tuple[str, ...] = ("block",)
   windows: bool = False
+  final_norm: bool = True
   block_unit: int = 1
   hf_fit: Callable[[Any], str | None] | None = None
   presets: tuple[str, ...] = ()

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxprune import BlockSpec, build_model, dense_spec, save_model, swin_spec
+from jaxprune import ArchSpec, BlockSpec, build_model, dense_spec, save_model, swin_spec
+from jaxprune.models.resnet import BasicSpec, BottleneckSpec
 from jaxprune.deploy import main, pixels_to_logits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,6 +32,27 @@ assert not any(m.startswith("jaxprune") for m in sys.modules), "jaxprune was imp
 """
 
 
+# A ResNet mixing both block kinds, strided shortcuts, an odd grid after the stride.
+RESNET = ArchSpec(image_size=20, patch_size=4, width=8, num_heads=1, num_classes=4,
+                  family="resnet", class_token=False, layers=(
+                      BottleneckSpec(planes=4, out_width=16, shortcut=True),
+                      BasicSpec(planes=8, out_width=16),
+                      BasicSpec(planes=8, out_width=24, stride=2, shortcut=True)))
+
+
+def _model(spec, seed):
+  """`build_model` with BatchNorm statistics away from their initial 0 / 1 (so that a wrong
+  BatchNorm in the exported program shows)."""
+  from flax import nnx
+  model = build_model(spec, seed=seed)
+  rng = np.random.default_rng(seed)
+  for _, m in nnx.iter_graph(model):
+    if isinstance(m, nnx.BatchNorm):
+      m.mean[...] = rng.normal(size=m.mean.shape).astype(np.float32) * 0.1
+      m.var[...] = rng.uniform(0.5, 1.5, size=m.var.shape).astype(np.float32)
+  return model
+
+
 def _swin_with_convs():
   spec = SWIN
   blocks = list(spec.blocks)
@@ -40,10 +62,10 @@ def _swin_with_convs():
   return spec.replace(blocks=tuple(blocks))
 
 
-@pytest.mark.parametrize("spec, batch", [(VIT, None), (_swin_with_convs(), 3)],
-                         ids=["vit_every_block_kind", "swin_convs_fixed_batch"])
+@pytest.mark.parametrize("spec, batch", [(VIT, None), (_swin_with_convs(), 3), (RESNET, None)],
+                         ids=["vit_every_block_kind", "swin_convs_fixed_batch", "resnet"])
 def test_stablehlo_reloads_without_jaxprune_with_the_same_logits(tmp_path, spec, batch):
-  model = build_model(spec, seed=3)
+  model = _model(spec, seed=3)
   save_model(str(tmp_path / "m"), model, preprocessing={"mean": MEAN, "std": STD})
   out = tmp_path / "m.stablehlo"
   args = [str(tmp_path / "m"), "--format", "stablehlo", "--out", str(out)]
@@ -64,12 +86,12 @@ def test_stablehlo_reloads_without_jaxprune_with_the_same_logits(tmp_path, spec,
       pixels)), want, atol=1e-4)
 
 
-@pytest.mark.parametrize("spec, batch", [(VIT, None), (_swin_with_convs(), 2)],
-                         ids=["vit_every_block_kind", "swin_convs_fixed_batch"])
+@pytest.mark.parametrize("spec, batch", [(VIT, None), (_swin_with_convs(), 2), (RESNET, 2)],
+                         ids=["vit_every_block_kind", "swin_convs_fixed_batch", "resnet"])
 def test_onnx_runs_in_onnxruntime_with_the_same_logits(tmp_path, spec, batch):
   onnx = pytest.importorskip("onnx")
   ort = pytest.importorskip("onnxruntime")
-  model = build_model(spec, seed=4)
+  model = _model(spec, seed=4)
   save_model(str(tmp_path / "m"), model, preprocessing={"mean": MEAN, "std": STD})
   out = tmp_path / "m.onnx"
   args = [str(tmp_path / "m"), "--format", "onnx", "--out", str(out)]

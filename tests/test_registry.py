@@ -63,8 +63,8 @@ def test_unknown_kinds_and_families_name_what_is_registered(mean_kind):
   dense = dense_spec("test_micro", image_size=16, patch_size=4)
   with pytest.raises(UserError, match=r"attn = 'pool': allowed are .*'?mean"):
     dense.replace_block(0, attn="pool", heads=0)
-  with pytest.raises(UserError, match=r"family = 'resnet': allowed are vit, swin"):
-    dense.replace(family="resnet")
+  with pytest.raises(UserError, match=r"family = 'convnext': allowed are vit, swin, resnet"):
+    dense.replace(family="convnext")
   with pytest.raises(UserError, match=r"heads = 2 is only allowed with attn 'msa'"):
     dense.replace_block(0, attn="mean")
 

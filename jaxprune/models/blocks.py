@@ -17,6 +17,7 @@ from flax import nnx
 
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec, Shape, normalised
+from jaxprune.errors import UserError
 
 _kernel_init = nnx.initializers.xavier_uniform()
 _zeros = nnx.initializers.zeros_init()
@@ -27,6 +28,13 @@ def check_images(images: jax.Array, spec: ArchSpec, model: str) -> None:
   if images.shape[1:] != (spec.image_size, spec.image_size, spec.in_channels):
     raise ValueError(f"{model} expects NHWC images of shape [batch, {spec.image_size}, "
                      f"{spec.image_size}, {spec.in_channels}], got {list(images.shape)}")
+
+
+def check_patches(spec: ArchSpec) -> None:
+  """A patch embedding needs the image size to be a multiple of the patch size."""
+  if spec.image_size % spec.patch_size:
+    raise UserError(f"ArchSpec: image_size {spec.image_size} is not divisible by "
+                    f"patch_size {spec.patch_size}")
 
 
 def softmax32(logits: jax.Array) -> jax.Array:

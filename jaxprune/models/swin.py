@@ -16,8 +16,8 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec, MergeSpec
 from jaxprune.errors import UserError
-from jaxprune.models.blocks import (Block, PatchMerging, apply_layers, check_images, layer_norm,
-                                    linear)
+from jaxprune.models.blocks import (Block, PatchMerging, apply_layers, check_images, check_patches,
+                                    layer_norm, linear)
 
 
 class Swin(nnx.Module):
@@ -84,6 +84,7 @@ def _swin_stem(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
 
 
 def _swin_check(spec: ArchSpec) -> None:
+  check_patches(spec)
   if spec.class_token or spec.dist_token:
     raise UserError("ArchSpec: Swin models have no class or distillation token "
                     "(class_token and dist_token must be False)")

@@ -11,7 +11,8 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.errors import UserError
-from jaxprune.models.blocks import Block, apply_layers, check_images, layer_norm, linear
+from jaxprune.models.blocks import (Block, apply_layers, check_images, check_patches, layer_norm,
+                                    linear)
 
 
 class ViT(nnx.Module):
@@ -88,6 +89,7 @@ def _vit_stem(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
 
 
 def _vit_check(spec: ArchSpec) -> None:
+  check_patches(spec)
   if not spec.class_token:
     raise UserError("ArchSpec.class_token = False: ViT models need a class token")
 

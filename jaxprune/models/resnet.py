@@ -1,0 +1,276 @@
+"""ResNet (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, arXiv:1512.03385)
+as a jaxprune family: its layer kinds, model, presets and accounting, registered in one file.
+
+Family "resnet": a stem (`patch_size` 4: 7×7/2 conv, BatchNorm, ReLU, 3×3/2 max-pool, as
+torchvision and Hugging Face; `patch_size` 1: one 3×3/1 conv, BatchNorm, ReLU — the CIFAR stem
+of the small variants), residual blocks, global average pooling and a linear head (no final
+norm). Layer kinds:
+
+  "basic"       3×3 conv (stride) → BN → ReLU → 3×3 conv → BN, + shortcut, ReLU (ResNet-18/34)
+  "bottleneck"  1×1 conv → BN → ReLU → 3×3 conv (stride) → BN → ReLU → 1×1 conv → BN,
+                + shortcut, ReLU (ResNet-50; stride on the 3×3, torchvision's "v1.5")
+
+`planes` is the width inside the block, `out_width` its output (basic: = planes, bottleneck:
+4 × planes in the presets; any value is allowed, so a block can be narrowed), `stride` 1 or 2,
+`shortcut` a 1×1 conv (stride) + BN on the residual path (required where the shape changes).
+Convolutions pad symmetrically (k // 2), as PyTorch does, so imported weights give the same
+logits. BatchNorm statistics live in their own collection (`nnx.BatchStat`: the `rest` of
+`split_model`). MACs count each conv as k²·C_in·C_out per output position; BatchNorm, ReLU,
+pooling and the residual add count nothing (BatchNorm folds into the conv at deployment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxprune import registry
+from jaxprune.arch import ArchSpec, Shape
+from jaxprune.errors import UserError
+from jaxprune.models.blocks import apply_layers, branch_drops, check_images, drop_path, linear
+
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's
+
+
+def _out_grid(grid: int, stride: int) -> int:
+  """Output size of a k×k conv with padding k // 2 (odd k) at `stride`: ⌈grid / stride⌉."""
+  return -(-grid // stride)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResBlockSpec:
+  """A residual block (see the module docstring); `kind` says which."""
+
+  kind: ClassVar[str] = ""
+  is_block: ClassVar[bool] = True
+  planes: int = 0
+  out_width: int = 0
+  stride: int = 1
+  shortcut: bool = False
+
+  def out_shape(self, shape: Shape) -> Shape:
+    return Shape(_out_grid(shape.grid, self.stride), self.out_width, shape.prefix)
+
+  def check(self, where: str, shape: Shape) -> None:
+    for name in ("planes", "out_width"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{where}.{name} = {value!r}: must be a positive integer")
+    if self.stride not in (1, 2):
+      raise UserError(f"{where}.stride = {self.stride!r}: allowed are 1, 2")
+    if not isinstance(self.shortcut, bool):
+      raise UserError(f"{where}.shortcut = {self.shortcut!r}: must be a bool")
+    if not self.shortcut and (self.stride != 1 or shape.width != self.out_width):
+      raise UserError(f"{where}: a block from width {shape.width} to {self.out_width} at stride "
+                      f"{self.stride} needs shortcut = True (a 1x1 conv on the residual path)")
+
+  def _shortcut_macs(self, shape: Shape) -> int:
+    g = _out_grid(shape.grid, self.stride)
+    return shape.width * self.out_width * g * g if self.shortcut else 0
+
+  def _shortcut_params(self, shape: Shape) -> int:
+    return shape.width * self.out_width + 2 * self.out_width if self.shortcut else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BasicSpec(ResBlockSpec):
+  kind: ClassVar[str] = "basic"
+
+  def macs(self, shape: Shape, head_dim: int = 0, attention_matmuls: bool = True,
+           norm: int = 1) -> int:
+    g = _out_grid(shape.grid, self.stride)
+    return (9 * shape.width * self.planes + 9 * self.planes * self.out_width) * g * g + \
+        self._shortcut_macs(shape)
+
+  def params(self, shape: Shape, head_dim: int = 0) -> int:
+    return (9 * shape.width * self.planes + 2 * self.planes + 9 * self.planes * self.out_width
+            + 2 * self.out_width + self._shortcut_params(shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class BottleneckSpec(ResBlockSpec):
+  kind: ClassVar[str] = "bottleneck"
+
+  def macs(self, shape: Shape, head_dim: int = 0, attention_matmuls: bool = True,
+           norm: int = 1) -> int:
+    g, p = _out_grid(shape.grid, self.stride), self.planes
+    return (shape.width * p * shape.grid**2 + 9 * p * p * g * g + p * self.out_width * g * g
+            + self._shortcut_macs(shape))
+
+  def params(self, shape: Shape, head_dim: int = 0) -> int:
+    p = self.planes
+    return (shape.width * p + 2 * p + 9 * p * p + 2 * p + p * self.out_width + 2 * self.out_width
+            + self._shortcut_params(shape))
+
+
+registry.register_layer(BasicSpec)
+registry.register_layer(BottleneckSpec)
+
+
+# Modules ------------------------------------------------------------------------------------------
+class ConvBN(nnx.Module):
+  """k×k conv without bias (PyTorch's symmetric k // 2 padding) and BatchNorm.
+
+  The conv and the eval-mode BatchNorm are written with `lax` and arithmetic rather than through
+  `nnx.Conv.__call__` / `nnx.BatchNorm.__call__` (whose parameters they use): the ONNX converter
+  rewrites those modules into NCHW nodes whose layouts break at the residual add; plain ops
+  export as they are. Training uses `nnx.BatchNorm` (batch statistics, running averages)."""
+
+  def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, rngs: nnx.Rngs):
+    pad = kernel // 2
+    self.stride, self.pad = stride, pad
+    self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride),
+                         padding=((pad, pad), (pad, pad)), use_bias=False,
+                         kernel_init=_conv_init, rngs=rngs)
+    self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    kernel = self.conv.kernel[...].astype(x.dtype)
+    y = jax.lax.conv_general_dilated(x, kernel, (self.stride,) * 2, ((self.pad, self.pad),) * 2,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if train:
+      return self.bn(y, use_running_average=False)
+    bn = self.bn
+    scale = bn.scale[...] * jax.lax.rsqrt(bn.var[...] + bn.epsilon)
+    return y * scale.astype(y.dtype) + (bn.bias[...] - bn.mean[...] * scale).astype(y.dtype)
+
+
+class ResBlock(nnx.Module):
+  """A basic or bottleneck residual block (`BasicSpec` / `BottleneckSpec`) on NHWC maps."""
+
+  def __init__(self, block: ResBlockSpec, shape: Shape, *, rngs: nnx.Rngs):
+    cin, p, out, s = shape.width, block.planes, block.out_width, block.stride
+    if block.kind == "basic":
+      self.conv1 = ConvBN(cin, p, 3, s, rngs=rngs)
+      self.conv2 = ConvBN(p, out, 3, rngs=rngs)
+      self.conv3 = None
+    else:
+      self.conv1 = ConvBN(cin, p, 1, rngs=rngs)
+      self.conv2 = ConvBN(p, p, 3, s, rngs=rngs)
+      self.conv3 = ConvBN(p, out, 1, rngs=rngs)
+    self.shortcut = ConvBN(cin, out, 1, s, rngs=rngs) if block.shortcut else None
+
+  def __call__(self, x: jax.Array, train: bool = False,
+               drop: tuple[float, jax.Array] | None = None) -> jax.Array:
+    """`drop` = (rate, key): stochastic depth on the residual branch (training only)."""
+    y = self.conv2(jax.nn.relu(self.conv1(x, train)), train)
+    if self.conv3 is not None:
+      y = self.conv3(jax.nn.relu(y), train)
+    identity = x if self.shortcut is None else self.shortcut(x, train)
+    return jax.nn.relu(identity + drop_path(y, branch_drops(drop)[0]))
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """3×3 max-pool at stride 2 with one pixel of padding (-inf), as PyTorch's MaxPool2d(3, 2, 1)."""
+  return nnx.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf),
+                      window_shape=(3, 3), strides=(2, 2), padding="VALID")
+
+
+class ResNet(nnx.Module):
+  """Called on float NHWC images (already normalised) it returns class logits `[batch, classes]`.
+
+  `features` returns the last stage's map as tokens [B, H·W, C] (before pooling: what feature
+  mimicking matches); `logits` pools them and applies the head.
+  """
+
+  def __init__(self, spec: ArchSpec, *, rngs: nnx.Rngs, make_block=None):
+    """`make_block(spec, block_spec, index, rngs, shape)` builds each block (default: `ResBlock`)."""
+    self.spec = spec
+    make_block = make_block or (lambda spec, b, i, rngs, shape: ResBlock(b, shape, rngs=rngs))
+    k, s = (7, 2) if spec.patch_size == 4 else (3, 1)
+    self.stem = ConvBN(spec.in_channels, spec.width, k, s, rngs=rngs)
+    self.layers = nnx.List([make_block(spec, b, i, rngs, shape)
+                            for i, (b, shape) in enumerate(spec.walk())])
+    self.head = linear(spec.out_shape.width, spec.num_classes, rngs)
+
+  @property
+  def blocks(self) -> list[nnx.Module]:
+    return list(self.layers)
+
+  def embed(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Images [B, H, W, C_in] → the stem's map [B, H / patch, W / patch, width]."""
+    check_images(images, self.spec, "ResNet")
+    x = jax.nn.relu(self.stem(images, train))
+    return max_pool_3x3_s2(x) if self.spec.patch_size == 4 else x
+
+  def features(self, images: jax.Array, train: bool = False, **block_kwargs) -> jax.Array:
+    x = apply_layers(self.layers, self.embed(images, train), train, **block_kwargs)
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+  def logits(self, feats: jax.Array, return_dist: bool = False) -> Any:
+    logits = self.head(feats.mean(axis=1))
+    return (logits, logits) if return_dist else logits
+
+  def __call__(self, images: jax.Array, train: bool = False, return_dist: bool = False,
+               **block_kwargs) -> Any:
+    return self.logits(self.features(images, train=train, **block_kwargs),
+                       return_dist=return_dist)
+
+
+# Family: accounting, checks, presets ----------------------------------------------------------------
+def _stem(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
+  """(MACs, params) of the stem conv and its BatchNorm."""
+  k, s = (7, 2) if spec.patch_size == 4 else (3, 1)
+  g = _out_grid(spec.image_size, s)
+  return k * k * spec.in_channels * spec.width * g * g, \
+      k * k * spec.in_channels * spec.width + 2 * spec.width
+
+
+def _check(spec: ArchSpec) -> None:
+  if spec.patch_size not in (1, 4):
+    raise UserError(f"ArchSpec.patch_size = {spec.patch_size}: a ResNet stem is 4 (7x7/2 conv "
+                    "+ 3x3/2 max-pool) or 1 (one 3x3 conv, the CIFAR stem)")
+  if spec.class_token or spec.dist_token:
+    raise UserError("ArchSpec: ResNet models have no class or distillation token "
+                    "(class_token and dist_token must be False)")
+
+
+RESNET_VARIANTS = {
+    # name: (block kind, blocks per stage, stem width, stem patch)
+    "resnet18": ("basic", (2, 2, 2, 2), 64, 4),
+    "resnet34": ("basic", (3, 4, 6, 3), 64, 4),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), 64, 4),
+    "resnet_test": ("basic", (1, 2), 8, 1),      # tests (CIFAR stem)
+    "resnet_mini": ("basic", (2, 2, 2), 16, 1),  # CPU runs (CIFAR stem, 3 stages)
+}
+
+
+def resnet_spec(variant: str = "resnet18", *, image_size: int = 224,
+                patch_size: int | None = None, num_classes: int = 1000, in_channels: int = 3,
+                width: int | None = None, depths: tuple[int, ...] | None = None,
+                **unused: Any) -> ArchSpec:
+  """A dense ResNet spec: stage s has planes `width`·2^s (out ×4 for bottlenecks), its first block
+  strided (except stage 0) and with a shortcut where the shape changes. `unused` are
+  `dense_spec`'s transformer fields: set, they are an error."""
+  if variant not in RESNET_VARIANTS:
+    raise UserError(f"ResNet variant {variant!r} is unknown; allowed are "
+                    f"{', '.join(RESNET_VARIANTS)}")
+  for name, value in unused.items():
+    if value:
+      raise UserError(f"model.{name} = {value!r} does not apply to ResNet variant {variant!r}")
+  kind, d0, w0, p0 = RESNET_VARIANTS[variant]
+  depths, w = tuple(depths or d0), width or w0
+  make, expansion = (BasicSpec, 1) if kind == "basic" else (BottleneckSpec, 4)
+  layers, cin = [], w
+  for s, depth in enumerate(depths):
+    planes = w * 2**s
+    out = planes * expansion
+    for i in range(depth):
+      stride = 2 if s and not i else 1
+      layers.append(make(planes=planes, out_width=out, stride=stride,
+                         shortcut=i == 0 and (stride != 1 or cin != out)))
+      cin = out
+  return ArchSpec(image_size=image_size, patch_size=patch_size or p0, width=w, num_heads=1,
+                  num_classes=num_classes, in_channels=in_channels, layers=tuple(layers),
+                  family="resnet", class_token=False)
+
+
+registry.register_family(registry.Family(
+    "resnet", presets=tuple(RESNET_VARIANTS), preset=resnet_spec,
+    build=lambda spec, rngs, make_block=None: ResNet(spec, rngs=rngs, make_block=make_block),
+    stem=_stem, check=_check, collection="layers", layer_kinds=("basic", "bottleneck"),
+    final_norm=False, summary="ResNet: basic / bottleneck residual blocks with BatchNorm"))
