@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       l2_weight=1e-5, jitter=-1,
       tv_group=50,      # images per TV norm: the reference's batch of 50; 1 = one norm per image
       jpeg_quality=0,   # > 0: save as JPEG at this quality and read back, as the reference does
+      bn_weight=0.0,    # CNNs: DeepInversion's BatchNorm-statistics prior (0.01 in DC-ViT)
   ))
   config.mimic = ml_collections.ConfigDict({
       "train": common.train_config(batch_size=64, log_every=50, checkpoint_every=100),
@@ -38,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       group=0,                # blocks per candidate unit; 0 = 1 on ViT, 2 (pairs) on Swin
       trial_accuracy=False,   # also record each trial's real test accuracy (rank studies)
       structure="rule",       # "rule": DC-ViT's; "search": drops, the rule and mixes compared
-                              # per target (methods/dcvit/structure_search.py); "both": both families
+                              # per target (methods/dcvit/structure_search.py); "both": both families;
+                              # "drop": whole blocks dropped by KL rank (DC-ViT on CNNs)
       metric_set="synthetic", # what trials are ranked by: KL on the "synthetic" set (DC-ViT's)
                               # or on the real "fewshot" training images (no inversion made)
       metric_temperature=1.0, # the KL's softmax temperature; 1 = DC-ViT's (see README: a

@@ -52,6 +52,11 @@ class Family:
     final_norm: a LayerNorm before the head (transformers; a ResNet has none).
     block_unit: blocks per compression unit of block-level methods (DC-ViT, PRACTISE): Swin's
       regular + shifted pair is one unit, as in the DC-ViT paper.
+    block_compression: its blocks have the attention + MLP that DC-ViT compresses (attention
+      removed, MLP narrowed); without it, block-level methods only drop whole blocks, and never
+      the first block of a stage (a CNN's, which changes the shape).
+    stages: `stages(spec) -> [[block index, ...], ...]`; None = blocks between non-block layers
+      (Swin's patch merging; a ViT has one stage).
     hf_fit: `hf_fit(spec) -> why not | None`: whether a model fits the family's Hugging Face
       config (the `hf` export); None = the family has no Hugging Face export.
     presets: the named variants the family builds (`arch.dense_spec`, `model.variant`).
@@ -69,6 +74,8 @@ class Family:
   windows: bool = False
   final_norm: bool = True
   block_unit: int = 1
+  block_compression: bool = True
+  stages: Callable[[Any], list[list[int]]] | None = None
   hf_fit: Callable[[Any], str | None] | None = None
   presets: tuple[str, ...] = ()
   preset: Callable[..., Any] | None = None
@@ -76,7 +83,7 @@ class Family:
 
   def slots(self, spec) -> list[int]:
     """The index of each of `spec.blocks` in the family's layer collection."""
-    return [j for j, layer in enumerate(spec.layers) if layer.kind == "block"]
+    return [j for j, layer in enumerate(spec.layers) if layer.is_block]
 
   def trainable_upto(self, spec, last: int):
     """An NNX filter of the weights of blocks 0..`last`, the layers between them (and those

@@ -508,6 +508,7 @@ def test_a_new_config_field_says_what_older_runs_computed_with():
       walk(config.get_config("tiny" if module.endswith("spvit_deit") else None).to_dict())
   known = dict.fromkeys(NON_OFF_FIELDS) | wd.added_defaults()
   new = sorted(k for k in names if wd.path_entry(known, k) is wd._MISSING)
-  assert not new, (f"config fields {new} have a non-off default: add each to "
-                   "the method's Method.added_defaults (or workdir.CORE_ADDED_DEFAULTS) with the value runs before it "
-                   "computed with (so they resume), or, if it is not new, to NON_OFF_FIELDS here")
+  assert not new, (f"config fields {new} have a non-off default: add each to the method's "
+                   "Method.added_defaults (or workdir.CORE_ADDED_DEFAULTS) with the value runs "
+                   "before it computed with (so they resume), or, if it is not new, to "
+                   "NON_OFF_FIELDS here")

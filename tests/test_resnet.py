@@ -1,5 +1,7 @@
 """ResNet: a family registered in one file (models/resnet.py) — counts, XLA, import parity."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -217,3 +219,103 @@ def test_torchvision_layout_logits(kind, depths, width, size, cifar):
   ours = convert.import_checkpoint(sd, image_size=size)
   got = np.asarray(ours(jnp.asarray(x.transpose(0, 2, 3, 1))))
   assert np.abs(got - want).max() <= 1e-4
+
+
+# DC-ViT and PRACTISE on ResNets ----------------------------------------------------------------------
+def test_cnn_candidates_are_never_a_stages_first_block():
+  from jaxprune.methods.dcvit.structure import candidate_units, stages
+  spec = dense_spec("resnet34")
+  assert [len(s) for s in stages(spec)] == [3, 4, 6, 3]
+  firsts = {s[0] for s in stages(spec)}
+  got = [u[0] for u in candidate_units(spec, 1)]
+  assert len(got) == 16 - 4 and not firsts & set(got)
+  for u in got:  # each can be dropped: the model stays valid
+    spec.drop_blocks([u])
+
+
+def test_bn_statistics_prior_is_deepinversions():
+  """R_bn = 10·(‖μ − μ̂‖₂ + ‖σ² − σ̂²‖₂) for the first BatchNorm (the stem's here), from the batch
+  statistics of its input, written out by hand."""
+  from jaxprune.synth import InversionConfig, invert
+  from jaxprune.train.mesh import make_mesh
+  spec = ArchSpec(image_size=8, patch_size=1, width=4, num_heads=1, num_classes=3, layers=(),
+                  in_channels=1, family="resnet", class_token=False)
+  model = build_model(spec, seed=0)
+  model.stem.bn.mean[...] = jnp.arange(4.0) * 0.1
+  model.stem.bn.var[...] = jnp.arange(1.0, 5.0)
+  x = jax.random.normal(jax.random.key(1), (5, 8, 8, 1))
+  clone = nnx.clone(model)
+  clone.bn_layers()[0].stat_weight = 10.0
+  clone(x)
+  got = sum(jax.tree.leaves(nnx.pop(clone, nnx.Intermediate)))
+  y = jax.lax.conv_general_dilated(x, model.stem.conv.kernel[...], (1, 1), ((1, 1), (1, 1)),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  mu, var = np.asarray(y).mean((0, 1, 2)), np.asarray(y).var((0, 1, 2))
+  want = 10 * (np.linalg.norm(mu - np.arange(4.0) * 0.1) + np.linalg.norm(var - np.arange(1, 5)))
+  assert float(got) == pytest.approx(want, rel=1e-5)
+  # and in the inversion: with the prior, the loss is higher by about its weight times R_bn
+  cfg = InversionConfig(steps=2, warmup_steps=0, lr=0.0, jitter=0, flip=False, tv_weight=0,
+                        l2_weight=0)
+  labels = np.array([0, 1, 2, 0, 1])
+  runs = [invert(model, labels, dataclasses.replace(cfg, bn_weight=w), make_mesh(), seed=0,
+                 mean=(0.5,), std=(0.5,))["loss_curve"][0] for w in (0.0, 1.0)]
+  assert runs[1] > runs[0]
+  with pytest.raises(UserError, match="bn_weight = 1.0: the BatchNorm-statistics prior needs a "
+                                      "CNN; a 'vit' model"):
+    invert(build_model(dense_spec("test_micro", image_size=8, patch_size=4, num_classes=3,
+                                  in_channels=1)),
+           labels, dataclasses.replace(cfg, bn_weight=1.0), make_mesh(), seed=0, mean=(0.5,),
+           std=(0.5,))
+
+
+def test_drop_to_drops_progressively_in_rank_order(monkeypatch, tmp_path):
+  """DC-ViT on CNNs: the top-ranked unit's trial student first, then each next unit dropped from
+  the current model (indices shifted by the earlier drops), until the MACs reach the target."""
+  from jaxprune.methods import dcvit
+  from jaxprune.methods.dcvit.structure import candidate_units
+  from jaxprune.surgery import drop_blocks
+  dense = build_model(dense_spec("resnet_mini", image_size=8, num_classes=3))
+  candidates = candidate_units(dense.spec, 1)  # blocks 1, 3, 5
+  scores = {(1,): 0.3, (3,): 0.1, (5,): 0.2}
+
+  class FakeTrials:
+    def drop(self, unit):
+      return {"unit": list(unit), "score": scores[tuple(unit)]}
+
+    def recovered_drop(self, unit):
+      return drop_blocks(dense, unit)
+
+  steps = []
+  monkeypatch.setattr(dcvit, "mimic", lambda config, w, phase, model, *a, **k: (
+      steps.append((phase, model.spec.depth)) or (model, {})))
+  import ml_collections
+  config = ml_collections.ConfigDict({"dcvit": {"finetune_steps": 1}})
+  target = count(dense.spec.drop_blocks([3, 5])).macs / count(dense.spec).macs
+  model, info = dcvit.drop_to(config, str(tmp_path), dense, target, FakeTrials(), candidates,
+                              None)
+  assert model.spec == dense.spec.drop_blocks([3, 5])
+  assert info["units"] == [[3], [5]] and info["dropped"] == [3, 5]
+  assert steps == [("target%.3f_drop1" % target, 4)]
+  with pytest.raises(UserError, match="unreachable by dropping the 3 candidate units"):
+    dcvit.drop_to(config, str(tmp_path), dense, 0.1, FakeTrials(), candidates, None)
+
+
+def test_practise_adaptors_sit_where_the_reference_puts_them_on_a_resnet():
+  """`insert_one_block_adaptors_for_resnet` for block 9 of a ResNet-34 layout (stage 3 holds
+  dense blocks 7-12): after the conv of block 7's shortcut and of the last conv of blocks 7, 8;
+  before conv1 of blocks 10-12 (pruned 9-11); before conv1 and the shortcut of block 13 (pruned
+  12), the next stage's first. The only weights the phase trains; at identity, the model is the
+  dropped one."""
+  from jaxprune.methods.practise import ADAPTORS_ONLY, with_adaptor
+  from jaxprune.surgery import drop_blocks
+  from jaxprune.train.optim import trainable_paths
+  dense = build_model(dense_spec("resnet34", width=4, image_size=32, num_classes=3), seed=2)
+  model = with_adaptor(dense, (9,), "around")
+  got = sorted(p.split("/", 2)[2] for p in trainable_paths(model, ADAPTORS_ONLY, "test"))
+  want = sorted(["7/shortcut/adaptor_post/practise_adaptor", "7/conv2/adaptor_post/practise_adaptor",
+                 "8/conv2/adaptor_post/practise_adaptor"]
+                + [f"{b}/conv1/adaptor_pre/practise_adaptor" for b in (9, 10, 11, 12)]
+                + ["12/shortcut/adaptor_pre/practise_adaptor"])
+  assert got == want
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  np.testing.assert_allclose(model(x), drop_blocks(dense, (9,))(x), atol=1e-5)

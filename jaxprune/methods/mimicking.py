@@ -31,11 +31,14 @@ def trainable_upto(spec: ArchSpec, last: int):
   return registry.family(spec.family).trainable_upto(spec, last)
 
 
-def mimic_loss(config: ml_collections.ConfigDict, num_classes: int, teacher_graphdef):
+def mimic_loss(config: ml_collections.ConfigDict, num_classes: int, teacher_graphdef,
+               train_mode: bool = True):
+  """MSE of the student's features to the teacher's; `train_mode` False runs the student's
+  BatchNorms on their running statistics (frozen), as PRACTISE's adaptor phases do."""
   def loss_fn(model, batch, key, teacher_state):
     x, _ = common.preprocess(config, num_classes, batch, key, train=True)
     target = nnx.merge(teacher_graphdef, teacher_state).features(x)
-    feats = model.features(x, train=True)
+    feats = model.features(x, train=train_mode)
     return jnp.mean((feats - jax.lax.stop_gradient(target))**2), {}
 
   return loss_fn
@@ -49,7 +52,8 @@ def feature_mse(config, model, teacher, s: common.Setup) -> float:
 
 def mimic(config: ml_collections.ConfigDict, workdir: str, phase: str, student, teacher,
           trainable, steps: int, writer: MetricWriter, setup: common.Setup | None = None,
-          meta: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+          meta: dict[str, Any] | None = None, train_mode: bool = True
+          ) -> tuple[Any, dict[str, Any]]:
   """Fine-tunes `student` to mimic `teacher`'s features for `steps` steps (resumable phase).
 
   `config.mimic.{train, optim}` give the recipe; `trainable` (an NNX filter, e.g.
@@ -61,7 +65,8 @@ def mimic(config: ml_collections.ConfigDict, workdir: str, phase: str, student, 
   s = setup or common.setup(cfg)
   teacher_graphdef, teacher_state = nnx.split(teacher)
   t = train_phase(cfg, workdir, phase, student,
-                  mimic_loss(cfg, s.data.num_classes, teacher_graphdef), s, writer, steps=steps,
+                  mimic_loss(cfg, s.data.num_classes, teacher_graphdef, train_mode), s, writer,
+                  steps=steps,
                   aux=teacher_state, evaluate=False,
                   meta={"arch": student.spec.to_dict(), **(meta or {})},
                   show=("loss",), trainable=trainable)

@@ -262,6 +262,19 @@ def branch_drops(drop: tuple[float, jax.Array] | None) -> tuple:
   return (drop[0], k1), (drop[0], k2)
 
 
+def block_maker(own, make_block):
+  """`make_block(spec, layer, index, rngs, shape)`, falling back to the family's `own` builder
+  where it is None or returns None (a method replaces some blocks, the family builds the rest)."""
+  if make_block is None:
+    return own
+
+  def make(*args):
+    block = make_block(*args)
+    return own(*args) if block is None else block
+
+  return make
+
+
 def layer_is_block(module) -> bool:
   """A model layer is a block (counted by stochastic depth, given the block kwargs) unless its
   class says `is_block = False` (patch merging, downsampling)."""

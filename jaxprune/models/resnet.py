@@ -31,7 +31,8 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, Shape
 from jaxprune.errors import UserError
-from jaxprune.models.blocks import apply_layers, branch_drops, check_images, drop_path, linear
+from jaxprune.models.blocks import (apply_layers, block_maker, branch_drops, check_images,
+                                    drop_path, linear)
 
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's
 
@@ -112,6 +113,16 @@ registry.register_layer(BottleneckSpec)
 
 
 # Modules ------------------------------------------------------------------------------------------
+class ConvAdaptor(nnx.Module):
+  """PRACTISE's adaptor on a CNN: a 1×1 conv without bias, initialised to the identity."""
+
+  def __init__(self, channels: int):
+    self.practise_adaptor = nnx.Param(jnp.eye(channels, dtype=jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x @ self.practise_adaptor[...].astype(x.dtype)
+
+
 class ConvBN(nnx.Module):
   """k×k conv without bias (PyTorch's symmetric k // 2 padding) and BatchNorm.
 
@@ -123,18 +134,40 @@ class ConvBN(nnx.Module):
   def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, rngs: nnx.Rngs):
     pad = kernel // 2
     self.stride, self.pad = stride, pad
+    # > 0 while inverting the model (`synth.invert`): the eval forward records this weight
+    # times DeepInversion's BatchNorm-statistics distance of the batch (`bn_stat_loss`).
+    self.stat_weight = 0.0
+    self.adaptor_pre = self.adaptor_post = None  # PRACTISE's (`add_adaptor`)
     self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride),
                          padding=((pad, pad), (pad, pad)), use_bias=False,
                          kernel_init=_conv_init, rngs=rngs)
     self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
+  def add_adaptor(self, where: str) -> None:
+    """Inserts PRACTISE's identity 1×1 conv adaptor before the conv (`"pre"`, on its input) or
+    between the conv and its BatchNorm (`"post"`), as the reference's forward hooks do."""
+    if where == "pre":
+      self.adaptor_pre = nnx.data(ConvAdaptor(self.conv.in_features))
+    elif where == "post":
+      self.adaptor_post = nnx.data(ConvAdaptor(self.conv.out_features))
+    else:
+      raise ValueError(f"ConvBN.add_adaptor: where = {where!r}; allowed are pre, post")
+
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if self.adaptor_pre is not None:
+      x = self.adaptor_pre(x)
     kernel = self.conv.kernel[...].astype(x.dtype)
     y = jax.lax.conv_general_dilated(x, kernel, (self.stride,) * 2, ((self.pad, self.pad),) * 2,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.adaptor_post is not None:
+      y = self.adaptor_post(y)
     if train:
       return self.bn(y, use_running_average=False)
     bn = self.bn
+    if self.stat_weight:  # ‖μ_batch − μ_running‖₂ + ‖σ²_batch − σ²_running‖₂
+      mu, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
+      self.bn_stat_loss = nnx.Intermediate(self.stat_weight * (  # read by `nnx.pop`
+          jnp.linalg.norm(mu - bn.mean[...]) + jnp.linalg.norm(var - bn.var[...])))
     scale = bn.scale[...] * jax.lax.rsqrt(bn.var[...] + bn.epsilon)
     return y * scale.astype(y.dtype) + (bn.bias[...] - bn.mean[...] * scale).astype(y.dtype)
 
@@ -153,6 +186,11 @@ class ResBlock(nnx.Module):
       self.conv2 = ConvBN(p, p, 3, s, rngs=rngs)
       self.conv3 = ConvBN(p, out, 1, rngs=rngs)
     self.shortcut = ConvBN(cin, out, 1, s, rngs=rngs) if block.shortcut else None
+
+  @property
+  def last_conv(self) -> ConvBN:
+    """The conv whose BatchNorm ends the residual branch (conv2 basic, conv3 bottleneck)."""
+    return self.conv2 if self.conv3 is None else self.conv3
 
   def __call__(self, x: jax.Array, train: bool = False,
                drop: tuple[float, jax.Array] | None = None) -> jax.Array:
@@ -180,7 +218,8 @@ class ResNet(nnx.Module):
   def __init__(self, spec: ArchSpec, *, rngs: nnx.Rngs, make_block=None):
     """`make_block(spec, block_spec, index, rngs, shape)` builds each block (default: `ResBlock`)."""
     self.spec = spec
-    make_block = make_block or (lambda spec, b, i, rngs, shape: ResBlock(b, shape, rngs=rngs))
+    make_block = block_maker(lambda spec, b, i, rngs, shape: ResBlock(b, shape, rngs=rngs),
+                             make_block)
     k, s = (7, 2) if spec.patch_size == 4 else (3, 1)
     self.stem = ConvBN(spec.in_channels, spec.width, k, s, rngs=rngs)
     self.layers = nnx.List([make_block(spec, b, i, rngs, shape)
@@ -190,6 +229,15 @@ class ResNet(nnx.Module):
   @property
   def blocks(self) -> list[nnx.Module]:
     return list(self.layers)
+
+  def bn_layers(self) -> list[ConvBN]:
+    """Every conv + BatchNorm in forward order (the stem first): what model inversion's
+    BatchNorm-statistics prior reads (`synth.invert`)."""
+    out = [self.stem]
+    for block in self.layers:
+      out += [m for m in (getattr(block, name, None) for name in
+                          ("conv1", "conv2", "conv3", "shortcut")) if isinstance(m, ConvBN)]
+    return out
 
   def embed(self, images: jax.Array, train: bool = False) -> jax.Array:
     """Images [B, H, W, C_in] → the stem's map [B, H / patch, W / patch, width]."""
@@ -236,6 +284,8 @@ RESNET_VARIANTS = {
     "resnet50": ("bottleneck", (3, 4, 6, 3), 64, 4),
     "resnet_test": ("basic", (1, 2), 8, 1),      # tests (CIFAR stem)
     "resnet_mini": ("basic", (2, 2, 2), 16, 1),  # CPU runs (CIFAR stem, 3 stages)
+    "resnet_small": ("basic", (3, 3, 3), 16, 1),  # CIFAR studies (ResNet-20's layout, 1x1
+                                                  # conv shortcuts): 6 candidate blocks
 }
 
 
@@ -269,8 +319,18 @@ def resnet_spec(variant: str = "resnet18", *, image_size: int = 224,
                   family="resnet", class_token=False)
 
 
+def _stages(spec: ArchSpec) -> list[list[int]]:
+  """Block indices per stage: a stage starts at the first block and at each strided block."""
+  out: list[list[int]] = []
+  for i, b in enumerate(spec.blocks):
+    if not out or b.stride != 1:
+      out.append([])
+    out[-1].append(i)
+  return out
+
+
 registry.register_family(registry.Family(
-    "resnet", presets=tuple(RESNET_VARIANTS), preset=resnet_spec,
+    "resnet", block_compression=False, stages=_stages, presets=tuple(RESNET_VARIANTS), preset=resnet_spec,
     build=lambda spec, rngs, make_block=None: ResNet(spec, rngs=rngs, make_block=make_block),
     stem=_stem, check=_check, collection="layers", layer_kinds=("basic", "bottleneck"),
     final_norm=False, summary="ResNet: basic / bottleneck residual blocks with BatchNorm"))

@@ -16,8 +16,8 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec, MergeSpec
 from jaxprune.errors import UserError
-from jaxprune.models.blocks import (Block, PatchMerging, apply_layers, check_images, check_patches,
-                                    layer_norm, linear)
+from jaxprune.models.blocks import (Block, PatchMerging, apply_layers, block_maker, check_images,
+                                    check_patches, layer_norm, linear)
 
 
 class Swin(nnx.Module):
@@ -31,8 +31,8 @@ class Swin(nnx.Module):
     if spec.family != "swin":
       raise ValueError(f"Swin needs an ArchSpec of family 'swin', got {spec.family!r}")
     self.spec = spec
-    make_block = make_block or (lambda spec, b, i, rngs, shape: Block(spec, b, rngs=rngs,
-                                                                       shape=shape))
+    make_block = block_maker(lambda spec, b, i, rngs, shape: Block(spec, b, rngs=rngs,
+                                                                    shape=shape), make_block)
     c, p = spec.width, spec.patch_size
     self.patch_embed = nnx.Conv(spec.in_channels, c, (p, p), strides=(p, p), padding="VALID",
                                 rngs=rngs)

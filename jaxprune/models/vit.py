@@ -11,8 +11,8 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.errors import UserError
-from jaxprune.models.blocks import (Block, apply_layers, check_images, check_patches, layer_norm,
-                                    linear)
+from jaxprune.models.blocks import (Block, apply_layers, block_maker, check_images, check_patches,
+                                    layer_norm, linear)
 
 
 class ViT(nnx.Module):
@@ -29,7 +29,8 @@ class ViT(nnx.Module):
     if spec.family != "vit":
       raise ValueError(f"ViT needs an ArchSpec of family 'vit', got {spec.family!r}")
     self.spec = spec
-    make_block = make_block or (lambda spec, b, i, rngs, shape: Block(spec, b, rngs=rngs))
+    make_block = block_maker(lambda spec, b, i, rngs, shape: Block(spec, b, rngs=rngs),
+                             make_block)
     c, p = spec.width, spec.patch_size
     self.patch_embed = nnx.Conv(spec.in_channels, c, (p, p), strides=(p, p), padding="VALID",
                                 rngs=rngs)

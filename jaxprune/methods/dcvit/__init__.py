@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxprune import accounting, synth, validate
+from jaxprune import accounting, registry, synth, validate
 from jaxprune.atomic import write_json
 from jaxprune.errors import UserError
 from jaxprune.methods import Method, Outcome, common, finish, practise, pretrain
@@ -80,8 +80,9 @@ def synthetic_set(config, workdir: str, dense) -> dict[str, Any]:
   result = synth.invert(dense, labels, synth.InversionConfig(
       steps=c.steps, lr=c.lr, warmup_steps=c.warmup_steps, tv_weight=c.tv_weight,
       tv_exponent=c.tv_exponent, l2_weight=c.l2_weight, jitter=c.jitter,
-      tv_group=c.get("tv_group", 1)), make_mesh(), seed=config.seed, mean=config.data.mean,
-      std=config.data.std, progress=_inversion_progress)
+      tv_group=c.get("tv_group", 1), bn_weight=c.get("bn_weight", 0.0)), make_mesh(),
+      seed=config.seed, mean=config.data.mean, std=config.data.std,
+      progress=_inversion_progress)
   if c.get("jpeg_quality", 0):  # the reference's save-as-JPEG-and-read-back
     result["images"], result["pixels"] = synth.jpeg_roundtrip(
         result["images"], config.data.mean, config.data.std, c.jpeg_quality,
@@ -201,14 +202,24 @@ class Trials:
     return mimic(self.config, self.workdir, f"trial_{name}", student, self.dense, trainable,
                  self.config.dcvit.trial_steps, self.writer)
 
-  def drop(self, unit: tuple[int, ...]) -> dict[str, Any]:
-    """The structure search's trial: `unit` dropped whole, the layers up to its successor
+  def _dropped(self, unit: tuple[int, ...]):
+    """(trial name, student maker) of `unit` dropped whole, the layers up to its successor
     trainable."""
     def student():
       model = drop_blocks(self.dense, unit)
       return model, trainable_upto(model.spec, unit[0])
 
-    return self._trial(f"drop{unit_name(unit)}", unit, student, hidden=0, op="drop")
+    return f"drop{unit_name(unit)}", student
+
+  def drop(self, unit: tuple[int, ...]) -> dict[str, Any]:
+    """The drop trial (the structure search's, and DC-ViT's on CNNs): `unit` dropped whole."""
+    name, student = self._dropped(unit)
+    return self._trial(name, unit, student, hidden=0, op="drop")
+
+  def recovered_drop(self, unit: tuple[int, ...]):
+    """The recovered student of `unit`'s drop trial (the first step of `drop_to`, reused)."""
+    self.drop(unit)
+    return self._recover(*self._dropped(unit))[0]
 
   def _kl(self, student, key: str) -> float:
     images = (self.fewshot_images() if key == self.keys["fewshot"]
@@ -285,6 +296,58 @@ def compress_to(config, workdir: str, dense, target: float, trials: Trials, cand
   return model, info
 
 
+def drop_ranking(trials: Trials, candidates) -> tuple[list[tuple[int, ...]], dict[str, float]]:
+  """The candidate units ranked by their drop trials' metric (lowest KL first), and the scores."""
+  records = [trials.drop(u) for u in candidates]
+  ranked = [tuple(r["unit"]) for r in sorted(records, key=lambda r: (r["score"], r["unit"]))]
+  return ranked, {unit_name(r["unit"]): r["score"] for r in records}
+
+
+def drop_to(config, workdir: str, dense, target: float, trials: Trials, candidates,
+            writer) -> tuple[Any, dict[str, Any]]:
+  """`dcvit.structure = "drop"`, DC-ViT on CNNs (whose blocks have no MLP to compress): whole
+  candidate units dropped in the order of their drop trials' KL on the metric set until the
+  MACs reach `target`, progressively: the first is its trial's recovered student (reused), each
+  later drop fine-tuned by feature mimicking (MiR-style: pre-pool features, BatchNorm in train
+  mode), the layers up to the last dropped unit's successor trainable."""
+  ranked, ranking = drop_ranking(trials, candidates)
+  limit = target * accounting.macs(dense.spec) * (1 + 1e-9)
+  chosen: list[tuple[int, ...]] = []
+  for unit in ranked:
+    if accounting.macs(dense.spec.drop_blocks([b for u in chosen for b in u])) <= limit:
+      break
+    chosen.append(unit)
+  if accounting.macs(dense.spec.drop_blocks([b for u in chosen for b in u])) > limit:
+    raise UserError(f"MACs target {target:.3f} x dense is unreachable by dropping the "
+                    f"{len(candidates)} candidate units")
+  model, dropped = dense, []
+  for j, unit in enumerate(chosen):
+    if j == 0:
+      model, dropped = trials.recovered_drop(unit), list(unit)
+      continue
+    now = lambda b: b - sum(d < b for d in dropped)  # noqa: E731  index in the current model
+    model = drop_blocks(model, [now(b) for b in unit])
+    dropped = sorted(dropped + list(unit))
+    last = max(now(max(u) + 1) for u in chosen[:j + 1])
+    model, _ = mimic(config, workdir, f"target{target:.3f}_drop{j}", model, dense,
+                     trainable_upto(model.spec, last), config.dcvit.finetune_steps, writer,
+                     meta={"dropped": dropped})
+  info = {"target_ratio": target, "blocks": [], "dropped": sorted(dropped),
+          "units": [list(u) for u in chosen], "mlp_width": 0, "ranking": ranking}
+  return model, info
+
+
+def drop_targets(config, dense, trials: Trials, candidates) -> list[float]:
+  """The drop structure's family: `dcvit.targets`, else the MACs ratios of dropping the top 1,
+  2, ... ranked units (up to `dcvit.num_targets` members)."""
+  if config.dcvit.targets:
+    return [float(t) for t in config.dcvit.targets]
+  ranked, _ = drop_ranking(trials, candidates)
+  dense_macs = accounting.macs(dense.spec)
+  return [accounting.macs(dense.spec.drop_blocks([b for u in ranked[:n] for b in u]))
+          / dense_macs for n in range(1, min(config.dcvit.num_targets, len(ranked)) + 1)]
+
+
 def search_to(config, workdir: str, dense, target: float, trials: Trials, candidates,
               writer) -> tuple[Any, dict[str, Any]]:
   """`dcvit.structure = "search"`: the structure for `target` chosen among drops, DC-ViT's rule
@@ -322,7 +385,13 @@ def check(config: ml_collections.ConfigDict) -> None:
                     "longest stage and holds neither the first nor the last block): use a "
                     "deeper model (model.depth / model.variant / model.init_from) or a smaller "
                     "dcvit.group")
-  if any(b.attn != "msa" for b in spec.blocks):
+  structure = config.dcvit.get("structure", "rule")
+  if not registry.family(spec.family).block_compression:
+    if structure != "drop":
+      raise UserError(f"dcvit.structure = {structure!r}: {spec.family!r} blocks have no "
+                      "attention + MLP to compress; use 'drop' (DC-ViT on CNNs: whole blocks "
+                      "dropped in the order of their synthetic-set KL)")
+  elif any(b.attn != "msa" for b in spec.blocks):
     raise UserError("DC-ViT compresses a dense model: every block of model.init_from must be "
                     f"'msa', got {[b.attn for b in spec.blocks]}")
   if macs_convention(config) != "full" and config.dcvit.get("structure", "rule") != "rule":
@@ -334,7 +403,8 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 
 STRUCTURES = {"rule": (("family", compress_to),), "search": (("family", search_to),),
-              "both": (("family", compress_to), ("searched", search_to))}
+              "both": (("family", compress_to), ("searched", search_to)),
+              "drop": (("family", drop_to),)}
 
 
 def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter) -> Outcome:
@@ -377,10 +447,12 @@ def compress_seed(config, workdir: str, dense, synthetic, writer) -> Outcome:
   matched = [accounting.macs(m.spec, **counted) / accounting.macs(dense.spec, **counted)
              for m, _ in pruned]
   dense_macs = accounting.macs(dense.spec)
-  targets = sorted(set(sweep_targets(config, dense.spec, candidates) + matched),
-                   reverse=True)
+  structure = config.dcvit.get("structure", "rule")
+  sweep = (drop_targets(config, dense, trials, candidates) if structure == "drop"
+           else sweep_targets(config, dense.spec, candidates))
+  targets = sorted(set(sweep + matched), reverse=True)
   families = {}
-  for key, make in STRUCTURES[config.dcvit.get("structure", "rule")]:
+  for key, make in STRUCTURES[structure]:
     families[key] = []
     for target in targets:
       def compute(target=target, make=make):
@@ -394,8 +466,8 @@ def compress_seed(config, workdir: str, dense, synthetic, writer) -> Outcome:
       accuracy = evaluate(model)
       families[key].append(({**info, "model_dir": out}, model, accuracy))
       if jax.process_index() == 0:
-        what = (f"dropped {info['dropped']}, " if info.get("dropped") else "") + (
-            f"compressed {info['blocks']} MLP {info['mlp_width']}")
+        what = ", ".join(([f"dropped {info['dropped']}"] if info.get("dropped") else []) + (
+            [f"compressed {info['blocks']} MLP {info['mlp_width']}"] if info["blocks"] else []))
         print(f"[dcvit] {key} target {target:.3f}: {what} → "
               f"{accounting.macs(model.spec) / dense_macs:.3f} MACs, accuracy {accuracy:.4f}",
               flush=True)
@@ -488,6 +560,7 @@ METHOD = Method(
            ("synthetic.tv_exponent", validate.number(0, lo_open=True)),
            ("synthetic.l2_weight", validate.number(0)), ("synthetic.jitter", validate.integer(-1)),
            ("synthetic.tv_group", POSITIVE), ("synthetic.jpeg_quality", validate.integer(0, 95)),
+           ("synthetic.bn_weight", validate.number(0)),
            ("dcvit.targets", validate.each(FRACTION)), ("dcvit.num_targets", NONNEG),
            ("dcvit.trial_steps", POSITIVE), ("dcvit.finetune_steps", POSITIVE),
            ("dcvit.width_multiple", POSITIVE), ("dcvit.group", NONNEG),
@@ -502,6 +575,6 @@ METHOD = Method(
     # adds their runs and keeps the finished ones; dcvit.trial_accuracy only adds a measurement
     # to the trials it runs (nothing is chosen by it).
     neutral=frozenset({"dcvit.seeds", "dcvit.trial_accuracy"}),
-    added_defaults={"synthetic.tv_group": 1, "dcvit.structure": "rule",
+    added_defaults={"synthetic.tv_group": 1, "synthetic.bn_weight": 0.0, "dcvit.structure": "rule",
                     "dcvit.metric_set": "synthetic", "dcvit.metric_temperature": 1.0,
                     "dcvit.macs_convention": "full"})

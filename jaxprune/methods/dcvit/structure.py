@@ -41,7 +41,11 @@ class Structure:
 
 
 def stages(spec: ArchSpec) -> list[list[int]]:
-  """Block indices per stage (blocks between patch-merging layers; a ViT has one stage)."""
+  """Block indices per stage: the family's (`Family.stages`), by default the blocks between
+  non-block layers (patch merging; a ViT has one stage)."""
+  family = registry.family(spec.family)
+  if family.stages is not None:
+    return family.stages(spec)
   out, current, i = [], [], 0
   for layer in spec.layers:
     if layer.is_block:
@@ -69,7 +73,11 @@ def group_of(config, spec: ArchSpec) -> int:
 
 def candidate_units(spec: ArchSpec, group: int) -> list[tuple[int, ...]]:
   """DC-ViT's candidates: full `group`-block units of the longest stage (the later one on a
-  tie), none holding the model's first or last block."""
+  tie), none holding the model's first or last block. In a family without block compression
+  (a CNN): every block of every stage but the stage's first (`layerX.i`, i >= 1, the paper's
+  CNN candidates: the first block carries the stride and the shortcut)."""
+  if not registry.family(spec.family).block_compression:
+    return [u for s in stages(spec) for u in units(spec, group, s[1:]) if len(u) == group]
   longest = max(reversed(stages(spec)), key=len)
   last = spec.depth - 1
   return [u for u in units(spec, group, longest)

@@ -28,15 +28,18 @@ from jaxprune.methods import Method, Outcome, common, pretrain
 from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import mimic, trainable_upto
 from jaxprune.models import build_model
-from jaxprune.models.blocks import Block, LinearAdaptor, WithAdaptor
-from jaxprune.methods.dcvit.structure import group_of, units
+from jaxprune.models.blocks import LinearAdaptor, WithAdaptor
+from jaxprune.methods.dcvit.structure import candidate_units, group_of, stages, units
 from jaxprune.surgery import block_states, drop_blocks, transplant
 from jaxprune.train.logging import MetricWriter
 
 
 def drop_units(config, spec) -> list[tuple[int, ...]]:
   """What PRACTISE scores and drops: single blocks, or on Swin pairs of consecutive blocks of
-  a stage (`dcvit.group`, shared with DC-ViT so that the two stay comparable)."""
+  a stage (`dcvit.group`, shared with DC-ViT so that the two stay comparable); in a family
+  without block compression (a CNN), DC-ViT's candidates (never a stage's first block)."""
+  if not registry.family(spec.family).block_compression:
+    return candidate_units(spec, group_of(config, spec))
   return units(spec, group_of(config, spec))
 
 
@@ -53,19 +56,44 @@ def with_adaptor(dense, unit, placement: str = "around"):
   unit = (unit,) if isinstance(unit, int) else tuple(unit)
   if placement == "in_place":
     model = build_model(dense.spec, make_block=lambda s, b, i, rngs, shape: (
-        LinearAdaptor(shape.width, rngs=rngs) if i in unit
-        else Block(s, b, rngs=rngs, shape=shape)))
+        LinearAdaptor(shape.width, rngs=rngs) if i in unit else None))  # None: the family's
     blocks = [{} if i in unit else s for i, s in enumerate(block_states(dense))]
     return transplant(dense, model, blocks)
   if placement != "around":
     raise UserError(f"practise.adaptors = {placement!r}: allowed are {', '.join(ADAPTORS)}")
   model = drop_blocks(dense, unit)
+  if not registry.family(dense.spec.family).block_compression:
+    return _around_cnn(dense.spec, model, unit)
   rngs = nnx.Rngs(0)  # the adaptors' initial values do not depend on it (identity, zero bias)
   for i, block in enumerate(model.blocks):  # indices of the pruned model: unit[0] = next block
     if i < unit[0] and block.mlp is not None:
       block.mlp.fc2 = WithAdaptor(block.mlp.fc2, "post", rngs=rngs)
     elif i >= unit[0] and hasattr(block.attn, "qkv"):  # attention (not a conv, not none)
       block.attn.qkv = WithAdaptor(block.attn.qkv, "pre", rngs=rngs)
+  return model
+
+
+def _around_cnn(spec, model, unit):
+  """The reference's ResNet placement (`insert_one_block_adaptors_for_resnet`) for `unit` (one
+  block, never a stage's first) dropped from `spec`, on the pruned `model`: a 1×1 conv between
+  the conv and the BatchNorm of the stage's first shortcut and of every earlier block's last
+  conv; before conv1 of every later block of the stage; before conv1 and the shortcut of the
+  next stage's first block."""
+  stage = next(s for s in stages(spec) if unit[0] in s)
+  later = [s for s in stages(spec) if s[0] > stage[0]]
+  now = lambda b: b - len([u for u in unit if u < b])  # noqa: E731  index in the pruned model
+  blocks = model.blocks
+  if blocks[stage[0]].shortcut is not None:
+    blocks[stage[0]].shortcut.add_adaptor("post")
+  for b in range(stage[0], unit[0]):
+    blocks[b].last_conv.add_adaptor("post")
+  for b in range(unit[-1] + 1, stage[-1] + 1):
+    blocks[now(b)].conv1.add_adaptor("pre")
+  if later:
+    first = blocks[now(later[0][0])]
+    first.conv1.add_adaptor("pre")
+    if first.shortcut is not None:
+      first.shortcut.add_adaptor("pre")
   return model
 
 
@@ -121,8 +149,9 @@ def block_scores(config, workdir: str, dense, writer: MetricWriter) -> list[dict
       trainable = (family.trainable_blocks(dense.spec, u) if placement == "in_place"
                    else ADAPTORS_ONLY)
       phase = f"practise_adaptor{name}" + ("" if placement == "in_place" else f"_{placement}")
+      # BatchNorm frozen (eval mode) while only the adaptors train, as the reference does
       _, info = mimic(config, workdir, phase, with_adaptor(dense, u, placement), dense,
-                      trainable, config.practise.adaptor_steps, writer)
+                      trainable, config.practise.adaptor_steps, writer, train_mode=False)
       rows.append({"block": u[0], "unit": list(u), "recovered_error": info["feature_mse"],
                    "latency_saved_ms": saved[u], "score": info["feature_mse"] / saved[u]})
     return rows
@@ -161,15 +190,19 @@ def run_family(config, workdir, dense, writer) -> list[tuple[Any, list[int]]]:
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """Before any work: each `practise.num_drop` leaves at least one unit."""
+  """Before any work: each `practise.num_drop` leaves at least one unit (on a CNN, whose
+  candidates never include a stage's first block, every candidate may go)."""
   spec = validate.planned_spec(config)
   count = len(drop_units(config, spec))
-  what = "blocks" if count == spec.depth else "units (block pairs)"
-  too_many = [n for n in config.practise.num_drop if n >= count]
+  if not registry.family(spec.family).block_compression:
+    what, most = "candidate blocks (never a stage's first)", count
+  else:
+    what, most = ("blocks" if count == spec.depth else "units (block pairs)"), count - 1
+  too_many = [n for n in config.practise.num_drop if n > most]
   if too_many:
     raise UserError(f"practise.num_drop = {tuple(config.practise.num_drop)}: {too_many[0]} "
-                    f"{what} cannot be dropped from a model of {count} {what}; allowed are 1.."
-                    f"{count - 1}")
+                    f"{what} cannot be dropped from a model of {count} {what}; allowed are "
+                    f"1..{most}")
 
 
 def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter) -> Outcome:
