@@ -59,3 +59,24 @@ def test_bfloat16_train_step_keeps_float32_parameters_and_optimizer_state():
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.02)
   with pytest.raises(UserError, match="train.compute_dtype = 'float16': allowed are float32"):
     compute_dtype("float16")
+
+
+@pytest.mark.parametrize("variant", ["test_micro", "swin_test", "resnet_test"])
+def test_bfloat16_search_and_cnn_forwards_run(variant):
+  """The SPViT search model (its conv candidates' kernels are collapsed in float32) and a ResNet
+  (its convs written with lax) compute in bfloat16: this crashed the SPViT search under
+  `train.compute_dtype = "bfloat16"` until the collapsed kernels were cast."""
+  from configs import spvit as spvit_config
+  from jaxprune.methods.spvit import search_options
+  from jaxprune.models.spvit import build_search_model
+  spec = dense_spec(variant, image_size=16, patch_size=1 if variant == "resnet_test" else 4,
+                    num_classes=5, **({"window": 4} if variant == "swin_test" else {}))
+  model = build_model(spec, seed=0)
+  if variant != "resnet_test":
+    model = build_search_model(model, search_options(spvit_config.get_config()))
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  graphdef, state = nnx.split(set_compute_dtype(model, jnp.bfloat16))
+  for train in (False, True):
+    fn = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x, train=train))  # noqa: B023
+    assert bool(jnp.all(jnp.isfinite(fn(state, x))))
+    assert "bf16" in fn.lower(state, x).as_text()  # the layers do compute in bfloat16

@@ -178,10 +178,11 @@ def on_patch_maps(x: jax.Array, fn, num_prefix: int, grid: int, window: int = 0,
 
 
 def conv_same(maps: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-  """Zero-padded ("SAME") stride-1 convolution of NHWC maps with an HWIO kernel, plus bias."""
-  z = jax.lax.conv_general_dilated(maps, kernel, (1, 1), "SAME",
+  """Zero-padded ("SAME") stride-1 convolution of NHWC maps with an HWIO kernel, plus bias, in
+  the maps' dtype (SPViT's collapsed kernels are float32 under bfloat16 compute)."""
+  z = jax.lax.conv_general_dilated(maps, kernel.astype(maps.dtype), (1, 1), "SAME",
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return z + bias
+  return z + bias.astype(z.dtype)
 
 
 class ConvAttention(nnx.Module):

@@ -154,6 +154,7 @@ class ConvBN(nnx.Module):
       raise ValueError(f"ConvBN.add_adaptor: where = {where!r}; allowed are pre, post")
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = x.astype(self.conv.dtype or x.dtype)  # bfloat16 under `set_compute_dtype`
     if self.adaptor_pre is not None:
       x = self.adaptor_pre(x)
     kernel = self.conv.kernel[...].astype(x.dtype)
