@@ -51,6 +51,24 @@ def layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(width, epsilon=eps, rngs=rngs)
 
 
+class Classifier(nnx.Module):
+  """What every family's model shares: `model(images)` = `logits(features(images))`."""
+
+  def __call__(self, images: jax.Array, train: bool = False, return_dist: bool = False,
+               **block_kwargs):
+    return self.logits(self.features(images, train=train, **block_kwargs),
+                       return_dist=return_dist)
+
+
+class PooledClassifier(Classifier):
+  """A classifier with one head on the token (or position) average."""
+
+  def logits(self, feats: jax.Array, return_dist: bool = False):
+    """Head on the token average (one head: `return_dist` gives it twice, as ViT does)."""
+    logits = self.head(feats.mean(axis=1))
+    return (logits, logits) if return_dist else logits
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention with a fused qkv projection (timm layout: q heads, k heads, v heads).
 

@@ -31,8 +31,8 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, Shape
 from jaxprune.errors import UserError
-from jaxprune.models.blocks import (apply_layers, block_maker, branch_drops, check_images,
-                                    drop_path, linear)
+from jaxprune.models.blocks import (PooledClassifier, apply_layers, block_maker, branch_drops,
+                                    check_images, drop_path, linear)
 
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's
 
@@ -209,7 +209,7 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
                       window_shape=(3, 3), strides=(2, 2), padding="VALID")
 
 
-class ResNet(nnx.Module):
+class ResNet(PooledClassifier):
   """Called on float NHWC images (already normalised) it returns class logits `[batch, classes]`.
 
   `features` returns the last stage's map as tokens [B, H·W, C] (before pooling: what feature
@@ -250,14 +250,6 @@ class ResNet(nnx.Module):
     x = apply_layers(self.layers, self.embed(images, train), train, **block_kwargs)
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
-  def logits(self, feats: jax.Array, return_dist: bool = False) -> Any:
-    logits = self.head(feats.mean(axis=1))
-    return (logits, logits) if return_dist else logits
-
-  def __call__(self, images: jax.Array, train: bool = False, return_dist: bool = False,
-               **block_kwargs) -> Any:
-    return self.logits(self.features(images, train=train, **block_kwargs),
-                       return_dist=return_dist)
 
 
 # Family: accounting, checks, presets ----------------------------------------------------------------

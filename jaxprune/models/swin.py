@@ -8,7 +8,7 @@ token and no absolute position embedding (Swin's defaults).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 from flax import nnx
@@ -16,11 +16,11 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec, MergeSpec
 from jaxprune.errors import UserError
-from jaxprune.models.blocks import (Block, PatchMerging, apply_layers, block_maker, check_images,
-                                    check_patches, layer_norm, linear)
+from jaxprune.models.blocks import (Block, PatchMerging, PooledClassifier, apply_layers,
+                                    block_maker, check_images, check_patches, layer_norm, linear)
 
 
-class Swin(nnx.Module):
+class Swin(PooledClassifier):
   """Called on float NHWC images (already normalised) it returns class logits `[batch, classes]`.
 
   `layers` mirrors `spec.layers` one for one; `blocks` lists the transformer blocks among them.
@@ -66,15 +66,6 @@ class Swin(nnx.Module):
     x = self.embed(images)
     return self.norm(apply_layers(self.layers, x, train, **block_kwargs))
 
-  def logits(self, feats: jax.Array, return_dist: bool = False) -> Any:
-    """Head on the token average (one head: `return_dist` gives it twice, as ViT does)."""
-    logits = self.head(feats.mean(axis=1))
-    return (logits, logits) if return_dist else logits
-
-  def __call__(self, images: jax.Array, train: bool = False, return_dist: bool = False,
-               **block_kwargs) -> Any:
-    return self.logits(self.features(images, train=train, **block_kwargs),
-                       return_dist=return_dist)
 
 
 def _swin_stem(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:

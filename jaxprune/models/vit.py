@@ -11,11 +11,11 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.errors import UserError
-from jaxprune.models.blocks import (Block, apply_layers, block_maker, check_images, check_patches,
-                                    layer_norm, linear)
+from jaxprune.models.blocks import (Block, Classifier, apply_layers, block_maker, check_images,
+                                    check_patches, layer_norm, linear)
 
 
-class ViT(nnx.Module):
+class ViT(Classifier):
   """Vision Transformer: patch embedding, class (+distillation) token, learned position
   embedding, blocks, final LayerNorm and head(s).
 
@@ -76,10 +76,6 @@ class ViT(nnx.Module):
       return cls_logits, dist_logits
     return (cls_logits + dist_logits) / 2
 
-  def __call__(self, images: jax.Array, train: bool = False, return_dist: bool = False,
-               **block_kwargs) -> Any:
-    return self.logits(self.features(images, train=train, **block_kwargs),
-                       return_dist=return_dist)
 
 
 def _vit_stem(spec: ArchSpec, norm: int = 1) -> tuple[int, int]:
