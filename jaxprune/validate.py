@@ -77,6 +77,16 @@ def each(inner: Check, min_len: int = 0) -> Check:
   return check
 
 
+def or_auto(inner: Check) -> Check:
+  """`inner`, or "auto" (read by the flags as the tuple ("auto",)): computed later."""
+  def check(v):
+    if tuple(v) == ("auto",) if isinstance(v, (tuple, list)) else v == "auto":
+      return None
+    msg = inner(v)
+    return f"{msg}, or be auto" if msg else None
+  return check
+
+
 def regex(v) -> str | None:
   if not isinstance(v, str):
     return "must be a string (a regular expression)"
@@ -116,7 +126,8 @@ CORE_RULES: list[tuple[str, Check]] = [
     ("model.window", NONNEG),  # 0 = preset
     ("model.mlp_ratio", number(0)),
     ("data.fewshot", NONNEG), ("data.fewshot_seed", SEED),
-    ("data.mean", each(number(), 0)), ("data.std", each(number(0, lo_open=True), 0)),
+    ("data.mean", or_auto(each(number(), 0))),
+    ("data.std", or_auto(each(number(0, lo_open=True), 0))),
     ("data.augment.crop_scale_min", number(0, 1, lo_open=True)),
     ("data.augment.shift", NONNEG),
     ("data.threads", integer(-1)), ("data.workers", NONNEG),

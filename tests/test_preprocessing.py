@@ -111,3 +111,29 @@ def _spvit_config(teacher):
   config = spvit_config.get_config("runlocal")
   config.finetune.distill.teacher = teacher
   return config
+
+
+def test_auto_normalisation_is_computed_from_the_training_split(tmp_path):
+  """`--config.data.mean=auto --config.data.std=auto` (the flags read `auto` as ("auto",)):
+  the per-channel statistics of the training pixels, exactly, recorded as numbers."""
+  import numpy as np
+  from PIL import Image
+  from jaxprune.validate import check_fields
+  _write_folder(tmp_path)
+  config = _config(f"folder:{tmp_path}", mean=("auto",), std=("auto",))
+  config.model.image_size = 8  # as stored (a resize would change the statistics it reads)
+  check_fields(config)  # "auto" passes the up-front range rules
+  assert "training split" in common.resolve_normalisation(config)
+  pixels = np.stack([np.asarray(Image.open(p)) for p in sorted(
+      (tmp_path / "train").glob("*/*.png"))]).reshape(-1, 3) / 255.0
+  np.testing.assert_allclose(config.data.mean, pixels.mean(0), atol=1e-6)
+  np.testing.assert_allclose(config.data.std, pixels.std(0), atol=1e-6)
+  assert all(isinstance(v, float) for v in (*config.data.mean, *config.data.std))
+  with pytest.raises(UserError, match="'auto' is for both or neither"):
+    common.resolve_normalisation(_config(f"folder:{tmp_path}", mean=("auto",),
+                                         std=(0.5, 0.5, 0.5)))
+
+
+def test_the_missing_normalisation_error_offers_auto(tmp_path):
+  with pytest.raises(UserError, match="--config.data.mean=auto --config.data.std=auto"):
+    common.resolve_normalisation(_config(f"folder:{tmp_path}"))

@@ -95,12 +95,41 @@ SOURCE_NORMALISATION = {"mnist5k": ((0.1307,), (0.3081,)),
                         "tfds:imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
 
+AUTO = ("auto",)  # `--config.data.mean=auto` reads as this one-element tuple
+STATISTICS_IMAGES = 10_000  # data.mean=auto: at most this many training images, evenly spaced
+
+
+def pixel_statistics(split, limit: int = STATISTICS_IMAGES) -> tuple[tuple, tuple]:
+  """Per-channel mean and standard deviation of `split`'s pixels scaled to [0, 1], over all its
+  images or `limit` of them evenly spaced (float64 sums, read in batches)."""
+  n = len(split)
+  indices = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(np.int64))
+  total = total_sq = count = 0.0
+  for start in range(0, len(indices), 256):
+    images, _ = split.get(indices[start:start + 256])
+    x = images.astype(np.float64).reshape(-1, images.shape[-1]) / 255.0
+    total, total_sq, count = total + x.sum(0), total_sq + (x**2).sum(0), count + len(x)
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+  return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
+
+
 def resolve_normalisation(config: ml_collections.ConfigDict) -> str:
   """Fills empty `data.mean`/`data.std` in place, before the workdir records the config: the
   normalisation stored with `model.init_from` (a converted or exported model carries its
-  own), else the source's known one. Returns where the values came from."""
+  own), else the source's known one; `data.mean=auto data.std=auto` computes them from the
+  training split (`pixel_statistics`), so config.json and every exported model record the
+  numbers. Returns where the values came from."""
   from jaxprune.export import read_preprocessing
   d = config.data
+  if (tuple(d.mean) == AUTO) != (tuple(d.std) == AUTO):
+    raise UserError(f"data.mean = {tuple(d.mean)} and data.std = {tuple(d.std)}: 'auto' is for "
+                    "both or neither (data.mean=auto data.std=auto)")
+  if tuple(d.mean) == AUTO:
+    split = open_data(config).train
+    d.mean, d.std = pixel_statistics(split)
+    return (f"the training split's pixels ({min(len(split), STATISTICS_IMAGES)} of "
+            f"{len(split)} images, data.mean=auto)")
   if bool(d.mean) != bool(d.std):
     raise UserError(f"data.mean = {tuple(d.mean)} and data.std = {tuple(d.std)}: set both, or "
                     "neither (then the model's own normalisation is used)")
@@ -115,8 +144,9 @@ def resolve_normalisation(config: ml_collections.ConfigDict) -> str:
     return f"the {d.source} source"
   raise UserError(
       f"data.mean / data.std are not set, and neither model.init_from nor data.source "
-      f"{d.source!r} carries a normalisation: set them, e.g. ImageNet's "
-      "--config.data.mean='(0.485, 0.456, 0.406)' --config.data.std='(0.229, 0.224, 0.225)'")
+      f"{d.source!r} carries a normalisation: set them (e.g. --config.data.mean='(0.5,)' "
+      "--config.data.std='(0.25,)'), or compute them from the training split with "
+      "--config.data.mean=auto --config.data.std=auto")
 
 
 def preprocessing(config: ml_collections.ConfigDict) -> dict[str, list[float]]:
