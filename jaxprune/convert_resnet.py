@@ -138,3 +138,70 @@ def from_checkpoint(sd: Mapping[str, np.ndarray], fmt: str, *, image_size: int |
     return spec, canonical_to_state(sd, spec)
   except KeyError as e:
     raise UserError(f"ResNet checkpoint is missing key {e.args[0]!r}") from None
+
+
+# Export: the Hugging Face layout --------------------------------------------------------------------
+def _stages(spec: ArchSpec) -> list[list[int]]:
+  from jaxprune.methods.dcvit.structure import stages  # noqa: PLC0415
+  return stages(spec)
+
+
+def hf_fit(spec: ArchSpec) -> str | None:
+  """Why `spec` does not fit a Hugging Face `ResNetConfig` (one line), or None: the 7x7 stem,
+  one block kind, per stage one output width (planes = width / 4 in bottlenecks), stride 2 at
+  every stage's start but the first, and shortcuts exactly where the shape changes. Dropped
+  blocks fit (a stage just gets shallower); narrowed ones do not."""
+  if spec.patch_size != 4:
+    return "the CIFAR stem (patch_size 1): Hugging Face ResNets have the 7x7 / max-pool stem"
+  kinds = {b.kind for b in spec.blocks}
+  if len(kinds) != 1:
+    return f"block kinds {sorted(kinds)}: a Hugging Face ResNet has one"
+  expansion = 4 if "bottleneck" in kinds else 1
+  cin = spec.width
+  for s, stage in enumerate(_stages(spec)):
+    for j, i in enumerate(stage):
+      b = spec.blocks[i]
+      stride = b.stride if j == 0 else 1
+      if (b.out_width != spec.blocks[stage[0]].out_width or b.planes * expansion != b.out_width
+          or (j and b.stride != 1) or (s and j == 0 and b.stride != 2)
+          or b.shortcut != (cin != b.out_width or stride != 1)):
+        return (f"block {i} (planes {b.planes}, out {b.out_width}, stride {b.stride}, shortcut "
+                f"{b.shortcut}) does not fit a Hugging Face ResNet config")
+      cin = b.out_width
+  return None
+
+
+def hf_save(model) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """The Hugging Face `ResNetForImageClassification` config and weights of `model` (fits)."""
+  import jax  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+  spec = model.spec
+  st = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+
+  def conv_bn(dst: str, src: dict) -> dict[str, np.ndarray]:
+    bn = src["bn"]
+    return {f"{dst}convolution.weight": np.ascontiguousarray(
+                src["conv"]["kernel"].transpose(3, 2, 0, 1)),  # flax HWIO → torch OIHW
+            f"{dst}normalization.weight": bn["scale"], f"{dst}normalization.bias": bn["bias"],
+            f"{dst}normalization.running_mean": bn["mean"],
+            f"{dst}normalization.running_var": bn["var"]}
+
+  w = conv_bn("resnet.embedder.embedder.", st["stem"])
+  stages = _stages(spec)
+  for s, stage in enumerate(stages):
+    for j, i in enumerate(stage):
+      b, pre = st["layers"][i], f"resnet.encoder.stages.{s}.layers.{j}."
+      for n in (1, 2, 3):
+        if f"conv{n}" in b:
+          w.update(conv_bn(f"{pre}layer.{n - 1}.", b[f"conv{n}"]))
+      if "shortcut" in b:
+        w.update(conv_bn(f"{pre}shortcut.", b["shortcut"]))
+  w["classifier.1.weight"] = np.ascontiguousarray(st["head"]["kernel"].T)
+  w["classifier.1.bias"] = st["head"]["bias"]
+  config = {"architectures": ["ResNetForImageClassification"], "model_type": "resnet",
+            "embedding_size": spec.width, "layer_type": spec.blocks[0].kind,
+            "hidden_sizes": [spec.blocks[stage[0]].out_width for stage in stages],
+            "depths": [len(stage) for stage in stages], "hidden_act": "relu",
+            "downsample_in_first_stage": spec.blocks[0].stride == 2,
+            "downsample_in_bottleneck": False}
+  return config, w

@@ -132,14 +132,34 @@ def hf_fit(spec) -> str | None:
 
 
 def hf_folder(model: nnx.Module, preprocessing: dict[str, Sequence[float]], out: str) -> None:
-  """Writes `out/` as `save_pretrained` would: config.json, model.safetensors (the on-disk
-  names of transformers' ViT/DeiT), preprocessor_config.json with the normalisation."""
+  """Writes `out/` as `save_pretrained` would: config.json and model.safetensors (the family's
+  `hf_save`: transformers' on-disk names and layouts), preprocessor_config.json with the
+  normalisation."""
   import numpy as np
   from safetensors.numpy import save_file
   spec = model.spec
   why = hf_fit(spec)
   if why:
     raise UserError(f"--format hf: {why}; use --format stablehlo or onnx for this model")
+  config, w = registry.family(spec.family).hf_save(model)
+  config.update({"image_size": spec.image_size, "num_channels": spec.in_channels,
+                 "id2label": {str(i): f"LABEL_{i}" for i in range(spec.num_classes)},
+                 "label2id": {f"LABEL_{i}": i for i in range(spec.num_classes)}})
+  processor = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+               "size": {"height": spec.image_size, "width": spec.image_size},
+               "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+               "image_mean": list(preprocessing["mean"]), "image_std": list(preprocessing["std"])}
+  os.makedirs(out, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in w.items()},
+            os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+  write_json(os.path.join(out, "config.json"), config, indent=2)
+  write_json(os.path.join(out, "preprocessor_config.json"), processor, indent=2)
+
+
+def vit_hf_save(model: nnx.Module) -> tuple[dict, dict]:
+  """The Hugging Face ViT / DeiT config and weights of a ViT that fits (`hf_fit`)."""
+  import numpy as np
+  spec = model.spec
   st = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
   deit = spec.dist_token
   pfx = "deit." if deit else "vit."
@@ -175,20 +195,10 @@ def hf_folder(model: nnx.Module, preprocessing: dict[str, Sequence[float]], out:
   config = {"architectures": [arch], "model_type": "deit" if deit else "vit",
             "hidden_size": c, "num_hidden_layers": spec.depth,
             "num_attention_heads": spec.num_heads, "intermediate_size": spec.blocks[0].mlp,
-            "hidden_act": "gelu", "layer_norm_eps": spec.ln_eps, "image_size": spec.image_size,
-            "patch_size": spec.patch_size, "num_channels": spec.in_channels, "qkv_bias": True,
-            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-            "id2label": {str(i): f"LABEL_{i}" for i in range(spec.num_classes)},
-            "label2id": {f"LABEL_{i}": i for i in range(spec.num_classes)}}
-  processor = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
-               "size": {"height": spec.image_size, "width": spec.image_size},
-               "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-               "image_mean": list(preprocessing["mean"]), "image_std": list(preprocessing["std"])}
-  os.makedirs(out, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in w.items()},
-            os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-  write_json(os.path.join(out, "config.json"), config, indent=2)
-  write_json(os.path.join(out, "preprocessor_config.json"), processor, indent=2)
+            "hidden_act": "gelu", "layer_norm_eps": spec.ln_eps,
+            "patch_size": spec.patch_size, "qkv_bias": True,
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+  return config, w
 
 
 def export_model(model_dir: str, fmt: str, out: str, batch: int | None = None,

@@ -59,6 +59,8 @@ class Family:
       (Swin's patch merging; a ViT has one stage).
     hf_fit: `hf_fit(spec) -> why not | None`: whether a model fits the family's Hugging Face
       config (the `hf` export); None = the family has no Hugging Face export.
+    hf_save: `hf_save(model, out) -> (config dict, {name: array})`: the `save_pretrained`
+      config and weights (torch layouts) of a model that fits.
     presets: the named variants the family builds (`arch.dense_spec`, `model.variant`).
     preset: `preset(variant, **overrides) -> ArchSpec` (the overrides of `arch.dense_spec`);
       refuses the ones it has no use for.
@@ -77,6 +79,7 @@ class Family:
   block_compression: bool = True
   stages: Callable[[Any], list[list[int]]] | None = None
   hf_fit: Callable[[Any], str | None] | None = None
+  hf_save: Callable[[Any, str], tuple[dict, dict]] | None = None
   presets: tuple[str, ...] = ()
   preset: Callable[..., Any] | None = None
   summary: str = ""

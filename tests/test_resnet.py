@@ -319,3 +319,26 @@ def test_practise_adaptors_sit_where_the_reference_puts_them_on_a_resnet():
   assert got == want
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   np.testing.assert_allclose(model(x), drop_blocks(dense, (9,))(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, drop", [("basic", ()), ("bottleneck", (2,))])
+def test_hf_export_loads_in_transformers_with_the_same_logits(kind, drop, tmp_path):
+  """Dense and block-dropped ResNets (DC-ViT's and PRACTISE's) fit a Hugging Face ResNetConfig;
+  a narrowed block or the CIFAR stem does not, in one line."""
+  from jaxprune.deploy import hf_fit, main
+  from jaxprune.surgery import drop_blocks
+  from tests.test_deploy import _model
+  spec = dense_spec("resnet50" if kind == "bottleneck" else "resnet18", width=8, image_size=36,
+                    num_classes=4)
+  model = _model(spec, seed=3)
+  if drop:
+    model = drop_blocks(model, drop)
+  save_model(str(tmp_path / "m"), model, preprocessing={"mean": (0.5,) * 3, "std": (0.25,) * 3})
+  assert main([str(tmp_path / "m"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+  hf = transformers.AutoModelForImageClassification.from_pretrained(str(tmp_path / "hf")).eval()
+  x = np.random.default_rng(2).normal(size=(2, 36, 36, 3)).astype(np.float32)
+  with torch.no_grad():
+    got = hf(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2))).logits.numpy()
+  np.testing.assert_allclose(got, np.asarray(model(x)), atol=1e-4)
+  assert "planes 5" in hf_fit(spec.replace_block(1, planes=5))
+  assert "CIFAR stem" in hf_fit(dense_spec("resnet_mini"))

@@ -22,6 +22,7 @@ pooling and the residual add count nothing (BatchNorm folds into the conv at dep
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, ClassVar
 
 import jax
@@ -326,4 +327,7 @@ registry.register_family(registry.Family(
     "resnet", block_compression=False, stages=_stages, presets=tuple(RESNET_VARIANTS), preset=resnet_spec,
     build=lambda spec, rngs, make_block=None: ResNet(spec, rngs=rngs, make_block=make_block),
     stem=_stem, check=_check, collection="layers", layer_kinds=("basic", "bottleneck"),
-    final_norm=False, summary="ResNet: basic / bottleneck residual blocks with BatchNorm"))
+    final_norm=False,
+    hf_fit=lambda spec: importlib.import_module("jaxprune.convert_resnet").hf_fit(spec),
+    hf_save=lambda model: importlib.import_module("jaxprune.convert_resnet").hf_save(model),
+    summary="ResNet: basic / bottleneck residual blocks with BatchNorm"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import jax
@@ -144,4 +145,5 @@ registry.register_family(registry.Family(
     "vit", presets=tuple(VIT_VARIANTS), preset=vit_spec,
     build=lambda spec, rngs, make_block=None: ViT(spec, rngs=rngs, make_block=make_block),
     stem=_vit_stem, check=_vit_check, collection="blocks", hf_fit=_vit_hf_fit,
+    hf_save=lambda model: importlib.import_module("jaxprune.deploy").vit_hf_save(model),
     summary="ViT / DeiT: class (+distillation) token, global attention"))
