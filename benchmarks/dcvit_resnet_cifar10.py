@@ -14,7 +14,8 @@ dropped blocks, every drop trial's real test accuracy recorded (`dcvit.trial_acc
 
 Prints: dense; per matched MACs PRACTISE and DC-ViT accuracy mean ± std over the seeds; per seed
 Kendall τ between the trials' synthetic-set KL and their recovered test accuracy (τ = −1: the
-lowest KL is the most accurate). Reruns reuse every finished phase.
+lowest KL is the most accurate). Reruns reuse every finished phase. The report is also written
+to --doc (default docs/dcvit_resnet_cifar10.md), with this command.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import sys
 
 import numpy as np
 from scipy.stats import kendalltau
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from spvit_cifar10 import CIFAR_DATA, PRETRAIN, SUBSET, main_job  # noqa: E402
@@ -43,6 +46,8 @@ def main() -> None:
   parser.add_argument("--trial-steps", type=int, default=100)
   parser.add_argument("--finetune-steps", type=int, default=200)
   parser.add_argument("--adaptor-steps", type=int, default=50)
+  parser.add_argument("--doc", default=os.path.join(ROOT, "docs", "dcvit_resnet_cifar10.md"),
+                      help="write the report here too ('' = print only)")
   args = parser.parse_args()
   data = [f"--config.data.source=folder:{args.data}"]
   done = os.path.join(args.out, "dense", "summary.json")
@@ -60,15 +65,22 @@ def main() -> None:
                f"--config.practise.adaptor_steps={args.adaptor_steps}",
                common=CIFAR_DATA + MODEL)
   base = s["dense"]
-  print(f"\ndense: {100 * dense['dense']['accuracy']:.2f} % ({base['params'] / 1e3:.0f}k params, "
-        f"{base['macs'] / 1e6:.1f}M MACs); DC-ViT + PRACTISE wall {s['wall_s'] / 60:.1f} min")
-  print("| model | MACs ratio | accuracy (mean ± std over seeds) | speed-up |")
-  print("|---|---:|---:|---:|")
+  out = ["# DC-ViT vs PRACTISE on a CIFAR-10 ResNet (written by the benchmark)", "",
+         f"`python benchmarks/dcvit_resnet_cifar10.py --data /tmp/cifar10 --seeds {args.seeds} "
+         f"--trial-steps {args.trial_steps} --finetune-steps {args.finetune_steps} "
+         f"--adaptor-steps {args.adaptor_steps}` (see its docstring for the setting; latencies "
+         "timed interleaved on the shared 2-core CPU, ratios only).", "",
+         f"Dense `resnet_small`: {100 * dense['dense']['accuracy']:.2f} % "
+         f"({base['params'] / 1e3:.0f}k params, {base['macs'] / 1e6:.1f}M MACs); DC-ViT + "
+         f"PRACTISE over the seeds: {s['wall_s'] / 60:.1f} min wall.", "",
+         "| model | MACs ratio | accuracy (mean ± std over seeds) | speed-up |",
+         "|---|---:|---:|---:|"]
   rows = [(f"PRACTISE −{i + 1}", p) for i, p in enumerate(s["practise"])]
   rows += [(f"DC-ViT {f['macs'] / base['macs']:.3f}", f) for f in s["family"]]
   for name, r in rows:
-    print(f"| {name} | {r['macs'] / base['macs']:.3f} | {100 * r['accuracy']:.2f} ± "
-          f"{100 * r['accuracy_std']:.2f} % | {base['latency_ms'] / r['latency_ms']:.2f}x |")
+    out.append(f"| {name} | {r['macs'] / base['macs']:.3f} | {100 * r['accuracy']:.2f} ± "
+               f"{100 * r['accuracy_std']:.2f} % | {base['latency_ms'] / r['latency_ms']:.2f}x |")
+  out.append("")
   for seed in args.seeds.split(","):
     trials = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(
         args.out, "dcvit", "seeds", seed, "trials", "drop*.json")))]
@@ -76,8 +88,14 @@ def main() -> None:
     acc = [t["test_accuracy"] for t in trials if "test_accuracy" in t]
     tau = kendalltau(kl, acc).statistic if len(kl) > 1 else float("nan")
     best = trials[int(np.argmin([t["kl"] for t in trials]))] if trials else {}
-    print(f"seed {seed}: {len(kl)} drop trials, Kendall τ(KL, recovered accuracy) = {tau:+.2f}; "
-          f"lowest KL: block {best.get('block')} ({100 * best.get('test_accuracy', 0):.2f} %)")
+    out.append(f"- seed {seed}: {len(kl)} drop trials, Kendall τ(KL, recovered accuracy) = "
+               f"{tau:+.2f}; lowest KL: block {best.get('block')} "
+               f"({100 * best.get('test_accuracy', 0):.2f} %)")
+  report = "\n".join(out) + "\n"
+  print("\n" + report)
+  if args.doc:
+    with open(args.doc, "w") as f:
+      f.write(report)
 
 
 if __name__ == "__main__":
