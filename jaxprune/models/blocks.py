@@ -200,7 +200,7 @@ def conv_same(maps: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
   the maps' dtype (SPViT's collapsed kernels are float32 under bfloat16 compute)."""
   z = jax.lax.conv_general_dilated(maps, kernel.astype(maps.dtype), (1, 1), "SAME",
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return z + bias.astype(z.dtype)
+  return z + jnp.asarray(bias, z.dtype)
 
 
 class ConvAttention(nnx.Module):
