@@ -15,6 +15,7 @@ student).
 
   mkdir -p /tmp/cifar10 && tar xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar10
   python benchmarks/dcvit_depth.py --data /tmp/cifar10 [--depths 12,6,9] [--seeds 0,1,2]
+  python benchmarks/dcvit_depth.py --data /tmp/cifar10 --depths 12 --practise-placements
 
 Prints per depth: accuracy mean ± std over seeds of PRACTISE, DC-ViT and the searched
 structure at each matched MACs, and the searched one's margin over the better of the two; per
@@ -30,9 +31,10 @@ import json
 import os
 import shutil
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from spvit_cifar10 import CIFAR_DATA, PRETRAIN, SUBSET, main_job  # noqa: E402
+from spvit_cifar10 import CIFAR_DATA, PRETRAIN, ROOT, SUBSET, main_job  # noqa: E402
 
 
 def dense_model(args, depth: int) -> dict:
@@ -122,6 +124,45 @@ def compression(args, depth: int) -> dict:
   return s
 
 
+PLACEMENTS = ("around", "in_place")  # practise.adaptors: the reference's, then ours before
+
+
+def practise_placements(args, depth: int) -> list[str]:
+  """PRACTISE alone (`configs/practise.py`) at 1 and 2 dropped blocks with each adaptor
+  placement over the few-shot seeds, on the settings of the DC-ViT runs above; the table's
+  markdown lines (mean ± std of test accuracy, and the blocks each seed dropped)."""
+  d = os.path.join(args.out, f"d{depth}")
+  runs = {}
+  for placement in PLACEMENTS:
+    for seed in args.seeds.split(","):
+      runs[placement, seed] = main_job(
+          "practise", os.path.join(d, f"practise_{placement}", f"seed{seed}"),
+          f"--config.model.init_from={d}/dense/model", f"--config.data.source=folder:{args.data}",
+          "--config.data.fewshot=500", "--config.data.fewshot_balanced=True",
+          f"--config.data.fewshot_seed={seed}", "--config.practise.num_drop=(1, 2)",
+          f"--config.practise.adaptors={placement}",
+          f"--config.dcvit.finetune_steps={args.finetune_steps}",
+          f"--config.practise.adaptor_steps={args.adaptor_steps}", common=CIFAR_DATA)
+  dense = next(iter(runs.values()))["dense"]
+  lines = [f"PRACTISE at depth {depth} (dense {100 * dense['accuracy']:.2f} %), few-shot seeds "
+           f"{args.seeds}, {args.adaptor_steps} adaptor steps, fine-tune "
+           f"{args.finetune_steps} × (n + 1) steps; mean ± std over the seeds (blocks dropped per "
+           "seed); wall is the sum over the seeds' runs\n",
+           "| `practise.adaptors` | 1 block | 2 blocks | wall |", "|---|---:|---:|---:|"]
+  for placement in PLACEMENTS:
+    mine = [s for (p, _), s in runs.items() if p == placement]
+    cells = []
+    for n in range(2):
+      acc = [100 * s["practise"][n]["accuracy"] for s in mine]
+      mean = sum(acc) / len(acc)
+      std = (sum((a - mean) ** 2 for a in acc) / len(acc)) ** 0.5
+      blocks = " / ".join(str(s["practise"][n]["dropped"]) for s in mine)
+      cells.append(f"{mean:.2f} ± {std:.2f} ({blocks})")
+    wall = sum(s["wall_s"] for s in mine) / 60
+    lines.append(f"| {placement} | {cells[0]} | {cells[1]} | {wall:.1f} min |")
+  return lines
+
+
 def mean_std(row) -> str:
   return f"{100 * row['accuracy']:.2f} ± {100 * row.get('accuracy_std', 0.0):.2f}"
 
@@ -174,6 +215,9 @@ def main() -> None:
                       help="dcvit.metric_temperature; other than 1 runs in d<depth>/dcvit[_fewshot]"
                            "_T<t>/, starting from the synthetic run's trials")
   parser.add_argument("--dense-only", action="store_true", help="train the dense models only")
+  parser.add_argument("--practise-placements", action="store_true",
+                      help="instead of DC-ViT: PRACTISE alone with each practise.adaptors "
+                           "placement (the reference's 'around', our earlier 'in_place')")
   parser.add_argument("--rescore-practise", action="store_true",
                       help="redo PRACTISE's scoring, pruning and fine-tunes of these seeds, once "
                            "(runs made before its one-timing-per-architecture latency)")
@@ -189,6 +233,19 @@ def main() -> None:
     print(f"| {d} | {r['params'] / 1e3:.0f}k | {r['macs'] / 1e6:.1f}M | "
           f"{100 * r['accuracy']:.2f} % | {s['wall_s'] / 60:.1f} min |")
   if args.dense_only:
+    return
+  if args.practise_placements:
+    doc = ["# PRACTISE: where the adaptors go (depth study, CIFAR-10)", "",
+           "Written by `python benchmarks/dcvit_depth.py --data /tmp/cifar10 --depths "
+           f"{args.depths} --seeds {args.seeds} --practise-placements` on "
+           f"{time.strftime('%Y-%m-%d')}; the dense models are the depth study's "
+           "([dcvit_results.md](dcvit_results.md)).", ""]
+    for d in depths:
+      lines = practise_placements(args, d)
+      print("\n" + "\n".join(lines), flush=True)
+      doc += lines + [""]
+    with open(os.path.join(ROOT, "docs", "dcvit_practise_placement.md"), "w") as f:
+      f.write("\n".join(doc))
     return
   for d in depths:
     s = compression(args, d)
