@@ -6,6 +6,8 @@ C, MLP hidden H, attention inner width D = heads·head_dim and HW patch tokens:
   msa       qkv 3·N·C·D + attention matmuls 2·N²·D + projection N·D·C
   conv1     (C·d + d·C)·HW            conv3  (9·C·d + d·C)·HW         (d = conv_dim)
   mlp       2·N·C·H
+  tome      a block merging r tokens (N → N' = N − r): attention at N, MLP and its norm at N',
+            the matching ⌈N/2⌉·⌊N/2⌋·head_dim and the merge r·⌊N/2⌋·(C + 1)
   norms     N·C per LayerNorm (the "small linear term"), BatchNorm none (folds into the conv)
   embedding HW·C·in_channels·p²       head   C·classes (per head)
 

@@ -56,15 +56,19 @@ def mlp_params(width: int, hidden: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-  """What flows between layers: a square grid of patch tokens (plus prefix tokens) at a width."""
+  """What flows between layers: patch tokens (plus prefix tokens) at a width. The patches are a
+  square `grid` until token merging (`BlockSpec.merge_r`) removes `merged` of them: after that
+  they are a set with no layout, which layers that need the grid (convolutions, windows, patch
+  merging) refuse."""
 
   grid: int
   width: int
   prefix: int = 0
+  merged: int = 0
 
   @property
   def patches(self) -> int:
-    return self.grid**2
+    return self.grid**2 - self.merged
 
   @property
   def tokens(self) -> int:
@@ -94,6 +98,9 @@ class BlockSpec:
       Swin computes it; 0 = on the whole grid.
     shift: cyclic shift of the windows (Swin's shifted windows, with their attention mask; a
       windowed convolution sees the shifted windows, with no mask); 0 = none.
+    merge_r: token merging (ToMe, `jaxprune.models.tome`): tokens merged away between the
+      attention and the MLP, by bipartite soft matching on the keys (clipped to half the
+      unprotected tokens); `msa` with global attention only. 0 = none.
   """
 
   kind: ClassVar[str] = "block"
@@ -106,13 +113,26 @@ class BlockSpec:
   head_dim: int = 0
   window: int = 0
   shift: int = 0
+  merge_r: int = 0
 
   @property
   def kernel_size(self) -> int:
     return {"conv1": 1, "conv3": 3}.get(self.attn, 0)
 
+  @property
+  def needs_grid(self) -> bool:
+    """Whether the block reads the patch layout (a convolution or windows), which token
+    merging destroys."""
+    return bool(self.kernel_size or self.window)
+
+  def merged(self, shape: Shape) -> int:
+    """Tokens this block's merging removes at input `shape` (`merge_r`, clipped)."""
+    return max(0, min(self.merge_r, shape.patches // 2)) if self.merge_r else 0
+
   def out_shape(self, shape: Shape) -> Shape:
-    return shape
+    if not self.merge_r:
+      return shape
+    return dataclasses.replace(shape, merged=shape.merged + self.merged(shape))
 
   def attn_tokens(self, shape: Shape) -> int:
     """Tokens the attention projections run on (a windowed grid is zero-padded to the window)."""
@@ -130,7 +150,11 @@ class BlockSpec:
     LayerNorm element (1 here; thop-style counters count 4). The attention sub-layer's count
     is its kind's (`registry.attention`)."""
     attn = registry.attention(self.attn).macs(self, shape, head_dim, attention_matmuls, norm)
-    return attn + mlp_macs(shape.tokens, shape.width, self.mlp, norm=norm)
+    out = self.out_shape(shape)
+    if out != shape:  # ToMe: every even token's key scored against every odd one's, and the r
+      n, r = shape.tokens, shape.tokens - out.tokens  # merged (tokens and sizes) added by matmul
+      attn += (n + 1) // 2 * (n // 2) * head_dim + r * (n // 2) * (shape.width + 1)
+    return attn + mlp_macs(out.tokens, shape.width, self.mlp, norm=norm)
 
   def params(self, shape: Shape, head_dim: int) -> int:
     """Trainable parameters (BatchNorm running statistics excluded)."""
@@ -150,6 +174,9 @@ class MergeSpec:
 
   def check(self, where: str, shape: Shape) -> None:
     _int_fields(where, self, ("out_width",), 1)
+    if shape.merged:
+      raise UserError(f"{where}: patch merging needs the patch grid, which token merging in an "
+                      f"earlier block removed")
 
   def out_shape(self, shape: Shape) -> Shape:
     return Shape((shape.grid + 1) // 2, self.out_width, shape.prefix)
@@ -175,6 +202,14 @@ def _int_fields(where: str, obj: Any, names: Sequence[str], minimum: int) -> Non
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
       what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
       raise UserError(f"{where}.{name} = {value!r}: must be {what}")
+
+
+def _merging_kinds() -> list[str]:
+  return [k for k in registry.attention_kinds() if registry.attention(k).merges]
+
+
+def _merging_families() -> list[str]:
+  return [f for f in registry.families() if registry.family(f).token_merging]
 
 
 def normalised(layer):
@@ -322,7 +357,8 @@ class ArchSpec:
     if b.attn not in registry.attention_kinds():
       raise UserError(f"{where}.attn = {b.attn!r}: allowed are "
                       f"{', '.join(registry.attention_kinds())}")
-    _int_fields(where, b, ("heads", "mlp", "conv_dim", "head_dim", "window", "shift"), 0)
+    _int_fields(where, b, ("heads", "mlp", "conv_dim", "head_dim", "window", "shift",
+                           "merge_r"), 0)
     kind = registry.attention(b.attn)
     for field in HARD_FIELDS:
       value = getattr(b, field)
@@ -344,6 +380,16 @@ class ArchSpec:
                       f"{' or '.join(repr(f) for f in allowed)}")
     if b.shift and not b.shift < b.window:
       raise UserError(f"{where}.shift = {b.shift}: must be < window ({b.window})")
+    if b.merge_r and (not kind.merges or b.needs_grid or not family.token_merging):
+      raise UserError(f"{where}.merge_r = {b.merge_r}: token merging needs attn "
+                      f"{' or '.join(repr(k) for k in _merging_kinds())} with global attention "
+                      f"(window 0) in a family that allows it "
+                      f"({', '.join(_merging_families())}); "
+                      f"this block is {b.attn!r}, window {b.window}, family {self.family!r}")
+    if shape.merged and b.needs_grid:
+      raise UserError(f"{where}: attn {b.attn!r} (window {b.window}) needs the patch grid, "
+                      f"which token merging in an earlier block removed; merge only after the "
+                      f"last convolution / windowed block")
 
   # Editing and serialisation ---------------------------------------------------------------------
   def replace(self, **changes: Any) -> ArchSpec:

@@ -57,6 +57,8 @@ class Family:
       the first block of a stage (a CNN's, which changes the shape).
     stages: `stages(spec) -> [[block index, ...], ...]`; None = blocks between non-block layers
       (Swin's patch merging; a ViT has one stage).
+    token_merging: its blocks may merge tokens (`BlockSpec.merge_r`, ToMe): its stem and head
+      do not need the patch grid after the blocks.
     hf_fit: `hf_fit(spec) -> why not | None`: whether a model fits the family's Hugging Face
       config (the `hf` export); None = the family has no Hugging Face export.
     hf_save: `hf_save(model, out) -> (config dict, {name: array})`: the `save_pretrained`
@@ -78,6 +80,7 @@ class Family:
   block_unit: int = 1
   block_compression: bool = True
   stages: Callable[[Any], list[list[int]]] | None = None
+  token_merging: bool = False
   hf_fit: Callable[[Any], str | None] | None = None
   hf_save: Callable[[Any, str], tuple[dict, dict]] | None = None
   presets: tuple[str, ...] = ()
@@ -126,6 +129,8 @@ class AttentionKind:
     fields: the `BlockSpec` fields it uses among heads, conv_dim, head_dim, window, shift
       (others are normalised away or refused).
     needs: fields that must be >= 1.
+    merges: a block of this kind may merge tokens (`BlockSpec.merge_r`, ToMe): its module
+      offers `attend(x, size) -> (output, keys averaged over heads)`.
     summary: one line for docs and errors.
   """
 
@@ -135,6 +140,7 @@ class AttentionKind:
   build: Callable[..., tuple[Any, Any]]
   fields: tuple[str, ...] = ()
   needs: tuple[str, ...] = ()
+  merges: bool = False
   summary: str = ""
 
 

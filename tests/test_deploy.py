@@ -22,6 +22,9 @@ VIT = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=5, depth
                      BlockSpec("msa", heads=2, mlp=24), BlockSpec("conv1", conv_dim=8, mlp=16),
                      BlockSpec("conv3", conv_dim=8, mlp=0, mlp_bias=True),
                      BlockSpec("none", mlp=40), BlockSpec("norm", mlp=8)))
+# ToMe after the last grid block: argsort, gathers and the one-hot merge in the exported graph.
+TOME = VIT.replace(blocks=VIT.blocks + (BlockSpec("msa", heads=2, mlp=16, merge_r=3),
+                                        BlockSpec("msa", heads=2, mlp=16, merge_r=2)))
 SWIN = swin_spec("swin_test", image_size=20, patch_size=2, num_classes=4, window=4)
 _RELOAD = """
 import sys, numpy as np
@@ -62,8 +65,9 @@ def _swin_with_convs():
   return spec.replace(blocks=tuple(blocks))
 
 
-@pytest.mark.parametrize("spec, batch", [(VIT, None), (_swin_with_convs(), 3), (RESNET, None)],
-                         ids=["vit_every_block_kind", "swin_convs_fixed_batch", "resnet"])
+@pytest.mark.parametrize("spec, batch", [(VIT, None), (_swin_with_convs(), 3), (RESNET, None),
+                                         (TOME, None)],
+                         ids=["vit_every_block_kind", "swin_convs_fixed_batch", "resnet", "tome"])
 def test_stablehlo_reloads_without_jaxprune_with_the_same_logits(tmp_path, spec, batch):
   model = _model(spec, seed=3)
   save_model(str(tmp_path / "m"), model, preprocessing={"mean": MEAN, "std": STD})
@@ -86,8 +90,9 @@ def test_stablehlo_reloads_without_jaxprune_with_the_same_logits(tmp_path, spec,
       pixels)), want, atol=1e-4)
 
 
-@pytest.mark.parametrize("spec, batch", [(VIT, None), (_swin_with_convs(), 2), (RESNET, 2)],
-                         ids=["vit_every_block_kind", "swin_convs_fixed_batch", "resnet"])
+@pytest.mark.parametrize("spec, batch", [(VIT, None), (_swin_with_convs(), 2), (RESNET, 2),
+                                         (TOME, None)],
+                         ids=["vit_every_block_kind", "swin_convs_fixed_batch", "resnet", "tome"])
 def test_onnx_runs_in_onnxruntime_with_the_same_logits(tmp_path, spec, batch):
   onnx = pytest.importorskip("onnx")
   ort = pytest.importorskip("onnxruntime")

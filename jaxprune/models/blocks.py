@@ -9,6 +9,7 @@ width).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec, Shape, normalised
 from jaxprune.errors import UserError
+from jaxprune.models import tome
 
 _kernel_init = nnx.initializers.xavier_uniform()
 _zeros = nnx.initializers.zeros_init()
@@ -82,13 +84,21 @@ class Attention(nnx.Module):
     self.proj = linear(inner, width, rngs)
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return self.attend(x)[0]
+
+  def attend(self, x: jax.Array, size: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The attention output and ToMe's matching metric (the keys averaged over heads,
+    [B, N, head_dim]); with `size` [B, N, 1] (tokens standing for several patches), ToMe's
+    proportional attention: log(size) of each key added to the logits."""
     b, n, _ = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * self.head_dim**-0.5, k)
+    if size is not None:
+      logits = logits + jnp.log(size)[:, None, None, :, 0].astype(logits.dtype)
     weights = softmax32(logits)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-    return self.proj(out.reshape(b, n, self.heads * self.head_dim))
+    return self.proj(out.reshape(b, n, self.heads * self.head_dim)), k.mean(axis=2)
 
 
 def relative_position_index(window: int) -> np.ndarray:
@@ -304,9 +314,11 @@ def apply_layers(layers, x: jax.Array, train: bool, drop_rate: float = 0.0,
                  drop_key: jax.Array | None = None, **block_kwargs) -> jax.Array:
   """Runs `layers` in order. In training, with `drop_key` and `drop_rate` > 0, block i of n
   (patch merging layers are not blocks) drops its residual branches at rate
-  drop_rate·i/(n − 1), the linear rule of DeiT and Swin; `block_kwargs` go to every block."""
+  drop_rate·i/(n − 1), the linear rule of DeiT and Swin; `block_kwargs` go to every block.
+  When a block merges tokens (ToMe), the blocks from it on run `Block.forward`, which carries
+  the tokens' sizes to the next."""
   n = sum(layer_is_block(layer) for layer in layers)
-  i = 0
+  i, size = 0, None
   for layer in layers:
     if not layer_is_block(layer):
       x = layer(x)
@@ -315,7 +327,10 @@ def apply_layers(layers, x: jax.Array, train: bool, drop_rate: float = 0.0,
     rate = drop_rate * i / max(n - 1, 1)
     if train and drop_key is not None and rate > 0:
       extra["drop"] = (rate, jax.random.fold_in(drop_key, i))
-    x = layer(x, train=train, **extra, **block_kwargs)
+    if size is not None or getattr(layer, "merge_r", 0):
+      x, size = layer.forward(x, size, train=train, **extra, **block_kwargs)
+    else:
+      x = layer(x, train=train, **extra, **block_kwargs)
     i += 1
   return x
 
@@ -339,6 +354,9 @@ class Block(nnx.Module):
       self.norm2 = self.mlp = None
     # A pruned-away MLP's output bias (BlockSpec.mlp_bias): x + b.
     self.mlp_bias = nnx.Param(jnp.zeros((c,), jnp.float32)) if block.mlp_bias else None
+    # ToMe: tokens merged after the attention (clipped at this block's input shape).
+    self.merge_r = block.merged(shape)
+    self.prefix = (spec.class_token, spec.dist_token)
 
   def without_attention(self) -> None:
     """Removes the attention sub-layer and its LayerNorm (in place): `x + mlp(norm2(x))`."""
@@ -368,17 +386,31 @@ class Block(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool = False,
                drop: tuple[float, jax.Array] | None = None) -> jax.Array:
-    """`drop` = (rate, key): stochastic depth on each residual branch (training only)."""
+    """`drop` = (rate, key): stochastic depth on each residual branch (training only). A block
+    that merges tokens returns fewer of them (without their sizes: `forward` keeps them)."""
+    return self.forward(x, None, train=train, drop=drop)[0]
+
+  def forward(self, x: jax.Array, size: jax.Array | None, train: bool = False,
+              drop: tuple[float, jax.Array] | None = None) -> tuple[jax.Array, Any]:
+    """The block on tokens x [B, N, C] of sizes `size` [B, N, 1] (patches per token after
+    ToMe's merging; None: one each): (output tokens, their sizes). Attention is proportional
+    to the sizes, and `merge_r` tokens are merged after it (`jaxprune.models.tome`)."""
     d1, d2 = branch_drops(drop)
     if self.attn is not None:
-      x = x + drop_path(self.attn(self.norm1(x), train=train), d1)
+      if isinstance(self.attn, Attention) and (size is not None or self.merge_r):
+        y, metric = self.attn.attend(self.norm1(x), size)
+      else:
+        y, metric = self.attn(self.norm1(x), train=train), None
+      x = x + drop_path(y, d1)
+      if self.merge_r:
+        x, size = tome.bipartite_merge(x, size, metric, self.merge_r, *self.prefix)
     elif self.norm1 is not None:  # attn "norm"
       x = x + drop_path(self.norm1(x), d1)
     if self.mlp is not None:
       x = x + drop_path(self.mlp(self.norm2(x)), d2)
     elif self.mlp_bias is not None:
       x = x + drop_path(jnp.broadcast_to(self.mlp_bias[...], x.shape), d2)
-    return x
+    return x, size
 
 
 # Attention kinds ---------------------------------------------------------------------------------
@@ -426,7 +458,7 @@ def _conv_build(spec: ArchSpec, b: BlockSpec, shape: Shape, rngs: nnx.Rngs):
 
 registry.register_attention(registry.AttentionKind(
     "msa", _msa_macs, _msa_params, _msa_build, fields=("heads", "head_dim", "window", "shift"),
-    needs=("heads",), summary="multi-head self-attention (in windows with window > 0)"))
+    needs=("heads",), merges=True, summary="multi-head self-attention (in windows with window > 0)"))
 registry.register_attention(registry.AttentionKind(
     "conv1", _conv_macs, _conv_params, _conv_build, fields=("conv_dim",), needs=("conv_dim",),
     summary="bottleneck 1x1 conv C -> conv_dim, BN, ReLU, 1x1 conv_dim -> C (SPViT)"))

@@ -30,8 +30,8 @@ class ViT(Classifier):
     if spec.family != "vit":
       raise ValueError(f"ViT needs an ArchSpec of family 'vit', got {spec.family!r}")
     self.spec = spec
-    make_block = block_maker(lambda spec, b, i, rngs, shape: Block(spec, b, rngs=rngs),
-                             make_block)
+    make_block = block_maker(lambda spec, b, i, rngs, shape: Block(spec, b, rngs=rngs,
+                                                                    shape=shape), make_block)
     c, p = spec.width, spec.patch_size
     self.patch_embed = nnx.Conv(spec.in_channels, c, (p, p), strides=(p, p), padding="VALID",
                                 rngs=rngs)
@@ -40,8 +40,8 @@ class ViT(Classifier):
     self.dist_token = (nnx.Param(normal(rngs.params(), (1, 1, c), jnp.float32))
                        if spec.dist_token else None)
     self.pos_embed = nnx.Param(normal(rngs.params(), (1, spec.num_tokens, c), jnp.float32))
-    self.blocks = nnx.List([make_block(spec, b, i, rngs, spec.stem_shape)
-                            for i, b in enumerate(spec.blocks)])
+    self.blocks = nnx.List([make_block(spec, b, i, rngs, shape) for i, (b, shape)
+                            in enumerate(zip(spec.blocks, spec.block_shapes()))])
     self.norm = layer_norm(c, spec.ln_eps, rngs)
     self.head = linear(c, spec.num_classes, rngs)
     self.head_dist = linear(c, spec.num_classes, rngs) if spec.dist_head else None
@@ -101,8 +101,9 @@ def _vit_hf_fit(spec: ArchSpec) -> str | None:
   mlp = spec.blocks[0].mlp
   for i, b in enumerate(spec.blocks):
     if (b.attn != "msa" or b.heads != spec.num_heads or spec.head_dim_of(b) * b.heads
-        != spec.width or b.mlp != mlp or not b.mlp or b.mlp_bias):
-      return (f"block {i} (attention {b.attn!r}, {b.heads} heads, MLP {b.mlp}) does not fit a "
+        != spec.width or b.mlp != mlp or not b.mlp or b.mlp_bias or b.merge_r):
+      return (f"block {i} (attention {b.attn!r}, {b.heads} heads, MLP {b.mlp}, merge_r "
+              f"{b.merge_r}) does not fit a "
               f"Hugging Face ViT config: every block must be 'msa' with {spec.num_heads} heads "
               f"of {spec.width // spec.num_heads} and one MLP width (block 0's: {mlp})")
   return None
@@ -145,5 +146,6 @@ registry.register_family(registry.Family(
     "vit", presets=tuple(VIT_VARIANTS), preset=vit_spec,
     build=lambda spec, rngs, make_block=None: ViT(spec, rngs=rngs, make_block=make_block),
     stem=_vit_stem, check=_vit_check, collection="blocks", hf_fit=_vit_hf_fit,
+    token_merging=True,
     hf_save=lambda model: importlib.import_module("jaxprune.deploy").vit_hf_save(model),
     summary="ViT / DeiT: class (+distillation) token, global attention"))
