@@ -40,7 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       trial_accuracy=False,   # also record each trial's real test accuracy (rank studies)
       structure="rule",       # "rule": DC-ViT's; "search": drops, the rule and mixes compared
                               # per target (methods/dcvit/structure_search.py); "both": both families;
-                              # "drop": whole blocks dropped by KL rank (DC-ViT on CNNs)
+                              # "drop": whole blocks dropped by KL rank (DC-ViT on CNNs);
+                              # "narrow": CNN blocks' inner widths cut by KL rank (ours)
+      narrow_keep=0.5,        # "narrow": fraction of a block's inner width (planes) kept
       metric_set="synthetic", # what trials are ranked by: KL on the "synthetic" set (DC-ViT's)
                               # or on the real "fewshot" training images (no inversion made)
       metric_temperature=1.0, # the KL's softmax temperature; 1 = DC-ViT's (see README: a

@@ -57,6 +57,9 @@ class Family:
       the first block of a stage (a CNN's, which changes the shape).
     stages: `stages(spec) -> [[block index, ...], ...]`; None = blocks between non-block layers
       (Swin's patch merging; a ViT has one stage).
+    narrow_block: `narrow_block(model, index, width, seed) -> model`: a copy with block
+      `index`'s inner width cut to `width` seeded random channels (DC-ViT's `structure =
+      "narrow"`, on families without block compression); None = not offered.
     token_merging: its blocks may merge tokens (`BlockSpec.merge_r`, ToMe): its stem and head
       do not need the patch grid after the blocks.
     hf_fit: `hf_fit(spec) -> why not | None`: whether a model fits the family's Hugging Face
@@ -80,6 +83,7 @@ class Family:
   block_unit: int = 1
   block_compression: bool = True
   stages: Callable[[Any], list[list[int]]] | None = None
+  narrow_block: Callable[..., Any] | None = None
   token_merging: bool = False
   hf_fit: Callable[[Any], str | None] | None = None
   hf_save: Callable[[Any, str], tuple[dict, dict]] | None = None

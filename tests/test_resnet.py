@@ -300,6 +300,89 @@ def test_drop_to_drops_progressively_in_rank_order(monkeypatch, tmp_path):
     dcvit.drop_to(config, str(tmp_path), dense, 0.1, FakeTrials(), candidates, None)
 
 
+@pytest.mark.parametrize("spec, index", [(ODD_BASIC, 1), (ODD_BOTTLENECK, 1)],
+                         ids=["basic", "bottleneck"])
+def test_narrowing_a_block_is_exact_where_the_cut_channels_contribute_nothing(spec, index):
+  """`narrow_block` keeps a seeded subset of the inner channels: with the other channels' inputs
+  to the next conv(s) zeroed, the narrowed model computes the same logits; its spec, params and
+  MACs are the narrowed block's."""
+  from jaxprune.models.resnet import narrow_block
+  model = build_model(spec, seed=2)
+  planes = spec.blocks[index].planes
+  width = planes // 2 + 1
+  keep = np.sort(np.random.default_rng([7, index]).choice(planes, width, replace=False))
+  cut = np.setdiff1d(np.arange(planes), keep)
+  block = model.blocks[index]
+  k2 = block.conv2.conv.kernel
+  k2.set_value(k2[...].at[:, :, cut].set(0.0))
+  if block.conv3 is not None:  # the 3x3's cut outputs feed conv3 only
+    k3 = block.conv3.conv.kernel
+    k3.set_value(k3[...].at[:, :, cut].set(0.0))
+  narrowed = narrow_block(model, index, width, seed=7)
+  assert narrowed.spec == spec.replace_block(index, planes=width)
+  held = sum(v.size for v in jax.tree.leaves(nnx.state(narrowed, nnx.Param)))
+  assert count(narrowed.spec).params == held < count(spec).params
+  x = jax.random.normal(jax.random.key(0), (2, spec.image_size, spec.image_size,
+                                             spec.in_channels))
+  np.testing.assert_allclose(narrowed(x), model(x), rtol=1e-5, atol=1e-5)
+  assert model.spec == spec  # the source model is untouched
+  with pytest.raises(ValueError, match=f"width 0 is outside 1..{planes}"):
+    narrow_block(model, index, 0, seed=7)
+
+
+def test_narrow_to_narrows_progressively_in_rank_order(monkeypatch, tmp_path):
+  """`dcvit.structure = "narrow"`: units' inner widths cut in the order of their narrow trials'
+  KL until the MACs reach the target; the first is its trial's student."""
+  import ml_collections
+
+  from jaxprune.methods import dcvit
+  from jaxprune.methods.dcvit.structure import candidate_units
+  from jaxprune.models.resnet import narrow_block
+  dense = build_model(dense_spec("resnet_mini", image_size=8, num_classes=3))
+  candidates = candidate_units(dense.spec, 1)  # blocks 1, 3, 5 (planes 16, 32, 64)
+  scores = {(1,): 0.3, (3,): 0.1, (5,): 0.2}
+  config = ml_collections.ConfigDict({"seed": 0, "dcvit": {
+      "finetune_steps": 1, "narrow_keep": 0.5, "width_multiple": 8}})
+
+  class FakeTrials:
+    def narrow(self, unit):
+      return {"unit": list(unit), "score": scores[tuple(unit)]}
+
+    def recovered_narrow(self, unit):
+      return narrow_block(dense, unit[0], dense.spec.blocks[unit[0]].planes // 2, 0)
+
+  steps = []
+  monkeypatch.setattr(dcvit, "mimic", lambda config, w, phase, model, *a, **k: (
+      steps.append(phase) or (model, {})))
+  want = dense.spec.replace_block(3, planes=16).replace_block(5, planes=32)
+  target = count(want).macs / count(dense.spec).macs
+  model, info = dcvit.narrow_to(config, str(tmp_path), dense, target, FakeTrials(), candidates,
+                                None)
+  assert model.spec == want
+  assert info["units"] == [[3], [5]] and info["narrowed"] == [3, 5]
+  assert steps == ["target%.3f_narrow1" % target]
+  assert dcvit.narrow_widths(config, dense.spec, (1, 3, 5)) == [8, 16, 32]
+  with pytest.raises(UserError, match="unreachable by narrowing the 3 candidate units"):
+    dcvit.narrow_to(config, str(tmp_path), dense, 0.1, FakeTrials(), candidates, None)
+
+
+def test_narrow_structure_is_checked_before_any_work():
+  from configs import dcvit as dcvit_config
+  from configs import dcvit_resnet
+  from jaxprune.methods import dcvit
+  config = dcvit_resnet.get_config("runlocal")
+  config.dcvit.structure = "narrow"
+  dcvit.check(config)  # a ResNet narrows
+  config.dcvit.structure = "rule"
+  with pytest.raises(UserError, match="use 'drop' .* or 'narrow'"):
+    dcvit.check(config)
+  vit = dcvit_config.get_config("runlocal")
+  vit.dcvit.structure = "narrow"
+  with pytest.raises(UserError, match="'vit' blocks cannot be narrowed; allowed in families "
+                                      "resnet"):
+    dcvit.check(vit)
+
+
 def test_practise_adaptors_sit_where_the_reference_puts_them_on_a_resnet():
   """`insert_one_block_adaptors_for_resnet` for block 9 of a ResNet-34 layout (stage 3 holds
   dense blocks 7-12): after the conv of block 7's shortcut and of the last conv of blocks 7, 8;

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxprune import registry
@@ -154,6 +155,23 @@ class ConvBN(nnx.Module):
     else:
       raise ValueError(f"ConvBN.add_adaptor: where = {where!r}; allowed are pre, post")
 
+  def cut(self, in_keep=None, out_keep=None) -> "ConvBN":
+    """A new ConvBN of the input channels `in_keep` and output channels `out_keep` (indices, in
+    order; None = all): the kernel's slices and the BatchNorm's entries of the kept outputs."""
+    if self.adaptor_pre is not None or self.adaptor_post is not None:
+      raise ValueError("ConvBN.cut: remove PRACTISE's adaptors first")
+    kernel = self.conv.kernel[...]
+    if in_keep is not None:
+      kernel = kernel[:, :, np.asarray(in_keep, np.int64)]
+    out_idx = np.arange(kernel.shape[-1]) if out_keep is None else np.asarray(out_keep, np.int64)
+    kernel = kernel[..., out_idx]
+    k, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    out = nnx.eval_shape(lambda: ConvBN(cin, cout, k, self.stride, rngs=nnx.Rngs(0)))
+    out.conv.kernel.set_value(kernel)
+    for name in ("scale", "bias", "mean", "var"):
+      getattr(out.bn, name).set_value(getattr(self.bn, name)[...][out_idx])
+    return out
+
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = x.astype(self.conv.dtype or x.dtype)  # bfloat16 under `set_compute_dtype`
     if self.adaptor_pre is not None:
@@ -188,6 +206,24 @@ class ResBlock(nnx.Module):
       self.conv2 = ConvBN(p, p, 3, s, rngs=rngs)
       self.conv3 = ConvBN(p, out, 1, rngs=rngs)
     self.shortcut = ConvBN(cin, out, 1, s, rngs=rngs) if block.shortcut else None
+
+  def narrowed(self, keep) -> "ResBlock":
+    """A copy with the inner width (`planes`) cut to the channels `keep` (indices, in order):
+    conv1's outputs, the inner conv's inputs (and a bottleneck's 3×3 outputs), conv3's inputs;
+    the output width and the shortcut unchanged. DC-ViT's `structure = "narrow"` on CNNs."""
+    out = nnx.clone(self)
+    out.conv1 = self.conv1.cut(out_keep=keep)
+    if self.conv3 is None:
+      out.conv2 = self.conv2.cut(in_keep=keep)
+    else:
+      out.conv2 = self.conv2.cut(in_keep=keep, out_keep=keep)
+      out.conv3 = self.conv3.cut(in_keep=keep)
+    return out
+
+  def layer_spec(self, template: ResBlockSpec) -> ResBlockSpec:
+    """The block's spec as its modules now are (`surgery.read_spec`): `template` with the inner
+    width of conv1."""
+    return dataclasses.replace(template, planes=self.conv1.conv.out_features)
 
   @property
   def last_conv(self) -> ConvBN:
@@ -313,6 +349,20 @@ def resnet_spec(variant: str = "resnet18", *, image_size: int = 224,
                   family="resnet", class_token=False)
 
 
+def narrow_block(model, index: int, width: int, seed: int):
+  """A copy of `model` with block `index`'s inner width cut to `width` channels, a seeded
+  uniformly random subset (as DC-ViT's compressed MLPs keep random units)."""
+  from jaxprune.surgery import replace_blocks  # noqa: PLC0415  (surgery builds models)
+  b = model.spec.blocks[index]
+  if not 1 <= width <= b.planes:
+    raise ValueError(f"narrow_block: width {width} is outside 1..{b.planes} for block {index}")
+  keep = np.sort(np.random.default_rng([seed, index]).choice(b.planes, width, replace=False))
+  model = nnx.clone(model)
+  blocks = list(model.blocks)
+  blocks[index] = blocks[index].narrowed(keep)
+  return replace_blocks(model, blocks, model.spec.replace_block(index, planes=width))
+
+
 def _stages(spec: ArchSpec) -> list[list[int]]:
   """Block indices per stage: a stage starts at the first block and at each strided block."""
   out: list[list[int]] = []
@@ -324,7 +374,8 @@ def _stages(spec: ArchSpec) -> list[list[int]]:
 
 
 registry.register_family(registry.Family(
-    "resnet", block_compression=False, stages=_stages, presets=tuple(RESNET_VARIANTS), preset=resnet_spec,
+    "resnet", block_compression=False, stages=_stages, narrow_block=narrow_block,
+    presets=tuple(RESNET_VARIANTS), preset=resnet_spec,
     build=lambda spec, rngs, make_block=None: ResNet(spec, rngs=rngs, make_block=make_block),
     stem=_stem, check=_check, collection="layers", layer_kinds=("basic", "bottleneck"),
     final_norm=False,

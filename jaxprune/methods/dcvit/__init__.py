@@ -221,6 +221,30 @@ class Trials:
     self.drop(unit)
     return self._recover(*self._dropped(unit))[0]
 
+  def _narrowed(self, unit: tuple[int, ...]):
+    """(trial name, student maker) of `unit`'s blocks narrowed (`narrow_widths`), the layers up
+    to its successor trainable."""
+    widths = narrow_widths(self.config, self.dense.spec, unit)
+    narrow = registry.family(self.dense.spec.family).narrow_block
+
+    def student():
+      model = self.dense
+      for b, w in zip(unit, widths):
+        model = narrow(model, b, w, self.config.seed)
+      return model, trainable_upto(self.dense.spec, max(unit) + 1)
+
+    return f"n{unit_name(unit)}_w{'-'.join(map(str, widths))}", student
+
+  def narrow(self, unit: tuple[int, ...]) -> dict[str, Any]:
+    """The narrow trial (`dcvit.structure = "narrow"`): `unit`'s inner widths cut alone."""
+    name, student = self._narrowed(unit)
+    return self._trial(name, unit, student, hidden=0, op="narrow")
+
+  def recovered_narrow(self, unit: tuple[int, ...]):
+    """The recovered student of `unit`'s narrow trial (the first step of `narrow_to`, reused)."""
+    self.narrow(unit)
+    return self._recover(*self._narrowed(unit))[0]
+
   def _kl(self, student, key: str) -> float:
     images = (self.fewshot_images() if key == self.keys["fewshot"]
               else self.synthetic["images"])
@@ -337,6 +361,76 @@ def drop_to(config, workdir: str, dense, target: float, trials: Trials, candidat
   return model, info
 
 
+def narrow_widths(config, spec, unit) -> list[int]:
+  """The inner width each block of `unit` keeps under `dcvit.structure = "narrow"`:
+  `dcvit.narrow_keep` of its planes, rounded down to `dcvit.width_multiple` (at least one
+  multiple, at most the planes)."""
+  m = config.dcvit.width_multiple
+  return [min(max(int(spec.blocks[b].planes * config.dcvit.narrow_keep) // m * m, m),
+              spec.blocks[b].planes) for b in unit]
+
+
+def narrowed_spec(config, spec, units):
+  """`spec` with every block of `units` narrowed (`narrow_widths`)."""
+  for unit in units:
+    for b, w in zip(unit, narrow_widths(config, spec, unit)):
+      spec = spec.replace_block(b, planes=w)
+  return spec
+
+
+def narrow_ranking(trials: Trials, candidates) -> tuple[list[tuple[int, ...]], dict[str, float]]:
+  """The candidate units ranked by their narrow trials' metric (lowest KL first), the scores."""
+  records = [trials.narrow(u) for u in candidates]
+  ranked = [tuple(r["unit"]) for r in sorted(records, key=lambda r: (r["score"], r["unit"]))]
+  return ranked, {unit_name(r["unit"]): r["score"] for r in records}
+
+
+def narrow_to(config, workdir: str, dense, target: float, trials: Trials, candidates,
+              writer) -> tuple[Any, dict[str, Any]]:
+  """`dcvit.structure = "narrow"` (ours, on CNNs: DC-ViT's compression of a block, not its
+  removal): candidate units' inner widths cut to `dcvit.narrow_keep` (seeded random channels)
+  in the order of their narrow trials' KL until the MACs reach `target`, progressively as
+  `drop_to` (the first is its trial's recovered student; each later one fine-tuned by feature
+  mimicking, the layers up to its successor trainable)."""
+  ranked, ranking = narrow_ranking(trials, candidates)
+  limit = target * accounting.macs(dense.spec) * (1 + 1e-9)
+  chosen: list[tuple[int, ...]] = []
+  for unit in ranked:
+    if accounting.macs(narrowed_spec(config, dense.spec, chosen)) <= limit:
+      break
+    chosen.append(unit)
+  if accounting.macs(narrowed_spec(config, dense.spec, chosen)) > limit:
+    raise UserError(f"MACs target {target:.3f} x dense is unreachable by narrowing the "
+                    f"{len(candidates)} candidate units to dcvit.narrow_keep = "
+                    f"{config.dcvit.narrow_keep}")
+  narrow = registry.family(dense.spec.family).narrow_block
+  model, done = dense, []
+  for j, unit in enumerate(chosen):
+    if j == 0:
+      model, done = trials.recovered_narrow(unit), list(unit)
+      continue
+    for b, w in zip(unit, narrow_widths(config, dense.spec, unit)):
+      model = narrow(model, b, w, config.seed)
+    done = sorted(done + list(unit))
+    model, _ = mimic(config, workdir, f"target{target:.3f}_narrow{j}", model, dense,
+                     trainable_upto(model.spec, max(max(u) for u in chosen[:j + 1]) + 1),
+                     config.dcvit.finetune_steps, writer, meta={"narrowed": done})
+  info = {"target_ratio": target, "blocks": [], "dropped": [], "narrowed": done,
+          "units": [list(u) for u in chosen], "mlp_width": 0, "ranking": ranking}
+  return model, info
+
+
+def narrow_targets(config, dense, trials: Trials, candidates) -> list[float]:
+  """The narrow structure's family: `dcvit.targets`, else the MACs ratios of narrowing the top
+  1, 2, ... ranked units (up to `dcvit.num_targets` members)."""
+  if config.dcvit.targets:
+    return [float(t) for t in config.dcvit.targets]
+  ranked, _ = narrow_ranking(trials, candidates)
+  dense_macs = accounting.macs(dense.spec)
+  return [accounting.macs(narrowed_spec(config, dense.spec, ranked[:n])) / dense_macs
+          for n in range(1, min(config.dcvit.num_targets, len(ranked)) + 1)]
+
+
 def drop_targets(config, dense, trials: Trials, candidates) -> list[float]:
   """The drop structure's family: `dcvit.targets`, else the MACs ratios of dropping the top 1,
   2, ... ranked units (up to `dcvit.num_targets` members)."""
@@ -386,12 +480,17 @@ def check(config: ml_collections.ConfigDict) -> None:
                     "deeper model (model.depth / model.variant / model.init_from) or a smaller "
                     "dcvit.group")
   structure = config.dcvit.get("structure", "rule")
-  if not registry.family(spec.family).block_compression:
-    if structure != "drop":
+  family = registry.family(spec.family)
+  if not family.block_compression:
+    if structure not in ("drop", "narrow"):
       raise UserError(f"dcvit.structure = {structure!r}: {spec.family!r} blocks have no "
                       "attention + MLP to compress; use 'drop' (DC-ViT on CNNs: whole blocks "
-                      "dropped in the order of their synthetic-set KL)")
-  elif any(b.attn != "msa" for b in spec.blocks):
+                      "dropped in the order of their synthetic-set KL) or 'narrow'")
+  if structure == "narrow" and family.narrow_block is None:
+    able = [f for f in registry.families() if registry.family(f).narrow_block]
+    raise UserError(f"dcvit.structure = 'narrow': {spec.family!r} blocks cannot be narrowed; "
+                    f"allowed in families {', '.join(able)}")
+  if family.block_compression and any(b.attn != "msa" for b in spec.blocks):
     raise UserError("DC-ViT compresses a dense model: every block of model.init_from must be "
                     f"'msa', got {[b.attn for b in spec.blocks]}")
   if macs_convention(config) != "full" and config.dcvit.get("structure", "rule") != "rule":
@@ -404,7 +503,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 STRUCTURES = {"rule": (("family", compress_to),), "search": (("family", search_to),),
               "both": (("family", compress_to), ("searched", search_to)),
-              "drop": (("family", drop_to),)}
+              "drop": (("family", drop_to),), "narrow": (("family", narrow_to),)}
 
 
 def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter) -> Outcome:
@@ -448,8 +547,9 @@ def compress_seed(config, workdir: str, dense, synthetic, writer) -> Outcome:
              for m, _ in pruned]
   dense_macs = accounting.macs(dense.spec)
   structure = config.dcvit.get("structure", "rule")
-  sweep = (drop_targets(config, dense, trials, candidates) if structure == "drop"
-           else sweep_targets(config, dense.spec, candidates))
+  sweep = {"drop": drop_targets, "narrow": narrow_targets}.get(
+      structure, lambda c, d, t, u: sweep_targets(c, d.spec, u))(config, dense, trials,
+                                                                  candidates)
   targets = sorted(set(sweep + matched), reverse=True)
   families = {}
   for key, make in STRUCTURES[structure]:
@@ -467,6 +567,7 @@ def compress_seed(config, workdir: str, dense, synthetic, writer) -> Outcome:
       families[key].append(({**info, "model_dir": out}, model, accuracy))
       if jax.process_index() == 0:
         what = ", ".join(([f"dropped {info['dropped']}"] if info.get("dropped") else []) + (
+            [f"narrowed {info['narrowed']}"] if info.get("narrowed") else []) + (
             [f"compressed {info['blocks']} MLP {info['mlp_width']}"] if info["blocks"] else []))
         print(f"[dcvit] {key} target {target:.3f}: {what} → "
               f"{accounting.macs(model.spec) / dense_macs:.3f} MACs, accuracy {accuracy:.4f}",
@@ -564,6 +665,7 @@ METHOD = Method(
            ("dcvit.targets", validate.each(FRACTION)), ("dcvit.num_targets", NONNEG),
            ("dcvit.trial_steps", POSITIVE), ("dcvit.finetune_steps", POSITIVE),
            ("dcvit.width_multiple", POSITIVE), ("dcvit.group", NONNEG),
+           ("dcvit.narrow_keep", FRACTION),
            ("dcvit.structure", validate.choice(*STRUCTURES)),
            ("dcvit.metric_set", validate.choice("synthetic", "fewshot")),
            ("dcvit.macs_convention", validate.choice(*accounting.CONVENTIONS)),
@@ -577,4 +679,4 @@ METHOD = Method(
     neutral=frozenset({"dcvit.seeds", "dcvit.trial_accuracy"}),
     added_defaults={"synthetic.tv_group": 1, "synthetic.bn_weight": 0.0, "dcvit.structure": "rule",
                     "dcvit.metric_set": "synthetic", "dcvit.metric_temperature": 1.0,
-                    "dcvit.macs_convention": "full"})
+                    "dcvit.macs_convention": "full", "dcvit.narrow_keep": 0.5})
