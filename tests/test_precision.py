@@ -80,3 +80,19 @@ def test_bfloat16_search_and_cnn_forwards_run(variant):
     fn = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x, train=train))  # noqa: B023
     assert bool(jnp.all(jnp.isfinite(fn(state, x))))
     assert "bf16" in fn.lower(state, x).as_text()  # the layers do compute in bfloat16
+
+
+def test_bfloat16_mlp_activations_stay_bfloat16():
+  """Nothing of MLP-hidden width is kept in float32 for the backward pass under bfloat16
+  compute (a float32 constant in the GELU once promoted the whole activation)."""
+  spec = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=3, mlp_ratio=5)
+  hidden = spec.blocks[0].mlp
+  graphdef, state = nnx.split(build_model(spec))
+  x = jnp.zeros((2, 16, 16, 3))
+
+  def loss(s):
+    return jnp.mean(set_compute_dtype(nnx.merge(graphdef, s), jnp.bfloat16)(x, train=True)**2)
+
+  kept = jax.eval_shape(lambda s: jax.tree.leaves(jax.vjp(loss, s)[1]), state)
+  wide = [r for r in kept if r.ndim == 3 and r.shape[-1] == hidden]
+  assert wide and all(r.dtype == jnp.bfloat16 for r in wide), [(r.shape, r.dtype) for r in wide]
