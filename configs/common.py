@@ -61,6 +61,8 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       label_smoothing=0.0,
       drop_path=0.0,          # stochastic depth rate of the last block (linear from 0); DeiT 0.1
       compute_dtype="float32",  # "bfloat16": mixed precision over float32 parameters (GPU/TPU)
+      remat=False,            # True: per-block rematerialisation (less activation memory, about
+                              # one more forward pass per step; docs/memory.md)
       log_every=50, eval_every_epochs=0, checkpoint_every=200,
       ), overrides)
 

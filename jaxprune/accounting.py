@@ -160,6 +160,15 @@ def compare_latency(models: dict[Any, nnx.Module], batch: int = 64, *, rounds: i
   return {k: float(np.median(t)) for k, t in times.items()}
 
 
+def backward_residual_bytes(fn, *args) -> int:
+  """Bytes that reverse-mode differentiation of `fn(*args)` keeps from the forward pass for the
+  backward one (the residuals of `jax.vjp`: activations, weights cast to the compute dtype,
+  inputs), from shapes alone (`jax.eval_shape`: nothing is computed). What `train.remat` cuts;
+  device-independent, unlike a compiler's buffer plan."""
+  residuals = jax.eval_shape(lambda *a: jax.tree.leaves(jax.vjp(fn, *a)[1]), *args)
+  return sum(int(np.prod(r.shape)) * r.dtype.itemsize for r in residuals)
+
+
 def xla_flops(fn, *args) -> float:
   """FLOPs that XLA's compiled cost analysis reports for `fn(*args)` (2 per multiply-add)."""
   compiled = jax.jit(fn).lower(*args).compile()

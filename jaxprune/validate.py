@@ -149,6 +149,7 @@ CORE_RULES: list[tuple[str, Check]] = [
     ("*optim.frozen", regex), ("*optim.lr_rules", lr_rules),
     ("*distill.kind", choice("none", "hard", "soft")),
     ("*train.compute_dtype", choice("float32", "bfloat16")),
+    ("*train.remat", lambda v: None if isinstance(v, bool) else "must be True or False"),
     ("*distill.weight", number(0, 1)), ("*distill.temperature", number(0, lo_open=True)),
     ("export.formats", each(choice("stablehlo", "onnx", "hf"))),
 ]

@@ -485,6 +485,7 @@ NON_OFF_FIELDS = frozenset({
     "synthetic.steps", "synthetic.tv_exponent", "synthetic.tv_weight", "synthetic.warmup_steps",
     "train.batch_size", "train.checkpoint_every", "train.drop_path", "train.epochs",
     "train.eval_every_epochs", "train.label_smoothing", "train.log_every",
+    "tome.r_values",  # a method's own field from its first version: no older run to resume
 })
 
 

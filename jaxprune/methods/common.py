@@ -220,12 +220,17 @@ def stochastic_depth(train_cfg: ml_collections.ConfigDict, key: jax.Array) -> di
   return {"drop_rate": rate, "drop_key": jax.random.fold_in(key, 0xD0)} if rate > 0 else {}
 
 
+def remat(train_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The model kwargs of `train.remat` (per-block rematerialisation; off: none)."""
+  return {"remat": True} if train_cfg.get("remat", False) else {}
+
+
 def supervised_loss(config: ml_collections.ConfigDict, num_classes: int) -> Callable:
   """Cross-entropy (label smoothing from `train.label_smoothing`) on augmented batches."""
 
   def loss_fn(model, batch, key):
     x, targets = preprocess(config, num_classes, batch, key, train=True)
-    logits = model(x, train=True, **stochastic_depth(config.train, key))
+    logits = model(x, train=True, **stochastic_depth(config.train, key), **remat(config.train))
     loss = soft_cross_entropy(logits, targets, config.train.label_smoothing)
     acc = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
     return loss, {"accuracy": acc}

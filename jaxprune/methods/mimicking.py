@@ -38,7 +38,7 @@ def mimic_loss(config: ml_collections.ConfigDict, num_classes: int, teacher_grap
   def loss_fn(model, batch, key, teacher_state):
     x, _ = common.preprocess(config, num_classes, batch, key, train=True)
     target = nnx.merge(teacher_graphdef, teacher_state).features(x)
-    feats = model.features(x, train=train_mode)
+    feats = model.features(x, train=train_mode, **common.remat(config.train))
     return jnp.mean((feats - jax.lax.stop_gradient(target))**2), {}
 
   return loss_fn

@@ -194,6 +194,9 @@ _MISSING = object()
 # computes; and `data.skip_corrupt`, the fix a data error advises (a resume that then finds
 # other images says so: train/loop.py). Methods add theirs (`methods.Method.neutral`).
 CORE_NEUTRAL = frozenset({"data.threads", "data.workers", "data.skip_corrupt"})
+# Every phase's `train.remat` too (per-block rematerialisation: the same computation in less
+# memory, so a resume may turn it on when memory runs out): matched by the path's end.
+NEUTRAL_LEAVES = ("train.remat",)
 # Fields added later whose default is not an "off" value: the default the runs before them
 # computed with. Keyed by the end of the dotted path ("train.compute_dtype" is every section's
 # `train.compute_dtype`), so a later field that shares only a leaf name is not covered by mistake.
@@ -238,7 +241,8 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     out, defaults, free = [], added_defaults(), neutral()
     for k in sorted(set(a) | set(b)):
       added = k not in a and (_off(b[k]) or path_entry(defaults, prefix + k) == b[k])
-      if added or f"{prefix}{k}" in free:
+      if (added or f"{prefix}{k}" in free
+          or any(f".{prefix}{k}".endswith(f".{leaf}") for leaf in NEUTRAL_LEAVES)):
         continue
       out += _diff_keys(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
     return out

@@ -86,7 +86,8 @@ def search_loss(config, num_classes: int, target_macs: float, budget_weight: flo
     data_key, gate_key = jax.random.split(key)
     x, targets = common.preprocess(config, num_classes, batch, data_key, train=True)
     logits = model(x, train=True, gate_key=gate_key,
-                   **common.stochastic_depth(config.search.train, key))
+                   **common.stochastic_depth(config.search.train, key),
+                   **common.remat(config.search.train))
     task = common.soft_cross_entropy(logits, targets, ls)
     budget, (f, depth, width) = budget_loss(model, target_macs, budget_weight)
     return task + budget, {"task_loss": task, "budget_loss": budget,
@@ -317,7 +318,8 @@ def finetune_loss(config, num_classes: int, teacher_graphdef, teacher_norm=None)
     x, targets = common.preprocess(config, num_classes, batch, key, train=True)
     teacher = nnx.merge(teacher_graphdef, teacher_state)
     student = model(x, train=True, return_dist=True,
-                    **common.stochastic_depth(config.finetune.train, key))
+                    **common.stochastic_depth(config.finetune.train, key),
+                    **common.remat(config.finetune.train))
     x_t = x if teacher_norm is None else renormalise(x, student_norm, teacher_norm)
     loss = common.distillation_loss(student, teacher(x_t), targets, d.kind, d.weight,
                                     d.temperature, config.finetune.train.label_smoothing)
