@@ -74,4 +74,8 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
       frozen="",              # regex over paths like weights/blocks/3/mlp/fc1/kernel
       lr_rules=(),            # ((regex, multiplier), ...)
       gate_lr=0.0,            # 0 = 10 x lr
+      kind="adamw",           # "sgd": SGD with momentum, weight decay added to the gradient
+      momentum=0.9,           # kind = "sgd" only
+      schedule="cosine",      # "step": lr x 0.1 at each step_at fraction (after the warm-up)
+      step_at=(0.4,),         # schedule = "step" only (MiR: once, at 40 %)
       ), overrides)

@@ -17,6 +17,7 @@ from jaxprune.train.logging import MetricWriter, read_metrics
 from jaxprune.train.loop import NonFiniteLoss, Schedule, fit
 from jaxprune.train.mesh import check_batch, data_sharding, make_mesh
 from jaxprune.train.optim import group_labels, make_optimizer, path_str
+from jaxprune.validate import check_fields
 from jaxprune.train.step import init_state, make_train_step, place, soft_cross_entropy
 
 SPEC = dense_spec("test_micro", image_size=8, patch_size=4, num_classes=4, in_channels=1)
@@ -170,6 +171,37 @@ def test_path_rules_freeze_scale_and_separate_gates():
                                       "phase: it would train nothing"):
     make_optimizer(cfgs.optim_config(lr=0.1, frozen=".*"), {"weights": weights, "gates": {}}, 5)
   make_optimizer(cfgs.optim_config(lr=0.1, frozen=".*"), params, 5)
+
+
+def test_sgd_with_step_decay_is_pytorchs_sgd():
+  """`optim.kind = "sgd"`, `schedule = "step"` (MiR's recipe): v ← μ·v + (g + λ·w),
+  w ← w − lr·v, as torch.optim.SGD(momentum, weight_decay); lr ×0.1 from 40 % of the steps;
+  no decay on biases."""
+  w0 = {"weights": {"dense": {"kernel": jnp.full((2, 2), 1.0), "bias": jnp.full((2,), 1.0)}},
+        "gates": {}}
+  cfg = cfgs.optim_config(lr=0.5, kind="sgd", momentum=0.9, weight_decay=0.1, schedule="step",
+                          step_at=(0.4,))
+  tx = make_optimizer(cfg, w0, total_steps=5)
+  state, w = tx.init(w0), w0
+  ref_w, ref_b, vw, vb = 1.0, 1.0, 0.0, 0.0
+  for step in range(5):
+    grads = jax.tree.map(lambda x: jnp.full_like(x, 0.3), w)
+    updates, state = tx.update(grads, state, w)
+    w = jax.tree.map(lambda a, u: a + u, w, updates)
+    lr = 0.5 if step < 2 else 0.05
+    vw, vb = 0.9 * vw + (0.3 + 0.1 * ref_w), 0.9 * vb + 0.3
+    ref_w, ref_b = ref_w - lr * vw, ref_b - lr * vb
+  np.testing.assert_allclose(w["weights"]["dense"]["kernel"], ref_w, rtol=1e-6)
+  np.testing.assert_allclose(w["weights"]["dense"]["bias"], ref_b, rtol=1e-6)
+
+
+def test_mir_recipe_config():
+  from configs import dcvit_resnet
+  config = dcvit_resnet.get_config("runlocal,mir")
+  assert config.mimic.optim.kind == "sgd" and config.mimic.optim.lr == 0.02
+  assert config.model.image_size == 16  # runlocal still applies
+  check_fields(config)
+  assert dcvit_resnet.get_config().mimic.optim.kind == "adamw"
 
 
 def test_batch_must_divide_devices():

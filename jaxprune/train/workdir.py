@@ -202,7 +202,8 @@ NEUTRAL_LEAVES = ("train.remat",)
 # `train.compute_dtype`), so a later field that shares only a leaf name is not covered by mistake.
 # Methods add theirs (`methods.Method.added_defaults`).
 CORE_ADDED_DEFAULTS = {"train.compute_dtype": "float32", "augment.randaugment_std": 0.5,
-                       "augment.repeats": 1}
+                       "augment.repeats": 1, "optim.kind": "adamw", "optim.momentum": 0.9,
+                       "optim.schedule": "cosine", "optim.step_at": [0.4]}
 
 
 def neutral() -> frozenset[str]:
