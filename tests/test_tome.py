@@ -209,3 +209,20 @@ def test_method_checks_before_any_work():
   config.tome.inflection = 2.0
   with pytest.raises(UserError, match="tome.inflection"):
     check_fields(config)
+
+
+def test_merging_stacks_on_dcvit_and_practise_models():
+  """A DC-ViT-compressed model (attention removed, MLP narrowed) and a PRACTISE-dropped one
+  merge in their remaining attention blocks; the compressed block carries the merged tokens."""
+  from jaxprune.methods.dcvit.structure import compress_block
+  from jaxprune.methods.tome import merged_model, with_merging
+  from jaxprune.surgery import drop_blocks
+  dense = build_model(SPEC, seed=0)
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  for pruned in (compress_block(dense, 1, 32, seed=0), drop_blocks(dense, [2])):
+    spec = with_merging(pruned.spec, 6)
+    assert [b.merge_r for b in spec.blocks] == [6 if b.attn == "msa" else 0
+                                                for b in pruned.spec.blocks]
+    merged = merged_model(pruned, spec)
+    assert merged(images).shape == (2, 10)
+    assert count(spec).macs < count(pruned.spec).macs
