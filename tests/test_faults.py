@@ -485,7 +485,8 @@ NON_OFF_FIELDS = frozenset({
     "synthetic.steps", "synthetic.tv_exponent", "synthetic.tv_weight", "synthetic.warmup_steps",
     "train.batch_size", "train.checkpoint_every", "train.drop_path", "train.epochs",
     "train.eval_every_epochs", "train.label_smoothing", "train.log_every",
-    "tome.r_values",  # a method's own field from its first version: no older run to resume
+    # methods' own fields from their first version: no older run to resume
+    "tome.r_values", "vitslim.attn_weight", "vitslim.mlp_weight", "vitslim.target_ratio",
 })
 
 

@@ -80,8 +80,9 @@ def test_a_family_owns_where_its_blocks_live_and_its_unit():
 
 def test_every_method_is_a_package_declaring_itself():
   found = methods.all_methods()
-  assert set(found) == {"pretrain", "spvit", "spvit_random", "dcvit", "practise", "tome"}
-  for name in ("spvit", "dcvit", "practise", "tome"):
+  assert set(found) == {"pretrain", "spvit", "spvit_random", "dcvit", "practise", "tome",
+                        "vitslim"}
+  for name in ("spvit", "dcvit", "practise", "tome", "vitslim"):
     module = __import__(found[name].compress.__module__, fromlist=["_"])
     assert os.path.basename(module.__file__) == "__init__.py", name  # methods/<name>/
     assert re.search(r"arXiv:\d{4}\.\d{5}", module.__doc__), name  # cites its paper

@@ -86,12 +86,16 @@ class Attention(nnx.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     return self.attend(x)[0]
 
-  def attend(self, x: jax.Array, size: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  def attend(self, x: jax.Array, size: jax.Array | None = None,
+             dim_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """The attention output and ToMe's matching metric (the keys averaged over heads,
     [B, N, head_dim]); with `size` [B, N, 1] (tokens standing for several patches), ToMe's
-    proportional attention: log(size) of each key added to the logits."""
+    proportional attention: log(size) of each key added to the logits; with `dim_mask`
+    [heads, head_dim], q, k and v scaled per head dimension (ViT-Slim's soft mask)."""
     b, n, _ = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim)
+    if dim_mask is not None:
+      qkv = qkv * dim_mask.astype(qkv.dtype)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * self.head_dim**-0.5, k)
     if size is not None:
@@ -270,8 +274,10 @@ class Mlp(nnx.Module):
     out.fc2.bias.set_value(self.fc2.bias[...])
     return out
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.fc2(gelu(self.fc1(x)))
+  def __call__(self, x: jax.Array, unit_mask: jax.Array | None = None) -> jax.Array:
+    """`unit_mask` [hidden]: the hidden units scaled after the activation (ViT-Slim)."""
+    h = gelu(self.fc1(x))
+    return self.fc2(h if unit_mask is None else h * unit_mask.astype(h.dtype))
 
 
 def drop_path(x: jax.Array, drop: tuple[float, jax.Array] | None) -> jax.Array:
@@ -407,9 +413,11 @@ class Block(nnx.Module):
     ToMe's merging; None: one each): (output tokens, their sizes). Attention is proportional
     to the sizes, and `merge_r` tokens are merged after it (`jaxprune.models.tome`)."""
     d1, d2 = branch_drops(drop)
+    dim_mask, unit_mask = self.masks()
     if self.attn is not None:
-      if isinstance(self.attn, Attention) and (size is not None or self.merge_r):
-        y, metric = self.attn.attend(self.norm1(x), size)
+      if isinstance(self.attn, Attention) and (size is not None or self.merge_r
+                                               or dim_mask is not None):
+        y, metric = self.attn.attend(self.norm1(x), size, dim_mask)
       else:
         y, metric = self.attn(self.norm1(x), train=train), None
       x = x + drop_path(y, d1)
@@ -418,10 +426,15 @@ class Block(nnx.Module):
     elif self.norm1 is not None:  # attn "norm"
       x = x + drop_path(self.norm1(x), d1)
     if self.mlp is not None:
-      x = x + drop_path(self.mlp(self.norm2(x)), d2)
+      x = x + drop_path(self.mlp(self.norm2(x), unit_mask), d2)
     elif self.mlp_bias is not None:
       x = x + drop_path(jnp.broadcast_to(self.mlp_bias[...], x.shape), d2)
     return x, size
+
+  def masks(self) -> tuple[jax.Array | None, jax.Array | None]:
+    """Soft masks over the attention's head dimensions and the MLP's hidden units (None: none;
+    ViT-Slim's search block has them, `jaxprune.models.slim`)."""
+    return None, None
 
 
 # Attention kinds ---------------------------------------------------------------------------------
