@@ -157,7 +157,7 @@ def time_trade(rounds: int = 5) -> dict:
 def report(rows: list[dict], trade: dict, device: str, command: str) -> str:
   mib = lambda b: f"{b / 2**20:,.0f}"  # noqa: E731
   planned = "temp_bytes" in rows[0]
-  lines = [f"# Memory of the search and fine-tune steps at 224 px (written by the benchmark)", "",
+  lines = ["# Memory of the search and fine-tune steps at 224 px (written by the benchmark)", "",
            f"`{command}` on {device}; {time.strftime('%Y-%m-%d')}. See the script's docstring "
            "for what each column is. MiB per device at the batch shown.", "",
            "| model | step | dtype | remat | batch | kept for backward | params + AdamW |"

@@ -51,6 +51,21 @@ def replace_blocks(model: nnx.Module, blocks, spec: ArchSpec | None = None) -> n
   return model
 
 
+def random_units(total: int, keep: int, seed: int, index: int) -> np.ndarray:
+  """DC-ViT's random-unit rule: `keep` of `total` units (hidden units, channels), a uniformly
+  random subset seeded by (`seed`, block `index`), in order."""
+  return np.sort(np.random.default_rng([seed, index]).choice(total, keep, replace=False))
+
+
+def edit_block(model: nnx.Module, index: int, edit, spec: ArchSpec) -> nnx.Module:
+  """A copy of `model` whose block `index` is `edit(block)` (which may change the block in
+  place and return it), checked to be the architecture `spec`."""
+  model = nnx.clone(model)
+  blocks = list(model.blocks)
+  blocks[index] = edit(blocks[index])
+  return replace_blocks(model, blocks, spec)
+
+
 # Moving weights between models --------------------------------------------------------------------
 def block_slots(spec: ArchSpec) -> tuple[str, list[int]]:
   """Where the blocks live in a model's state: (collection, index of each block in it)."""

@@ -352,15 +352,13 @@ def resnet_spec(variant: str = "resnet18", *, image_size: int = 224,
 def narrow_block(model, index: int, width: int, seed: int):
   """A copy of `model` with block `index`'s inner width cut to `width` channels, a seeded
   uniformly random subset (as DC-ViT's compressed MLPs keep random units)."""
-  from jaxprune.surgery import replace_blocks  # noqa: PLC0415  (surgery builds models)
+  from jaxprune.surgery import edit_block, random_units  # noqa: PLC0415  (surgery builds models)
   b = model.spec.blocks[index]
   if not 1 <= width <= b.planes:
     raise ValueError(f"narrow_block: width {width} is outside 1..{b.planes} for block {index}")
-  keep = np.sort(np.random.default_rng([seed, index]).choice(b.planes, width, replace=False))
-  model = nnx.clone(model)
-  blocks = list(model.blocks)
-  blocks[index] = blocks[index].narrowed(keep)
-  return replace_blocks(model, blocks, model.spec.replace_block(index, planes=width))
+  keep = random_units(b.planes, width, seed, index)
+  return edit_block(model, index, lambda block: block.narrowed(keep),
+                    model.spec.replace_block(index, planes=width))
 
 
 def _stages(spec: ArchSpec) -> list[list[int]]:

@@ -102,10 +102,11 @@ def _vit_hf_fit(spec: ArchSpec) -> str | None:
   for i, b in enumerate(spec.blocks):
     if (b.attn != "msa" or b.heads != spec.num_heads or spec.head_dim_of(b) * b.heads
         != spec.width or b.mlp != mlp or not b.mlp or b.mlp_bias or b.merge_r):
-      return (f"block {i} (attention {b.attn!r}, {b.heads} heads, MLP {b.mlp}, merge_r "
-              f"{b.merge_r}) does not fit a "
-              f"Hugging Face ViT config: every block must be 'msa' with {spec.num_heads} heads "
-              f"of {spec.width // spec.num_heads} and one MLP width (block 0's: {mlp})")
+      merging = f", merge_r {b.merge_r}" if b.merge_r else ""
+      return (f"block {i} (attention {b.attn!r}, {b.heads} heads, MLP {b.mlp}{merging}) does "
+              f"not fit a Hugging Face ViT config: every block must be 'msa' with "
+              f"{spec.num_heads} heads of {spec.width // spec.num_heads}, one MLP width (block "
+              f"0's: {mlp}) and no token merging")
   return None
 
 

@@ -23,13 +23,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
-from flax import nnx
 
 from jaxprune import accounting, registry
 from jaxprune.arch import ArchSpec, mlp_macs
 from jaxprune.errors import UserError
-from jaxprune.surgery import replace_blocks
+from jaxprune.surgery import edit_block, random_units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,16 +137,17 @@ def compress_block(model, index: int, hidden: int, seed: int):
   b = model.spec.blocks[index]
   if not 0 <= hidden <= b.mlp:
     raise ValueError(f"hidden {hidden} is outside 0..{b.mlp} for block {index}")
-  keep = np.sort(np.random.default_rng([seed, index]).choice(b.mlp, hidden, replace=False))
-  model = nnx.clone(model)
-  blocks = list(model.blocks)
-  block = blocks[index]
-  block.without_attention()
-  if hidden:
-    block.mlp = block.mlp.narrowed(keep)
-  else:  # no unit kept: fc2(0) = its bias, kept as the block's learned vector
-    block.without_mlp()
-  return replace_blocks(model, blocks, compressed_spec(model.spec, (index,), hidden))
+  keep = random_units(b.mlp, hidden, seed, index)
+
+  def edit(block):
+    block.without_attention()
+    if hidden:
+      block.mlp = block.mlp.narrowed(keep)
+    else:  # no unit kept: fc2(0) = its bias, kept as the block's learned vector
+      block.without_mlp()
+    return block
+
+  return edit_block(model, index, edit, compressed_spec(model.spec, (index,), hidden))
 
 
 def compressed_spec(spec: ArchSpec, blocks, hidden: int) -> ArchSpec:
