@@ -44,10 +44,11 @@ def bipartite_merge(x: jax.Array, size: jax.Array | None, metric: jax.Array, r: 
   m = jax.lax.stop_gradient(metric.astype(jnp.float32))
   m = m / jnp.linalg.norm(m, axis=-1, keepdims=True)
   scores = jnp.einsum("bid,bjd->bij", m[:, ::2], m[:, 1::2])
-  if class_token:
-    scores = scores.at[:, 0, :].set(-jnp.inf)
-  if dist_token:
-    scores = scores.at[:, :, 0].set(-jnp.inf)
+  if class_token or dist_token:  # one fused select instead of two scattered copies
+    rows = jax.lax.broadcasted_iota(jnp.int32, scores.shape[1:], 0)
+    cols = jax.lax.broadcasted_iota(jnp.int32, scores.shape[1:], 1)
+    protected = ((rows == 0) & class_token) | ((cols == 0) & dist_token)
+    scores = jnp.where(protected, -jnp.inf, scores)
   best, match = scores.max(axis=-1), scores.argmax(axis=-1)         # [B, Na]
   order = jnp.argsort(-best, axis=-1)
   src_idx, unm_idx = order[:, :r], jnp.sort(order[:, r:], axis=-1)
@@ -66,6 +67,7 @@ def bipartite_merge(x: jax.Array, size: jax.Array | None, metric: jax.Array, r: 
       return jnp.concatenate([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]], axis=1)
     return jnp.concatenate([unm, dst], axis=1)
 
-  weighted = merge(x.astype(jnp.float32) * size)
-  size = merge(size)
+  # x·size and size merged together: one set of gathers and one matmul
+  both = merge(jnp.concatenate([x.astype(jnp.float32) * size, size], axis=-1))
+  weighted, size = both[..., :c], both[..., c:]
   return (weighted / size).astype(x.dtype), size
