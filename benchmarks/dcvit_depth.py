@@ -133,7 +133,8 @@ def practise_placements(args, depth: int) -> list[str]:
   markdown lines (mean ± std of test accuracy, and the blocks each seed dropped)."""
   d = os.path.join(args.out, f"d{depth}")
   runs = {}
-  for placement in PLACEMENTS:
+  placements = [p for p in PLACEMENTS if p in args.placements.split(",")]
+  for placement in placements:
     for seed in args.seeds.split(","):
       runs[placement, seed] = main_job(
           "practise", os.path.join(d, f"practise_{placement}", f"seed{seed}"),
@@ -149,7 +150,7 @@ def practise_placements(args, depth: int) -> list[str]:
            f"{args.finetune_steps} × (n + 1) steps; mean ± std over the seeds (blocks dropped per "
            "seed); wall is the sum over the seeds' runs\n",
            "| `practise.adaptors` | 1 block | 2 blocks | wall |", "|---|---:|---:|---:|"]
-  for placement in PLACEMENTS:
+  for placement in placements:
     mine = [s for (p, _), s in runs.items() if p == placement]
     cells = []
     for n in range(2):
@@ -218,6 +219,8 @@ def main() -> None:
   parser.add_argument("--practise-placements", action="store_true",
                       help="instead of DC-ViT: PRACTISE alone with each practise.adaptors "
                            "placement (the reference's 'around', our earlier 'in_place')")
+  parser.add_argument("--placements", default=",".join(PLACEMENTS),
+                      help="with --practise-placements: which (comma-separated)")
   parser.add_argument("--rescore-practise", action="store_true",
                       help="redo PRACTISE's scoring, pruning and fine-tunes of these seeds, once "
                            "(runs made before its one-timing-per-architecture latency)")
@@ -237,7 +240,8 @@ def main() -> None:
   if args.practise_placements:
     doc = ["# PRACTISE: where the adaptors go (depth study, CIFAR-10)", "",
            "Written by `python benchmarks/dcvit_depth.py --data /tmp/cifar10 --depths "
-           f"{args.depths} --seeds {args.seeds} --practise-placements` on "
+           f"{args.depths} --seeds {args.seeds} --practise-placements --placements "
+           f"{args.placements}` on "
            f"{time.strftime('%Y-%m-%d')}; the dense models are the depth study's "
            "([dcvit_results.md](dcvit_results.md)).", ""]
     for d in depths:
