@@ -148,8 +148,9 @@ def practise_placements(args, depth: int) -> list[str]:
   lines = [f"PRACTISE at depth {depth} (dense {100 * dense['accuracy']:.2f} %), few-shot seeds "
            f"{args.seeds}, {args.adaptor_steps} adaptor steps, fine-tune "
            f"{args.finetune_steps} × (n + 1) steps; mean ± std over the seeds (blocks dropped per "
-           "seed); wall is the sum over the seeds' runs\n",
-           "| `practise.adaptors` | 1 block | 2 blocks | wall |", "|---|---:|---:|---:|"]
+           "seed); wall: this call's, summed over the seeds' runs (a finished run only reloads "
+           "and re-measures)\n",
+           "| `practise.adaptors` | 1 block | 2 blocks | wall (this call) |", "|---|---:|---:|---:|"]
   for placement in placements:
     mine = [s for (p, _), s in runs.items() if p == placement]
     cells = []
@@ -242,8 +243,9 @@ def main() -> None:
            "Written by `python benchmarks/dcvit_depth.py --data /tmp/cifar10 --depths "
            f"{args.depths} --seeds {args.seeds} --practise-placements --placements "
            f"{args.placements}` on "
-           f"{time.strftime('%Y-%m-%d')}; the dense models are the depth study's "
-           "([dcvit_results.md](dcvit_results.md)).", ""]
+           f"{time.strftime('%Y-%m-%d')}; the dense models by the depth study's recipe "
+           "(`d<depth>/dense` under --out: one trained afresh need not match the accuracy in "
+           "[dcvit_results.md](dcvit_results.md)).", ""]
     for d in depths:
       lines = practise_placements(args, d)
       print("\n" + "\n".join(lines), flush=True)
