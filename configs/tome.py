@@ -12,8 +12,8 @@ fine-tunes; these defaults are scaled for the 2-core CPU and MNIST's 7×7 patch 
 
 import ml_collections
 
-from configs import common
 from configs import pretrain as pretrain_config
+from configs import spvit
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -23,17 +23,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       inflection=0.0,         # ToMe's schedule: 0 constant r, -1 from 2r down to 0, +1 upward
       finetune_r=0,           # > 0 (one of r_values): fine-tune the model merged at this r
   ))
-  config.finetune = ml_collections.ConfigDict({
-      "train": common.train_config(batch_size=64, epochs=5, label_smoothing=0.1, log_every=62,
-                                   eval_every_epochs=5, checkpoint_every=248),
-      "optim": common.optim_config(lr=2e-4, warmup_steps=31, weight_decay=0.05),
-      # teacher: a saved jaxprune model; "" = the unmerged source model
-      "distill": dict(kind="hard", weight=0.5, temperature=1.0, teacher=""),
-  })
+  # The optional fine-tune is SPViT's distillation recipe (methods/tome uses its run_finetune),
+  # shorter and gentler: the merged model starts from trained weights.
+  config.finetune = spvit.get_config(arg).finetune
   if arg == "runlocal":
     config.latency_batch = 8
     config.tome.update(r_values=(0, 2, 8), finetune_r=2)
-    config.finetune.train.update(batch_size=32, epochs=1, log_every=4, eval_every_epochs=1,
-                                 checkpoint_every=8)
-    config.finetune.optim.warmup_steps = 2
+  else:
+    config.finetune.train.update(epochs=5, eval_every_epochs=5)
+    config.finetune.optim.lr = 2e-4
   return config
