@@ -38,6 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width_multiple=8,
       group=0,                # blocks per candidate unit; 0 = 1 on ViT, 2 (pairs) on Swin
       trial_accuracy=False,   # also record each trial's real test accuracy (rank studies)
+      shared_trials=True,     # block trials and PRACTISE's adaptor phases as masks on one
+                              # dense-shaped model: one compile for all (models/masked.py)
       structure="rule",       # "rule": DC-ViT's; "search": drops, the rule and mixes compared
                               # per target (methods/dcvit/structure_search.py); "both": both families;
                               # "drop": whole blocks dropped by KL rank (DC-ViT on CNNs);

@@ -113,6 +113,10 @@ NONNEG = integer(0)
 POSITIVE = integer(1)
 FRACTION = number(0, 1, lo_open=True, hi_open=True)
 
+
+def boolean(v) -> str | None:
+  return None if isinstance(v, bool) else "must be True or False"
+
 # (path pattern, check): the rules of the sections every method shares; each method adds those
 # of its own sections (`methods.Method.rules`, see `rules()`). The first matching rule applies; a
 # numeric leaf with no rule is a bug (tests/test_validate.py checks every shipped config is
@@ -152,7 +156,7 @@ CORE_RULES: list[tuple[str, Check]] = [
     ("*optim.step_at", each(number(0, 1, lo_open=True, hi_open=True))),
     ("*distill.kind", choice("none", "hard", "soft")),
     ("*train.compute_dtype", choice("float32", "bfloat16")),
-    ("*train.remat", lambda v: None if isinstance(v, bool) else "must be True or False"),
+    ("*train.remat", boolean),
     ("*distill.weight", number(0, 1)), ("*distill.temperature", number(0, lo_open=True)),
     ("export.formats", each(choice("stablehlo", "onnx", "hf"))),
 ]

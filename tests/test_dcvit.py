@@ -306,7 +306,7 @@ def _check_first_progressive_step_is_the_trial(w):
   model, info = compress_to(config, str(run), dense, target, trials, [(1,)], writer)
   assert (info["blocks"], info["mlp_width"]) == ([1], h // 2)
   phases = os.listdir(run / "checkpoints")
-  assert "trial_b1_h32" in phases and not [p for p in phases if p.startswith("target")], phases
+  assert "trial_b1_h32_masked" in phases and not [p for p in phases if p.startswith("target")], phases
   trial = Trials(config, str(run), dense, None, writer).recovered((1,), h // 2)
   sp = trial.spec
   x = jax.random.normal(jax.random.key(1), (2, sp.image_size, sp.image_size, sp.in_channels))

@@ -52,13 +52,14 @@ def feature_mse(config, model, teacher, s: common.Setup) -> float:
 
 def mimic(config: ml_collections.ConfigDict, workdir: str, phase: str, student, teacher,
           trainable, steps: int, writer: MetricWriter, setup: common.Setup | None = None,
-          meta: dict[str, Any] | None = None, train_mode: bool = True
-          ) -> tuple[Any, dict[str, Any]]:
+          meta: dict[str, Any] | None = None, train_mode: bool = True,
+          shared: str | None = None) -> tuple[Any, dict[str, Any]]:
   """Fine-tunes `student` to mimic `teacher`'s features for `steps` steps (resumable phase).
 
   `config.mimic.{train, optim}` give the recipe; `trainable` (an NNX filter, e.g.
   `trainable_upto`) is what trains, on top of `mimic.optim.frozen`; `meta` adds
-  to the checkpoints' metadata (e.g. `dropped`, which a resume must match).
+  to the checkpoints' metadata (e.g. `dropped`, which a resume must match); `shared`: as
+  `train_phase` (the mimicking loss is the same for one config).
   Returns (student, {"feature_mse": ...} on the training images).
   """
   cfg = common.phase_config(config, "mimic")
@@ -69,5 +70,5 @@ def mimic(config: ml_collections.ConfigDict, workdir: str, phase: str, student, 
                   steps=steps,
                   aux=teacher_state, evaluate=False,
                   meta={"arch": student.spec.to_dict(), **(meta or {})},
-                  show=("loss",), trainable=trainable)
+                  show=("loss",), trainable=trainable, shared=shared and f"mimic/{shared}/{train_mode}")
   return t.model, {"feature_mse": feature_mse(cfg, t.model, teacher, s)}

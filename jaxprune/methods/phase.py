@@ -18,9 +18,12 @@ from jaxprune.data.pipeline import fingerprint
 from jaxprune.methods import common
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.loop import Schedule, fit
-from jaxprune.train.optim import make_optimizer, trainable_paths
+from jaxprune.train.optim import make_optimizer, set_trainable, trainable_paths
 from jaxprune.models.precision import compute_dtype
 from jaxprune.train.step import init_state, make_train_step, merge, place
+
+
+_SHARED: dict = {}  # train_phase(shared=...): key -> jitted step, least recently used first
 
 
 class Trained(NamedTuple):
@@ -34,7 +37,7 @@ def train_phase(cfg: ml_collections.ConfigDict, workdir: str, phase: str, model,
                 seed: int | None = None, aux: Any = None, evaluate: bool | Callable = True,
                 eval_every: int | None = None, meta: dict[str, Any] | None = None,
                 show=("loss", "accuracy"), stop_when=None, on_start=None,
-                trainable=None) -> Trained:
+                trainable=None, shared: str | None = None) -> Trained:
   """Trains `model` on `loss_fn(model, batch, key[, aux]) -> (loss, metrics)` as phase `phase`.
 
   Args:
@@ -48,14 +51,30 @@ def train_phase(cfg: ml_collections.ConfigDict, workdir: str, phase: str, model,
     eval_every: in steps, overriding `train.eval_every_epochs`.
     trainable: an NNX filter of the weights the phase trains (the others frozen, on top of
       `optim.frozen`); None = all. One that selects nothing is an error.
+    shared: the phases that pass the same `shared` name promise the same `loss_fn` for the same
+      config: those of one graph and recipe then share one jitted step (traced and compiled
+      once; e.g. every DC-ViT trial on `models.masked`), the trainable set being optimizer state.
     meta, show, stop_when, on_start: as `fit`.
   """
   steps = steps or common.total_steps(cfg, s)
   paths = None if trainable is None else trainable_paths(model, trainable, f"phase {phase}")
-  graphdef, state, tx = init_state(model, lambda p: make_optimizer(cfg.optim, p, steps, paths))
-  step_fn = make_train_step(graphdef, tx, loss_fn, s.mesh, cfg.seed if seed is None else seed,
-                            aux=aux, compute_dtype=compute_dtype(cfg.train.get("compute_dtype",
-                                                                               "float32")))
+  seed = cfg.seed if seed is None else seed
+  dtype = compute_dtype(cfg.train.get("compute_dtype", "float32"))
+  if shared is None:
+    graphdef, state, tx = init_state(model, lambda p: make_optimizer(cfg.optim, p, steps, paths))
+    step_fn = make_train_step(graphdef, tx, loss_fn, s.mesh, seed, aux=aux, compute_dtype=dtype)
+  else:
+    graphdef, state, tx = init_state(model, lambda p: make_optimizer(cfg.optim, p, steps,
+                                                                     traced_trainable=True))
+    if paths is not None:
+      state["opt"] = set_trainable(state["opt"], state["params"], paths)
+    key = (shared, graphdef, steps, seed, str(dtype), tuple(s.mesh.devices.flat),
+           cfg.optim.to_json(), cfg.train.to_json())
+    step_fn = make_train_step(graphdef, tx, loss_fn, s.mesh, seed, aux=aux, compute_dtype=dtype,
+                              jitted=_SHARED.pop(key, None))
+    _SHARED[key] = step_fn.jitted
+    while len(_SHARED) > 4:  # the most recently used steps (each holds a compiled program)
+      _SHARED.pop(next(iter(_SHARED)))
   if evaluate is True:
     evaluate_fn = common.evaluator(cfg, graphdef, s)
   else:

@@ -414,27 +414,38 @@ class Block(nnx.Module):
     to the sizes, and `merge_r` tokens are merged after it (`jaxprune.models.tome`)."""
     d1, d2 = branch_drops(drop)
     dim_mask, unit_mask = self.masks()
+    on_attn, on_mlp = self.branches_on()
     if self.attn is not None:
       if isinstance(self.attn, Attention) and (size is not None or self.merge_r
                                                or dim_mask is not None):
         y, metric = self.attn.attend(self.norm1(x), size, dim_mask)
       else:
         y, metric = self.attn(self.norm1(x), train=train), None
-      x = x + drop_path(y, d1)
+      x = x + drop_path(_scaled(y, on_attn), d1)
       if self.merge_r:
         x, size = tome.bipartite_merge(x, size, metric, self.merge_r, *self.prefix)
     elif self.norm1 is not None:  # attn "norm"
-      x = x + drop_path(self.norm1(x), d1)
+      x = x + drop_path(_scaled(self.norm1(x), on_attn), d1)
     if self.mlp is not None:
-      x = x + drop_path(self.mlp(self.norm2(x), unit_mask), d2)
+      x = x + drop_path(_scaled(self.mlp(self.norm2(x), unit_mask), on_mlp), d2)
     elif self.mlp_bias is not None:
-      x = x + drop_path(jnp.broadcast_to(self.mlp_bias[...], x.shape), d2)
+      x = x + drop_path(_scaled(jnp.broadcast_to(self.mlp_bias[...], x.shape), on_mlp), d2)
     return x, size
 
   def masks(self) -> tuple[jax.Array | None, jax.Array | None]:
     """Soft masks over the attention's head dimensions and the MLP's hidden units (None: none;
     ViT-Slim's search block has them, `jaxprune.models.slim`)."""
     return None, None
+
+  def branches_on(self) -> tuple[jax.Array | None, jax.Array | None]:
+    """0/1 scalars switching the attention and the MLP branch (None: always on; the trial
+    blocks of DC-ViT and PRACTISE have them, `jaxprune.models.masked`)."""
+    return None, None
+
+
+def _scaled(y: jax.Array, on: jax.Array | None) -> jax.Array:
+  """A residual branch times its 0/1 switch (`Block.branches_on`; None: on)."""
+  return y if on is None else y * on.astype(y.dtype)
 
 
 # Attention kinds ---------------------------------------------------------------------------------

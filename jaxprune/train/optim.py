@@ -11,9 +11,10 @@ and the token/position embeddings.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -96,10 +97,50 @@ def schedule(base_lr: float, warmup_steps: int, total_steps: int,
       0.0, base_lr, warmup_steps, max(total_steps, warmup_steps + 1), base_lr * final_ratio)
 
 
+class TrainableState(NamedTuple):
+  """`trainable_as_state`'s state: a 0/1 float per leaf (the traced trainable set) and the
+  inner optimizer's state."""
+  mask: Any
+  inner: Any
+
+
+def trainable_as_state(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` on a trainable set held in the optimizer state (`set_trainable`) instead of baked
+  into the program: gradients and updates of a leaf with mask 0 are zeroed, so `inner`'s
+  moments stay at zero and its weight decay does not touch it — the same updates as the static
+  `frozen` group, with one compiled step for every trainable set of a model."""
+
+  def init(params):
+    return TrainableState(jax.tree.map(lambda _: jnp.ones((), jnp.float32), params),
+                          inner.init(params))
+
+  def update(updates, state, params=None):
+    def scale(u, m):
+      return u * m.astype(u.dtype)
+
+    updates = jax.tree.map(scale, updates, state.mask)
+    updates, inner_state = inner.update(updates, state.inner, params)
+    return jax.tree.map(scale, updates, state.mask), TrainableState(state.mask, inner_state)
+
+  return optax.GradientTransformation(init, update)
+
+
+def set_trainable(opt_state, params, trainable: frozenset[str]) -> Any:
+  """`opt_state` (of a `make_optimizer(..., traced_trainable=True)`) training the weights in
+  `trainable` (paths, `trainable_paths`) and the gates, and no other weight."""
+  mask = jax.tree.map(lambda p: jnp.asarray(float(p.startswith("gates/") or p in trainable),
+                                            jnp.float32), leaf_paths(params))
+  return jax.tree.map(lambda s: s._replace(mask=mask) if isinstance(s, TrainableState) else s,
+                      opt_state, is_leaf=lambda s: isinstance(s, TrainableState))
+
+
 def make_optimizer(cfg: ml_collections.ConfigDict, params, total_steps: int,
-                   trainable: frozenset[str] | None = None) -> optax.GradientTransformation:
+                   trainable: frozenset[str] | None = None,
+                   traced_trainable: bool = False) -> optax.GradientTransformation:
   """AdamW groups by path rules over `{"weights", "gates"}`, with warm-up + cosine schedules;
-  `trainable` (weight paths) freezes every other weight. `optim.kind = "sgd"`: the weights'
+  `trainable` (weight paths) freezes every other weight; `traced_trainable`: the trainable set
+  is state (`set_trainable`; every weight until set) instead of part of the program.
+  `optim.kind = "sgd"`: the weights'
   groups are SGD with `optim.momentum` and weight decay added to the gradient (PyTorch's
   `SGD(weight_decay=...)`; biases and norms excluded as for AdamW); `optim.schedule = "step"`:
   ×0.1 at each `optim.step_at` fraction instead of the cosine (gates always AdamW)."""
@@ -133,6 +174,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params, total_steps: int,
     raise UserError(f"optim.frozen = {cfg.frozen!r} freezes every parameter of the phase: it "
                     "would train nothing; freeze fewer (e.g. '^weights/head')")
   tx = optax.multi_transform(transforms, labels)
+  if traced_trainable:
+    tx = trainable_as_state(tx)
   if cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx

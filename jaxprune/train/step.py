@@ -51,7 +51,8 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array,
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh,
-                    seed: int, aux: Any = None, compute_dtype=None) -> Callable:
+                    seed: int, aux: Any = None, compute_dtype=None,
+                    jitted: Callable | None = None) -> Callable:
   """`step(state, batch) -> (state, metrics)`: jitted, state replicated and donated, batch
   sharded on the `data` axis. The step's key is `fold_in(key(seed), state.step)`.
 
@@ -59,7 +60,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn,
   constant pytree (e.g. a teacher's weights) passed to the jitted step as an argument, replicated,
   never differentiated nor baked into the program as constants.
   `compute_dtype` (e.g. bfloat16): the model computes in it over float32 parameters
-  (models/precision.py).
+  (models/precision.py). `jitted`: the `.jitted` of an earlier step made with the same
+  arguments (all but `aux`'s values), reused instead of traced and compiled again.
   """
   base_key = jax.random.key(seed)
 
@@ -84,8 +86,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn,
     return {"step": state["step"] + 1, "params": params, "rest": rest, "opt": opt}, metrics
 
   rep, data = replicated(mesh), data_sharding(mesh)
-  jitted = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
-                   donate_argnums=0)
+  if jitted is None:
+    jitted = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                     donate_argnums=0)
   if aux is not None:
     aux = place(aux, mesh)
   bound = lambda state, batch: jitted(state, batch, aux)  # noqa: E731

@@ -43,7 +43,8 @@ from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import mimic, trainable_upto
 from jaxprune.methods.dcvit.structure import (block_costs, candidate_units, compress_block,
                                               group_of, stages, structure_for)
-from jaxprune.surgery import drop_blocks
+from jaxprune.models.masked import MaskedBlock, build_masked, plain, switched
+from jaxprune.surgery import drop_blocks, random_units
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.mesh import make_mesh
 
@@ -165,6 +166,7 @@ class Trials:
     self.dir = os.path.join(workdir, "trials")
     os.makedirs(self.dir, exist_ok=True)
     self._fewshot = None
+    self._masked = None  # the dense model as `MaskedBlock`s, built at the first trial
 
   def fewshot_images(self) -> np.ndarray:
     """The few-shot training images, normalised: the `fewshot` metric set."""
@@ -174,12 +176,20 @@ class Trials:
     return self._fewshot
 
   def _compressed(self, unit: tuple[int, ...], hidden: int):
-    """(trial name, student maker) of `unit` compressed (attention removed, MLP `hidden`)."""
+    """(trial name, student maker) of `unit` compressed (attention removed, MLP `hidden`);
+    with `dcvit.shared_trials`, as the dense-shaped model with those parts masked off
+    (`models.masked`): the same function, and one compiled train step for every such trial."""
     def student():
-      model = self.dense
-      for b in unit:
-        model = compress_block(model, b, hidden, self.config.seed)
-      return model, trainable_upto(self.dense.spec, max(unit) + 1)
+      if not self.config.dcvit.get("shared_trials", False):
+        model = self.dense
+        for b in unit:
+          model = compress_block(model, b, hidden, self.config.seed)
+        return model, trainable_upto(self.dense.spec, max(unit) + 1)
+      if self._masked is None:
+        self._masked = build_masked(self.dense)
+      off = {b: random_units(self.dense.spec.blocks[b].mlp, hidden, self.config.seed, b)
+             for b in unit}
+      return switched(self._masked, cut=off), trainable_upto(self.dense.spec, max(unit) + 1)
 
     return f"b{unit_name(unit)}_h{hidden}", student
 
@@ -194,13 +204,21 @@ class Trials:
     first ranked block's checkpoint instead of fine-tuning it again)."""
     self.metric(unit, hidden)  # the trial exists (and is finished) before it is reused
     name, student = self._compressed(unit, hidden)
-    return self._recover(name, student)[0]
+    model = self._recover(name, student)[0]
+    if any(isinstance(b, MaskedBlock) for b in model.blocks):
+      model = plain(model)
+      for b in unit:  # cuts what the masks switched off: the same function, its architecture
+        model = compress_block(model, b, hidden, self.config.seed)
+    return model
 
   def _recover(self, name: str, make):
-    """Runs (or, finished, restores) the trial's feature mimicking; (student, info)."""
+    """Runs (or, finished, restores) the trial's feature mimicking; (student, info). Masked
+    students (`_compressed`) share one jitted step (`train_phase(shared=...)`)."""
     student, trainable = make()
-    return mimic(self.config, self.workdir, f"trial_{name}", student, self.dense, trainable,
-                 self.config.dcvit.trial_steps, self.writer)
+    masked = any(isinstance(b, MaskedBlock) for b in student.blocks)
+    return mimic(self.config, self.workdir, f"trial_{name}" + ("_masked" if masked else ""),
+                 student, self.dense, trainable, self.config.dcvit.trial_steps, self.writer,
+                 shared="dcvit_trial" if masked else None)
 
   def _dropped(self, unit: tuple[int, ...]):
     """(trial name, student maker) of `unit` dropped whole, the layers up to its successor
@@ -670,7 +688,8 @@ METHOD = Method(
            ("dcvit.metric_set", validate.choice("synthetic", "fewshot")),
            ("dcvit.macs_convention", validate.choice(*accounting.CONVENTIONS)),
            ("dcvit.metric_temperature", validate.number(0, lo_open=True)),
-           ("dcvit.seeds", validate.each(validate.SEED))),
+           ("dcvit.seeds", validate.each(validate.SEED)),
+           ("dcvit.shared_trials", validate.boolean)),
     outputs=frozenset({"synthetic", "trials", "family", "family.png", "practise", "searched",
                        "seeds"}),
     # dcvit.seeds: every seed runs in its own seeds/<seed>/ folder, so a resume with more seeds
@@ -679,4 +698,5 @@ METHOD = Method(
     neutral=frozenset({"dcvit.seeds", "dcvit.trial_accuracy"}),
     added_defaults={"synthetic.tv_group": 1, "synthetic.bn_weight": 0.0, "dcvit.structure": "rule",
                     "dcvit.metric_set": "synthetic", "dcvit.metric_temperature": 1.0,
-                    "dcvit.macs_convention": "full", "dcvit.narrow_keep": 0.5})
+                    "dcvit.macs_convention": "full", "dcvit.narrow_keep": 0.5,
+                    "dcvit.shared_trials": False})

@@ -29,6 +29,7 @@ from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import mimic, trainable_upto
 from jaxprune.models import build_model
 from jaxprune.models.blocks import LinearAdaptor, WithAdaptor
+from jaxprune.models.masked import build_masked, practise_trainable, switched
 from jaxprune.methods.dcvit.structure import candidate_units, group_of, stages, units
 from jaxprune.surgery import block_states, drop_blocks, transplant
 from jaxprune.train.logging import MetricWriter
@@ -142,16 +143,25 @@ def block_scores(config, workdir: str, dense, writer: MetricWriter) -> list[dict
     saved = latency_saved(dense, config.latency_batch, unit_list)
     family = registry.family(dense.spec.family)
     placement = adaptor_placement(config)
+    # dcvit.shared_trials, the reference's placement on a transformer: every phase on one
+    # dense-shaped model with adaptors everywhere (`models.masked`): one compiled step for all.
+    masked = (build_masked(dense, adaptors=True) if placement == "around" and
+              family.block_compression and config.dcvit.get("shared_trials", False) else None)
     rows = []
     for u in unit_list:
       name = "-".join(str(b) for b in u)
-      # in_place: the adaptor sits in the unit's slots
-      trainable = (family.trainable_blocks(dense.spec, u) if placement == "in_place"
-                   else ADAPTORS_ONLY)
       phase = f"practise_adaptor{name}" + ("" if placement == "in_place" else f"_{placement}")
+      if masked is not None:
+        student, trainable = switched(masked, dropped=u), practise_trainable(dense.spec, u)
+        phase += "_masked"
+      else:  # in_place: the adaptor sits in the unit's slots
+        student = with_adaptor(dense, u, placement)
+        trainable = (family.trainable_blocks(dense.spec, u) if placement == "in_place"
+                     else ADAPTORS_ONLY)
       # BatchNorm frozen (eval mode) while only the adaptors train, as the reference does
-      _, info = mimic(config, workdir, phase, with_adaptor(dense, u, placement), dense,
-                      trainable, config.practise.adaptor_steps, writer, train_mode=False)
+      _, info = mimic(config, workdir, phase, student, dense, trainable,
+                      config.practise.adaptor_steps, writer, train_mode=False,
+                      shared="practise_adaptors" if masked is not None else None)
       rows.append({"block": u[0], "unit": list(u), "recovered_error": info["feature_mse"],
                    "latency_saved_ms": saved[u], "score": info["feature_mse"] / saved[u]})
     return rows
@@ -230,4 +240,5 @@ METHOD = Method(
     rules=(("practise.num_drop", validate.each(validate.POSITIVE, 1)),
            ("practise.adaptor_steps", validate.POSITIVE),
            ("practise.adaptors", validate.choice(*ADAPTORS))),
-    outputs=frozenset({"practise"}), added_defaults={"practise.adaptors": "in_place"})
+    outputs=frozenset({"practise"}), added_defaults={"practise.adaptors": "in_place",
+                                                     "dcvit.shared_trials": False})
