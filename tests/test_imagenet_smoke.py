@@ -67,8 +67,11 @@ def test_spvit_smoke_on_a_converted_224px_deit(deit224, tmp_path):
                                                                "std": list(STD)}
 
 
-@pytest.mark.slow  # 4 PRACTISE adaptors + block trials, each compiled: minutes on 2 cores
 def test_dcvit_smoke_on_a_converted_224px_deit(deit224, tmp_path):
+  """About a minute on 2 cores: the block trials and PRACTISE's adaptor phases share one
+  compiled step each, and the inversion's image gradient goes through the matmul form of the
+  patch embedding (`models.blocks.PatchEmbed`; as a strided convolution, under the suite's
+  LLVM -O0 flags, 108 s per inversion step: the job took 8 min)."""
   model, folder = deit224
   r = _run("configs/imagenet/dcvit_deit_base.py:smoke", tmp_path / "w", model, folder)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -78,3 +78,15 @@ def test_save_and_load_round_trip(tmp_path):
   assert again.spec == spec
   x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
   np.testing.assert_array_equal(again(x), model(x))
+
+
+@pytest.mark.parametrize("size", [32, 35])  # 35: VALID leaves the last 3 pixel rows/columns out
+def test_patch_embed_matches_the_strided_convolution(size):
+  from jaxprune.models.blocks import PatchEmbed
+  embed = PatchEmbed(3, 8, 4, rngs=nnx.Rngs(0))
+  conv = nnx.Conv(3, 8, (4, 4), strides=(4, 4), padding="VALID", rngs=nnx.Rngs(1))
+  conv.kernel[...], conv.bias[...] = embed.kernel[...], embed.bias[...]
+  x = jax.random.normal(jax.random.key(2), (2, size, size, 3))
+  np.testing.assert_allclose(embed(x), conv(x), rtol=1e-5, atol=1e-5)
+  g = lambda m: jax.grad(lambda x: jnp.sum(jnp.sin(m(x))))(x)
+  np.testing.assert_allclose(g(embed), g(conv), rtol=1e-5, atol=1e-5)

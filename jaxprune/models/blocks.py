@@ -53,6 +53,31 @@ def layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(width, epsilon=eps, rngs=rngs)
 
 
+class PatchEmbed(nnx.Conv):
+  """The p×p, stride-p patch embedding: an `nnx.Conv` (the same parameters, `kernel`
+  [p, p, C_in, C] and `bias`) computed as patchify + one matmul. The same numbers up to float
+  summation order; its gradient with respect to the images (the synthetic-set inversion's) is
+  a reshape, where XLA's CPU backend emits a strided transposed convolution: 8 images at 224 px,
+  patch 16, width 48 took 0.21 s for that gradient against 7.5 ms as a matmul (108 s under the
+  test suite's LLVM -O0)."""
+
+  def __init__(self, in_channels: int, width: int, patch: int, *, rngs: nnx.Rngs):
+    super().__init__(in_channels, width, (patch, patch), strides=(patch, patch),
+                     padding="VALID", rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p = self.kernel_size[0]
+    b, h, w, c = x.shape
+    gh, gw = h // p, w // p  # VALID: a remainder row or column of pixels is left out
+    x = x[:, :gh * p, :gw * p].reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, gh, gw, p * p * c)
+    kernel = self.kernel[...].reshape(p * p * c, -1)
+    bias = None if self.bias is None else self.bias[...]
+    x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
+    y = x @ kernel
+    return y if bias is None else y + bias
+
+
 class Classifier(nnx.Module):
   """What every family's model shares: `model(images)` = `logits(features(images))`."""
 

@@ -16,7 +16,7 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec, MergeSpec
 from jaxprune.errors import UserError
-from jaxprune.models.blocks import (Block, PatchMerging, PooledClassifier, apply_layers,
+from jaxprune.models.blocks import (Block, PatchEmbed, PatchMerging, PooledClassifier, apply_layers,
                                     block_maker, check_images, check_patches, layer_norm, linear)
 
 
@@ -34,8 +34,7 @@ class Swin(PooledClassifier):
     make_block = block_maker(lambda spec, b, i, rngs, shape: Block(spec, b, rngs=rngs,
                                                                     shape=shape), make_block)
     c, p = spec.width, spec.patch_size
-    self.patch_embed = nnx.Conv(spec.in_channels, c, (p, p), strides=(p, p), padding="VALID",
-                                rngs=rngs)
+    self.patch_embed = PatchEmbed(spec.in_channels, c, p, rngs=rngs)
     self.patch_norm = layer_norm(c, spec.ln_eps, rngs)
     layers, index = [], 0
     for layer, shape in spec.walk():

@@ -12,8 +12,8 @@ from flax import nnx
 from jaxprune import registry
 from jaxprune.arch import ArchSpec, BlockSpec
 from jaxprune.errors import UserError
-from jaxprune.models.blocks import (Block, Classifier, apply_layers, block_maker, check_images,
-                                    check_patches, layer_norm, linear)
+from jaxprune.models.blocks import (Block, Classifier, PatchEmbed, apply_layers, block_maker,
+                                    check_images, check_patches, layer_norm, linear)
 
 
 class ViT(Classifier):
@@ -33,8 +33,7 @@ class ViT(Classifier):
     make_block = block_maker(lambda spec, b, i, rngs, shape: Block(spec, b, rngs=rngs,
                                                                     shape=shape), make_block)
     c, p = spec.width, spec.patch_size
-    self.patch_embed = nnx.Conv(spec.in_channels, c, (p, p), strides=(p, p), padding="VALID",
-                                rngs=rngs)
+    self.patch_embed = PatchEmbed(spec.in_channels, c, p, rngs=rngs)
     normal = nnx.initializers.normal(0.02)
     self.cls_token = nnx.Param(jnp.zeros((1, 1, c), jnp.float32))
     self.dist_token = (nnx.Param(normal(rngs.params(), (1, 1, c), jnp.float32))
