@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,18 +24,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxprune import accounting, deploy, load  # noqa: E402
+from benchmarks.machine import cpu_class  # noqa: E402
 from jaxprune.export import read_preprocessing  # noqa: E402
 
 
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def ort_runner(model, pre, batch: int, threads: int, folder: str):
@@ -115,7 +106,7 @@ def main() -> None:
         f"--pair {' '.join(p)}" for p in args.pair) + f" --threads {args.threads}"
     with open(args.doc, "w") as f:
       f.write("# Deployed speed: onnxruntime beside JAX\n\n"
-              f"`{command}`, on {cpu_name()} ({os.cpu_count()} cores), onnxruntime intra-op "
+              f"`{command}`, on {cpu_class()}, onnxruntime intra-op "
               f"threads {args.threads}, median of {args.rounds}×{args.iters} calls per model "
               "after warm-up, dense and pruned timed interleaved. Written by the benchmark.\n\n"
               + "\n".join(table) + "\n")

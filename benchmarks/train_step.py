@@ -4,7 +4,7 @@ DeiT-Tiny shape (width 192, depth 12, 3 heads, MLP 768), 32x32x3 input, patch 4 
 10 classes, batch 64, AdamW, float32. Each framework: warm-up steps, then the median of timed
 steps; the frameworks run one after the other, never at once.
 
-  python benchmarks/train_step.py [--steps 10] [--threads 2] [--skip-torch] [--onednn]
+  python benchmarks/train_step.py [--steps 10] [--threads 2] [--skip-torch] [--onednn] [--profile]
 
 --onednn sets XLA_FLAGS="--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot"
 for the JAX side (oneDNN matmul kernels; opt-in, as it changes which kernels run).
@@ -34,7 +34,43 @@ def time_steps(step, n_warmup: int, n_steps: int) -> list[float]:
   return times
 
 
-def bench_jax(n_steps: int) -> list[float]:
+def profile_table(jitted, args, run, runs: int = 3) -> str:
+  """Where a jitted step's time goes (`jitted` lowered at `args`; `run()` runs one step): each XLA thunk's time from a `jax.profiler` trace, summed
+  by pass (forward, or backward: HLO metadata `transpose(jvp(...))`) and JAX primitive (the
+  op the fusion came from), per step. Thunks of both XLA threads are summed."""
+  import collections
+  import glob
+  import re
+  import tempfile
+  import jax
+  from jax._src.profiler import ProfileData
+  hlo = jitted.lower(*args).compile().as_text()
+  origin = {}
+  for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo, re.M):
+    name, op_name = m.groups()
+    origin[name] = ("backward" if "transpose(" in op_name else "forward",
+                    op_name.rsplit("/", 1)[-1])
+  with tempfile.TemporaryDirectory() as folder:
+    jax.profiler.start_trace(folder)
+    for _ in range(runs):
+      run()
+    jax.profiler.stop_trace()
+    data = ProfileData.from_file(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[-1])
+  ms, calls = collections.Counter(), collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLAEigen"):  # the threads that run XLA's thunks
+        continue
+      for ev in line.events:
+        if ev.name in origin:
+          ms[origin[ev.name]] += ev.duration_ns / 1e6 / runs
+          calls[origin[ev.name]] += 1 / runs
+  rows = [f"| {p} | {op} | {calls[(p, op)]:.0f} | {t:.1f} |" for (p, op), t in ms.most_common(14)]
+  return ("| pass | primitive | thunks | ms per step |\n|---|---|---:|---:|\n" + "\n".join(rows)
+          + f"\n\nall thunks: {sum(ms.values()):.0f} ms per step (both threads)")
+
+
+def bench_jax(n_steps: int, profile: bool = False) -> list[float]:
   import jax
   import ml_collections
   import numpy as np
@@ -67,7 +103,10 @@ def bench_jax(n_steps: int) -> list[float]:
     holder["state"], metrics = step_fn(holder["state"], batch)
     jax.block_until_ready(metrics["loss"])
 
-  return time_steps(step, 3, n_steps)
+  times = time_steps(step, 3, n_steps)
+  if profile:
+    print(profile_table(step_fn.jitted, (holder["state"], batch, None), step), flush=True)
+  return times
 
 
 def bench_torch(n_steps: int, threads: int) -> list[float]:
@@ -126,14 +165,19 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--skip-torch", action="store_true")
   parser.add_argument("--onednn", action="store_true", help="XLA oneDNN matmuls for JAX")
+  parser.add_argument("--profile", action="store_true",
+                      help="also print where the JAX step's time goes (pass x primitive)")
   args = parser.parse_args()
   if args.onednn:  # before jax is imported
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_onednn=true"
                                " --xla_cpu_experimental_onednn_fusion_type=dot")
-  rows = [("jaxprune (JAX" + (", oneDNN)" if args.onednn else ")"), bench_jax(args.steps))]
+  rows = [("jaxprune (JAX" + (", oneDNN)" if args.onednn else ")"), bench_jax(args.steps, args.profile))]
   if not args.skip_torch:
     rows.append((f"PyTorch eager ({args.threads} threads)", bench_torch(args.steps, args.threads)))
-  print(f"\nDeiT-Tiny shape, {IMG}x{IMG}, patch {PATCH}, batch {BATCH}, AdamW, float32; "
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from benchmarks.machine import cpu_class
+  print(f"\n{cpu_class()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(f"DeiT-Tiny shape, {IMG}x{IMG}, patch {PATCH}, batch {BATCH}, AdamW, float32; "
         f"{args.steps} timed steps after 3 warm-up")
   print(f"| {'framework':<28} | {'median ms':>9} | {'min ms':>7} |")
   print(f"|{'-' * 30}|{'-' * 10}:|{'-' * 8}:|")

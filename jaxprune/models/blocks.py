@@ -121,13 +121,14 @@ class Attention(nnx.Module):
     qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim)
     if dim_mask is not None:
       qkv = qkv * dim_mask.astype(qkv.dtype)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * self.head_dim**-0.5, k)
+    # heads first, [B, heads, N, head_dim] each; a split (its gradient one concatenation, where
+    # unpacking the leading axis costs a pad and an add per operand in the backward pass)
+    q, k, v = (t[0] for t in jnp.split(qkv.transpose(2, 0, 3, 1, 4), 3))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q * self.head_dim**-0.5, k)
     if size is not None:
       logits = logits + jnp.log(size)[:, None, None, :, 0].astype(logits.dtype)
-    weights = softmax32(logits)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-    return self.proj(out.reshape(b, n, self.heads * self.head_dim)), k.mean(axis=2)
+    out = jnp.einsum("bhqk,bhkd->bhqd", softmax32(logits), v).transpose(0, 2, 1, 3)
+    return self.proj(out.reshape(b, n, self.heads * self.head_dim)), k.mean(axis=1)
 
 
 def relative_position_index(window: int) -> np.ndarray:
@@ -205,13 +206,13 @@ class WindowAttention(Attention):
     g, w, s = self.grid, self.window, self.shift
     win = to_shifted_windows(x, g, w, s)                              # [B, nw, w², C]
     qkv = self.qkv(win).reshape(*win.shape[:3], 3, self.heads, self.head_dim)
-    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    logits = jnp.einsum("bnqhd,bnkhd->bnhqk", q * self.head_dim**-0.5, k)
+    q, k, v = qkv.transpose(3, 0, 1, 4, 2, 5)  # heads first: [B, nw, heads, w², head_dim] each
+    logits = jnp.einsum("bnhqd,bnhkd->bnhqk", q * self.head_dim**-0.5, k)
     bias = self.relative_position_bias_table[...][relative_position_index(w)]  # [w², w², h]
     logits = logits + bias.transpose(2, 0, 1)
     if s:
       logits = logits + shift_mask(-(-g // w) * w, w, s)[None, :, None]
-    out = jnp.einsum("bnhqk,bnkhd->bnqhd", softmax32(logits), v)
+    out = jnp.einsum("bnhqk,bnhkd->bnhqd", softmax32(logits), v).transpose(0, 1, 3, 2, 4)
     out = self.proj(out.reshape(*win.shape[:3], self.heads * self.head_dim))
     return from_shifted_windows(out, g, w, s)
 

@@ -1,0 +1,143 @@
+"""The speed targets of one machine in one table: runs the timing benchmarks one after the other
+(never two at once) and writes docs/speed_targets.md with each figure, its anchor, the ratio, the
+CPU class and the command, followed by each benchmark's own printed table.
+
+  python benchmarks/speed_targets.py [--quick] [--doc docs/speed_targets.md]
+
+Rows measured here: the DeiT-Ti train step against PyTorch eager (plain and with the oneDNN XLA
+flags; `train_step.py`, with `--profile`'s table of where JAX's step time goes), the SPViT search
+step against the dense step (`spvit_search_step.py`), the piece-by-piece comparison
+(`step_parts.py`), and the synthetic-set inversion against a torch eager loop at the DC-ViT
+default shape and at DeiT-B 224 px (`inversion.py`). Targets measured by other benchmarks link
+to the pages those write. `--quick`: fewer steps and rounds (a check that the script runs, not
+figures to quote). Run it on an otherwise idle machine: XLA's two-thread loops slow far more
+than torch's beside another job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks.machine import cpu_class  # noqa: E402
+
+
+def run(args: list[str]) -> str:
+  command = "python benchmarks/" + " ".join(args)
+  print(f"$ {command}", flush=True)
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", args[0]), *args[1:]],
+                       capture_output=True, text=True, cwd=ROOT)
+  if out.returncode:
+    raise SystemExit(f"{command} failed:\n{out.stderr[-3000:]}")
+  return out.stdout
+
+
+def number(pattern: str, text: str) -> float:
+  m = re.search(pattern, text)
+  if not m:
+    raise SystemExit(f"no match for {pattern!r} in:\n{text[-2000:]}")
+  return float(m.group(1))
+
+
+def tables(text: str) -> str:
+  """The markdown table lines (and the line before each table) of a benchmark's output."""
+  lines = text.splitlines()
+  keep = [i for i, line in enumerate(lines) if line.startswith("|")]
+  out, last = [], -2
+  for i in keep:
+    if i != last + 1:
+      out += ["", lines[i - 1]] if i > 0 and lines[i - 1].strip() else [""]
+    out.append(lines[i])
+    last = i
+  return "\n".join(out).strip()
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--doc", default=os.path.join(ROOT, "docs", "speed_targets.md"))
+  a = parser.parse_args()
+  steps, rounds = ("5", "1") if a.quick else ("20", "3")
+  cmds = {
+      "step": ["train_step.py", "--steps", steps, "--profile"],
+      "onednn": ["train_step.py", "--steps", steps, "--onednn"],
+      "search": ["spvit_search_step.py", "--steps", "3" if a.quick else "10"],
+      "parts": ["step_parts.py", "--iters", "5" if a.quick else "30"],
+      "inv": ["inversion.py", "--shape", "default", "--rounds", rounds]
+      + (["--steps", "10"] if a.quick else []),
+      "inv224": ["inversion.py", "--shape", "deit_base", "--rounds", "1" if a.quick else "2"]
+      + (["--steps", "2"] if a.quick else []),
+  }
+  out = {k: run(v) for k, v in cmds.items()}
+
+  def shown(k):
+    return "`python benchmarks/" + " ".join(cmds[k]) + "`"
+
+  jax_ms = number(r"\| jaxprune \(JAX\)\s*\|\s*([\d.]+)", out["step"])
+  torch_ms = number(r"\| PyTorch eager[^|]*\|\s*([\d.]+)", out["step"])
+  one_ms = number(r"\| jaxprune \(JAX, oneDNN\)\s*\|\s*([\d.]+)", out["onednn"])
+  torch2_ms = number(r"\| PyTorch eager[^|]*\|\s*([\d.]+)", out["onednn"])
+  search = number(r"\| SPViT search\s*\|\s*[\d.]+ ms \|\s*([\d.]+)x", out["search"])
+  inv = number(r"\| jaxprune \| ([\d.]+) \|", out["inv"]), number(
+      r"\| torch eager \| ([\d.]+) \|", out["inv"])
+  inv224 = number(r"\| jaxprune \| ([\d.]+) \|", out["inv224"]), number(
+      r"\| torch eager \| ([\d.]+) \|", out["inv224"])
+  tf = number(r"tokens first \(bqhd\) \| \d+× \| ([\d.]+)", out["parts"])
+  hf = number(r"heads first \(bhqd\) \| \d+× \| ([\d.]+)", out["parts"])
+
+  def met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+  rows = [
+      ("1. train step, DeiT-Ti shape, 32 px, batch 64, f32", f"{jax_ms:.0f} ms",
+       f"torch eager {torch_ms:.0f} ms", f"{jax_ms / torch_ms:.2f}× (≤ 1.0: "
+       f"{met(jax_ms <= torch_ms)})", shown("step")),
+      ("1. same, oneDNN XLA flags", f"{one_ms:.0f} ms", f"torch eager {torch2_ms:.0f} ms",
+       f"{one_ms / torch2_ms:.2f}× ({met(one_ms <= torch2_ms)})", shown("onednn")),
+      ("1. SPViT search step", "", "dense step, same run", f"{search:.2f}× (≤ 1.2: "
+       f"{met(search <= 1.2)})", shown("search")),
+      ("2. attention core fwd+bwd, heads first (the layout models use)", f"{hf:.2f} ms",
+       f"tokens first {tf:.2f} ms", f"{tf / hf:.2f}× faster", shown("parts")),
+      ("2. pruned speed-up ÷ MACs gain, batch 64, JAX", "see deploy_latency.md", "", "≥ 0.95",
+       "[deploy_latency.md](deploy_latency.md)"),
+      ("3. one compiled program for every DC-ViT trial / PRACTISE adaptor", "counted in "
+       "tests/test_masked.py", "", "", "[dcvit.md](dcvit.md)"),
+      ("4. inversion, DC-ViT default shape, 100 images", f"{inv[0]:.0f} img·steps/s",
+       f"torch eager {inv[1]:.0f}", f"{inv[0] / inv[1]:.2f}× (≥ 1.5: "
+       f"{met(inv[0] >= 1.5 * inv[1])})", shown("inv")),
+      ("4. inversion, DeiT-B 224 px, 8 images", f"{inv224[0]:.3g} img·steps/s",
+       f"torch eager {inv224[1]:.3g}", f"{inv224[0] / inv224[1]:.2f}× (≥ 1.5: "
+       f"{met(inv224[0] >= 1.5 * inv224[1])})", shown("inv224")),
+      ("5. compilation cache on by default", "", "", "", "[training.md](training.md)"),
+      ("6. memory of the 224 px steps, `train.remat`", "", "", "", "[memory.md](memory.md)"),
+      ("7. `benchmarks/accelerator.py`", "not run on a GPU yet", "", "",
+       "[speed.md](speed.md)"),
+  ]
+  doc = ["# Speed targets on one machine", "",
+         f"Written by `python benchmarks/speed_targets.py{' --quick' if a.quick else ''}` on "
+         f"{time.strftime('%Y-%m-%d')}, on {cpu_class()}, each benchmark alone. A ratio holds "
+         "for its machine class: the same benchmarks gave other ratios on a Xeon with AMX and "
+         "on an AVX2-only EPYC ([speed.md](speed.md)).", "",
+         "| target | figure | anchor | ratio | command / page |", "|---|---|---|---|---|"]
+  doc += [f"| {' | '.join(r)} |" for r in rows]
+  for k, title in (("step", "Train step, and where JAX's step time goes (`--profile`)"),
+                   ("onednn", "Train step with the oneDNN XLA flags"),
+                   ("search", "SPViT search step vs dense step"),
+                   ("parts", "The step piece by piece, JAX vs torch"),
+                   ("inv", "Inversion, DC-ViT default shape"),
+                   ("inv224", "Inversion, DeiT-B at 224 px")):
+    doc += ["", f"## {title}", "", shown(k), "", tables(out[k])]
+  with open(a.doc, "w") as f:
+    f.write("\n".join(doc) + "\n")
+  print("\n".join(doc))
+
+
+if __name__ == "__main__":
+  main()
