@@ -86,6 +86,11 @@ def _run() -> None:
     print("error: interrupted between training steps (finished phases and checkpoints are "
           "kept); rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
+  except Exception:
+    if jax.process_count() > 1:  # a lost peer can fail a collective before the watch names it
+      from jaxprune.train import peers
+      peers.settle()
+    raise
 
 
 def use_compile_cache() -> None:

@@ -66,7 +66,7 @@ def finished() -> None:
 
 def watch(client, process_id: int, num_processes: int, timeout: float) -> threading.Thread:
   """Starts the heartbeat/watch thread on `client` (jax's distributed runtime client)."""
-  _watch.update(client=client, id=process_id)
+  _watch.update(client=client, id=process_id, timeout=timeout)
 
   def loop():
     last_seen = {p: time.monotonic() for p in range(num_processes) if p != process_id}
@@ -90,4 +90,18 @@ def watch(client, process_id: int, num_processes: int, timeout: float) -> thread
 
   thread = threading.Thread(target=loop, name="jaxprune-peers", daemon=True)
   thread.start()
+  _watch["thread"] = thread
   return thread
+
+
+def settle() -> None:
+  """For the main thread's error handler: a collective (e.g. the barrier of a checkpoint save)
+  can fail with an exception as soon as a peer dies, before the watch has called it lost. Waits
+  at most the timeout and two periods for the watch to decide — it then ends the process with
+  its one line — and returns if it does not, for the caller to report its own error."""
+  thread = _watch.get("thread")
+  if thread is None:
+    return
+  deadline = time.monotonic() + _watch["timeout"] + 2 * PERIOD
+  while thread.is_alive() and time.monotonic() < deadline:
+    time.sleep(0.1)
