@@ -55,6 +55,11 @@ class MaskedBlock(Block):
     return self.attn_on[...], self.mlp_on[...]
 
 
+def is_masked(model: nnx.Module) -> bool:
+  """Whether `model` has `MaskedBlock`s (built by `build_masked`)."""
+  return any(isinstance(b, MaskedBlock) for b in model.blocks)
+
+
 def build_masked(dense: nnx.Module, adaptors: bool = False) -> nnx.Module:
   """`dense` with every block a `MaskedBlock` (masks at 1: the same function), its weights;
   `adaptors`: with PRACTISE's identity adaptors after every fc2 and before every qkv."""

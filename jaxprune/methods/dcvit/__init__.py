@@ -43,7 +43,7 @@ from jaxprune.methods.cache import cached_json, cached_model
 from jaxprune.methods.mimicking import mimic, trainable_upto
 from jaxprune.methods.dcvit.structure import (block_costs, candidate_units, compress_block,
                                               group_of, stages, structure_for)
-from jaxprune.models.masked import MaskedBlock, build_masked, plain, switched
+from jaxprune.models.masked import build_masked, is_masked, plain, switched
 from jaxprune.surgery import drop_blocks, random_units
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.mesh import make_mesh
@@ -205,7 +205,7 @@ class Trials:
     self.metric(unit, hidden)  # the trial exists (and is finished) before it is reused
     name, student = self._compressed(unit, hidden)
     model = self._recover(name, student)[0]
-    if any(isinstance(b, MaskedBlock) for b in model.blocks):
+    if is_masked(model):
       model = plain(model)
       for b in unit:  # cuts what the masks switched off: the same function, its architecture
         model = compress_block(model, b, hidden, self.config.seed)
@@ -215,7 +215,7 @@ class Trials:
     """Runs (or, finished, restores) the trial's feature mimicking; (student, info). Masked
     students (`_compressed`) share one jitted step (`train_phase(shared=...)`)."""
     student, trainable = make()
-    masked = any(isinstance(b, MaskedBlock) for b in student.blocks)
+    masked = is_masked(student)
     return mimic(self.config, self.workdir, f"trial_{name}" + ("_masked" if masked else ""),
                  student, self.dense, trainable, self.config.dcvit.trial_steps, self.writer,
                  shared="dcvit_trial" if masked else None)
