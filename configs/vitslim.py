@@ -24,6 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       target_ratio=0.6,       # sliced model's MACs as a fraction of the dense model's
       attn_weight=2e-4,       # L1 weight of the attention masks (the reference's --w1)
       mlp_weight=5e-5,        # L1 weight of the MLP masks (--w2)
+      token_budget=1.0,       # < 1: search token masks too, keeping this fraction (--budget_patch)
+      token_weight=1e-4,      # L1 weight of the token masks (--w3)
   ))
   config.search.optim.gate_lr = config.search.optim.lr  # masks train with the weights' rate
   return config

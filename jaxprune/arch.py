@@ -57,9 +57,9 @@ def mlp_params(width: int, hidden: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Shape:
   """What flows between layers: patch tokens (plus prefix tokens) at a width. The patches are a
-  square `grid` until token merging (`BlockSpec.merge_r`) removes `merged` of them: after that
-  they are a set with no layout, which layers that need the grid (convolutions, windows, patch
-  merging) refuse."""
+  square `grid` until token merging or pruning (`BlockSpec.merge_r`, `BlockSpec.keep_tokens`)
+  removes `merged` of them: after that they are a set with no layout, which layers that need the
+  grid (convolutions, windows, patch merging) refuse."""
 
   grid: int
   width: int
@@ -101,6 +101,10 @@ class BlockSpec:
     merge_r: token merging (ToMe, `jaxprune.models.tome`): tokens merged away between the
       attention and the MLP, by bipartite soft matching on the keys (clipped to half the
       unprotected tokens); `msa` with global attention only. 0 = none.
+    keep_tokens: token pruning (ViT-Slim's token masks, `jaxprune.models.slim`): the block
+      first keeps only these of its input's patch tokens (increasing indices into them; class
+      and distillation tokens always stay), so they are gone for every later block. () = all.
+      Blocks without the patch grid in a family that allows token merging, before any merging.
   """
 
   kind: ClassVar[str] = "block"
@@ -114,6 +118,11 @@ class BlockSpec:
   window: int = 0
   shift: int = 0
   merge_r: int = 0
+  keep_tokens: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    if isinstance(self.keep_tokens, list):  # read from JSON
+      object.__setattr__(self, "keep_tokens", tuple(self.keep_tokens))
 
   @property
   def kernel_size(self) -> int:
@@ -125,20 +134,27 @@ class BlockSpec:
     merging destroys."""
     return bool(self.kernel_size or self.window)
 
+  def pruned(self, shape: Shape) -> Shape:
+    """The shape the block computes at: its input `shape` less the patches `keep_tokens` drops."""
+    if not self.keep_tokens:
+      return shape
+    return dataclasses.replace(shape, merged=shape.merged + shape.patches - len(self.keep_tokens))
+
   def merged(self, shape: Shape) -> int:
     """Tokens this block's merging removes at input `shape` (`merge_r`, clipped)."""
-    return max(0, min(self.merge_r, shape.patches // 2)) if self.merge_r else 0
+    return max(0, min(self.merge_r, self.pruned(shape).patches // 2)) if self.merge_r else 0
 
   def out_shape(self, shape: Shape) -> Shape:
+    kept = self.pruned(shape)
     if not self.merge_r:
-      return shape
-    return dataclasses.replace(shape, merged=shape.merged + self.merged(shape))
+      return kept
+    return dataclasses.replace(kept, merged=kept.merged + self.merged(shape))
 
   def attn_tokens(self, shape: Shape) -> int:
     """Tokens the attention projections run on (a windowed grid is zero-padded to the window)."""
     if self.window:
       return _padded(shape.grid, self.window)**2
-    return shape.tokens
+    return self.pruned(shape).tokens
 
   def conv_positions(self, shape: Shape) -> int:
     """Grid positions a convolution in the attention slot runs on (the padded grid in windows)."""
@@ -149,8 +165,9 @@ class BlockSpec:
     """Multiply-adds per image (accounting's conventions) at input `shape`; `norm` MACs per
     LayerNorm element (1 here; thop-style counters count 4). The attention sub-layer's count
     is its kind's (`registry.attention`)."""
-    attn = registry.attention(self.attn).macs(self, shape, head_dim, attention_matmuls, norm)
     out = self.out_shape(shape)
+    shape = self.pruned(shape)  # token pruning: the gather costs no MACs
+    attn = registry.attention(self.attn).macs(self, shape, head_dim, attention_matmuls, norm)
     if out != shape:  # ToMe: every even token's key scored against every odd one's, and the r
       n, r = shape.tokens, shape.tokens - out.tokens  # merged (tokens and sizes) added by matmul
       attn += (n + 1) // 2 * (n // 2) * head_dim + r * (n // 2) * (shape.width + 1)
@@ -336,7 +353,7 @@ class ArchSpec:
       raise UserError("ArchSpec.dist_head = True needs dist_token = True")
     if not self.ln_eps > 0:
       raise UserError(f"ArchSpec.ln_eps = {self.ln_eps!r}: must be > 0")
-    block_index = 0
+    block_index, merging = 0, None
     for i, (layer, shape) in enumerate(self.walk()):
       where = f"ArchSpec.layers[{i}]"
       kind = getattr(layer, "kind", None)
@@ -348,6 +365,12 @@ class ArchSpec:
       if isinstance(layer, BlockSpec):
         where = f"ArchSpec.blocks[{block_index}]"
         self._validate_block(where, layer, shape, family)
+        if layer.keep_tokens and merging is not None:
+          raise UserError(f"{where}.keep_tokens: token pruning needs the patch order, which "
+                          f"merging in block {merging} (merge_r) removed; merge only from the "
+                          f"last block that prunes tokens on")
+        if layer.merge_r and merging is None:
+          merging = block_index
       else:
         layer.check(where, shape)
       block_index += layer.is_block
@@ -386,7 +409,21 @@ class ArchSpec:
                       f"(window 0) in a family that allows it "
                       f"({', '.join(_merging_families())}); "
                       f"this block is {b.attn!r}, window {b.window}, family {self.family!r}")
-    if shape.merged and b.needs_grid:
+    keep = b.keep_tokens
+    if keep:
+      if not isinstance(keep, tuple) or not all(isinstance(k, int) and not isinstance(k, bool)
+                                                for k in keep):
+        raise UserError(f"{where}.keep_tokens = {keep!r}: must be a list of patch indices")
+      if not family.token_merging or b.needs_grid:
+        raise UserError(f"{where}.keep_tokens: token pruning needs a block without the patch "
+                        f"grid (no convolution, window 0) in a family that allows it "
+                        f"({', '.join(_merging_families())}); this block is {b.attn!r}, window "
+                        f"{b.window}, family {self.family!r}")
+      if list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= shape.patches:
+        raise UserError(f"{where}.keep_tokens = {list(keep)[:8]}{'...' if len(keep) > 8 else ''}"
+                        f": must be increasing indices in [0, {shape.patches}) (the block's "
+                        f"input patches)")
+    if (shape.merged or keep) and b.needs_grid:
       raise UserError(f"{where}: attn {b.attn!r} (window {b.window}) needs the patch grid, "
                       f"which token merging in an earlier block removed; merge only after the "
                       f"last convolution / windowed block")

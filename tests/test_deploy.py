@@ -22,8 +22,10 @@ VIT = dense_spec("test_micro", image_size=16, patch_size=4, num_classes=5, depth
                      BlockSpec("msa", heads=2, mlp=24), BlockSpec("conv1", conv_dim=8, mlp=16),
                      BlockSpec("conv3", conv_dim=8, mlp=0, mlp_bias=True),
                      BlockSpec("none", mlp=40), BlockSpec("norm", mlp=8)))
-# ToMe after the last grid block: argsort, gathers and the one-hot merge in the exported graph.
-TOME = VIT.replace(blocks=VIT.blocks + (BlockSpec("msa", heads=2, mlp=16, merge_r=3),
+# ToMe after the last grid block: argsort, gathers and the one-hot merge in the exported graph;
+# ViT-Slim's token pruning (a constant gather) in the same block, before the merge.
+TOME = VIT.replace(blocks=VIT.blocks + (BlockSpec("msa", heads=2, mlp=16, merge_r=3,
+                                                  keep_tokens=(0, 2, 3, 5, 6, 7, 8, 11, 12, 15)),
                                         BlockSpec("msa", heads=2, mlp=16, merge_r=2)))
 SWIN = swin_spec("swin_test", image_size=20, patch_size=2, num_classes=4, window=4)
 _RELOAD = """

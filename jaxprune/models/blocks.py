@@ -400,6 +400,7 @@ class Block(nnx.Module):
     # ToMe: tokens merged after the attention (clipped at this block's input shape).
     self.merge_r = block.merged(shape)
     self.prefix = (spec.class_token, spec.dist_token)
+    self.keep_tokens = block.keep_tokens  # token pruning: patches kept at the input
 
   def without_attention(self) -> None:
     """Removes the attention sub-layer and its LayerNorm (in place): `x + mlp(norm2(x))`."""
@@ -425,7 +426,8 @@ class Block(nnx.Module):
       attn = {"attn": "msa", "heads": self.attn.heads, "conv_dim": 0}
     mlp = self.mlp.fc1.out_features if self.mlp is not None else 0
     return normalised(dataclasses.replace(template, **attn, mlp=mlp,
-                                          mlp_bias=self.mlp_bias is not None))
+                                          mlp_bias=self.mlp_bias is not None,
+                                          keep_tokens=self.keep_tokens))
 
   def __call__(self, x: jax.Array, train: bool = False,
                drop: tuple[float, jax.Array] | None = None) -> jax.Array:
@@ -439,21 +441,28 @@ class Block(nnx.Module):
     ToMe's merging; None: one each): (output tokens, their sizes). Attention is proportional
     to the sizes, and `merge_r` tokens are merged after it (`jaxprune.models.tome`)."""
     d1, d2 = branch_drops(drop)
+    if self.keep_tokens:  # token pruning: prefix tokens, then the kept patches
+      p = sum(self.prefix)
+      keep = np.concatenate([np.arange(p), p + np.asarray(self.keep_tokens)])
+      x, size = x[:, keep], None if size is None else size[:, keep]
     dim_mask, unit_mask = self.masks()
     on_attn, on_mlp = self.branches_on()
+    scale = self.token_mask()
     if self.attn is not None:
+      h = self.norm1(x) if scale is None else self.norm1(x) * scale[:, None].astype(x.dtype)
       if isinstance(self.attn, Attention) and (size is not None or self.merge_r
                                                or dim_mask is not None):
-        y, metric = self.attn.attend(self.norm1(x), size, dim_mask)
+        y, metric = self.attn.attend(h, size, dim_mask)
       else:
-        y, metric = self.attn(self.norm1(x), train=train), None
+        y, metric = self.attn(h, train=train), None
       x = x + drop_path(_scaled(y, on_attn), d1)
       if self.merge_r:
         x, size = tome.bipartite_merge(x, size, metric, self.merge_r, *self.prefix)
     elif self.norm1 is not None:  # attn "norm"
       x = x + drop_path(_scaled(self.norm1(x), on_attn), d1)
     if self.mlp is not None:
-      x = x + drop_path(_scaled(self.mlp(self.norm2(x), unit_mask), on_mlp), d2)
+      h = self.norm2(x) if scale is None else self.norm2(x) * scale[:, None].astype(x.dtype)
+      x = x + drop_path(_scaled(self.mlp(h, unit_mask), on_mlp), d2)
     elif self.mlp_bias is not None:
       x = x + drop_path(_scaled(jnp.broadcast_to(self.mlp_bias[...], x.shape), on_mlp), d2)
     return x, size
@@ -462,6 +471,11 @@ class Block(nnx.Module):
     """Soft masks over the attention's head dimensions and the MLP's hidden units (None: none;
     ViT-Slim's search block has them, `jaxprune.models.slim`)."""
     return None, None
+
+  def token_mask(self) -> jax.Array | None:
+    """A soft mask [tokens] scaling the normalised input of both sub-layers per token (None:
+    none; ViT-Slim's search block has one, `jaxprune.models.slim`)."""
+    return None
 
   def branches_on(self) -> tuple[jax.Array | None, jax.Array | None]:
     """0/1 scalars switching the attention and the MLP branch (None: always on; the trial

@@ -100,12 +100,14 @@ def _vit_hf_fit(spec: ArchSpec) -> str | None:
   mlp = spec.blocks[0].mlp
   for i, b in enumerate(spec.blocks):
     if (b.attn != "msa" or b.heads != spec.num_heads or spec.head_dim_of(b) * b.heads
-        != spec.width or b.mlp != mlp or not b.mlp or b.mlp_bias or b.merge_r):
-      merging = f", merge_r {b.merge_r}" if b.merge_r else ""
+        != spec.width or b.mlp != mlp or not b.mlp or b.mlp_bias or b.merge_r
+        or b.keep_tokens):
+      merging = (f", merge_r {b.merge_r}" if b.merge_r else "") + (
+          f", keeps {len(b.keep_tokens)} patches" if b.keep_tokens else "")
       return (f"block {i} (attention {b.attn!r}, {b.heads} heads, MLP {b.mlp}{merging}) does "
               f"not fit a Hugging Face ViT config: every block must be 'msa' with "
               f"{spec.num_heads} heads of {spec.width // spec.num_heads}, one MLP width (block "
-              f"0's: {mlp}) and no token merging")
+              f"0's: {mlp}) and no token merging or pruning")
   return None
 
 

@@ -1,5 +1,5 @@
-"""ViT-Slim: one search of soft masks over head dimensions and MLP units, a global threshold
-that meets a MACs target, slicing, fine-tuning with distillation.
+"""ViT-Slim: one search of soft masks over head dimensions, MLP units and token positions, a
+global threshold that meets a MACs target, slicing, fine-tuning with distillation.
 
 Chavan et al., "Vision Transformer Slimming: Multi-Dimension Searching in Continuous
 Optimization Space", CVPR 2022 (arXiv:2201.00814); reference code Arnav0400/ViT-Slim
@@ -11,16 +11,21 @@ Optimization Space", CVPR 2022 (arXiv:2201.00814); reference code Arnav0400/ViT-
      (scaling the activations), initialised to 1, train with the weights on
      cross-entropy + `vitslim.attn_weight`·Σ|ζ_attn| + `vitslim.mlp_weight`·Σ|ζ_mlp|
      (`search` section; the masks are `Gate`s: their own AdamW group, `search.optim.gate_lr`).
-  3. Threshold: the smallest t on |ζ| (one threshold over both kinds) whose sliced model is at
-     most `vitslim.target_ratio` × the dense MACs (binary search over the masks' values).
-  4. Slice (kept masks become 1, as the reference's `compress`), then fine-tune with the
-     `finetune` recipe (cross-entropy + distillation from the dense model).
+     With `vitslim.token_budget` < 1, every block also has ζ_tok [patches] (initialised to 3,
+     applied as tanh(ζ_tok) to each patch token's normalised inputs) and the loss adds
+     `vitslim.token_weight`·Σ|tanh ζ_tok|.
+  3. Threshold: tokens first, as the reference: the value that keeps `token_budget` of all
+     tanh(ζ_tok) entries, a block keeping what it or any later block keeps. Then the smallest
+     t on |ζ| (one threshold over heads and units) whose sliced model is at most
+     `vitslim.target_ratio` × the dense MACs (binary search over the masks' values).
+  4. Slice (kept masks become 1, as the reference's `compress`; dropped tokens removed), then
+     fine-tune with the `finetune` recipe (cross-entropy + distillation from the dense model).
 
-Differences from the reference: its third dimension, soft masks over token positions, is not
-searched (token reduction in jaxprune is ToMe, which stacks on the result); the reference takes
-separate kept fractions per kind (`--budget_attn`, `--budget_mlp`), jaxprune one threshold for a
-MACs target; one head width per block (the kept dimensions averaged over the surviving heads,
-`models/slim.py`).
+Differences from the reference: it takes separate kept fractions per kind (`--budget_attn`,
+`--budget_mlp`, `--budget_patch`), jaxprune the token fraction and one threshold for a MACs
+target; one head width per block (the kept dimensions averaged over the surviving heads,
+`models/slim.py`); class and distillation tokens are never masked; dropped tokens are removed
+from the sliced model (the reference zeroes their inputs and keeps computing them).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from jaxprune.errors import UserError
 from jaxprune.export import load, save_model
 from jaxprune.methods import Method, Outcome, common, pretrain
 from jaxprune.methods.phase import train_phase
-from jaxprune.models.slim import build_slim_model, kept_at, l1, slice_model, sliced_spec, zetas
+from jaxprune.models.slim import (build_slim_model, kept_at, l1, slice_model, sliced_spec,
+                                  token_threshold, zetas)
 from jaxprune.train.logging import MetricWriter
 
 
@@ -51,19 +57,21 @@ def search_loss(config, num_classes: int):
     x, targets = common.preprocess(config, num_classes, batch, key, train=True)
     logits = model(x, train=True, **common.stochastic_depth(train, key), **common.remat(train))
     task = common.soft_cross_entropy(logits, targets, train.label_smoothing)
-    la, lm = l1(model)
-    return task + v.attn_weight * la + v.mlp_weight * lm, {"task_loss": task, "l1_attn": la,
-                                                           "l1_mlp": lm}
+    la, lm, lt = l1(model)
+    loss = task + v.attn_weight * la + v.mlp_weight * lm + v.token_weight * lt
+    return loss, {"task_loss": task, "l1_attn": la, "l1_mlp": lm, "l1_tokens": lt}
 
   return loss_fn
 
 
-def threshold_for(model, target_macs: float) -> tuple[float, Any]:
-  """Step 3: the smallest threshold whose sliced spec has at most `target_macs` MACs, and that
-  spec (the MACs fall as the threshold rises, up to the rounding of head widths)."""
+def threshold_for(model, target_macs: float,
+                  token_threshold: float | None = None) -> tuple[float, Any]:
+  """Step 3: the smallest threshold whose sliced spec (tokens kept at `token_threshold`) has
+  at most `target_macs` MACs, and that spec (the MACs fall as the threshold rises, up to the
+  rounding of head widths)."""
   values = np.unique(np.abs(np.concatenate([z.ravel() for pair in zetas(model) for z in pair
                                             if z is not None])))
-  spec_at = lambda t: sliced_spec(model.spec, kept_at(model, t))  # noqa: E731
+  spec_at = lambda t: sliced_spec(model.spec, kept_at(model, t, token_threshold))  # noqa: E731
   if accounting.macs(spec_at(np.nextafter(values[-1], np.inf))) > target_macs:
     raise UserError(f"vitslim.target_ratio: {target_macs / accounting.macs(model.spec):.3f} x "
                     "dense MACs is below what slicing can reach (one dimension of one head "
@@ -93,13 +101,18 @@ def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWrit
   else:
     scfg = common.phase_config(config, "search")
     s = common.setup(scfg)
-    t = train_phase(scfg, workdir, "slim_search", build_slim_model(dense),
+    tokens = config.vitslim.token_budget < 1
+    t = train_phase(scfg, workdir, "slim_search", build_slim_model(dense, tokens=tokens),
                     search_loss(scfg, s.data.num_classes), s, writer,
-                    show=("loss", "task_loss", "l1_attn", "l1_mlp"))
+                    show=("loss", "task_loss", "l1_attn", "l1_mlp")
+                    + (("l1_tokens",) if tokens else ()))
     target = config.vitslim.target_ratio * accounting.macs(dense.spec)
-    threshold, spec = threshold_for(t.model, target)
-    compact = slice_model(t.model, threshold)
-    record = {"threshold": threshold, "macs_ratio": accounting.macs(spec)
+    token_t = token_threshold(t.model, config.vitslim.token_budget)
+    threshold, spec = threshold_for(t.model, target, token_t)
+    compact = slice_model(t.model, threshold, token_t)
+    record = {"threshold": threshold, "token_threshold": token_t,
+              "tokens": [b.pruned(s).tokens for b, s in zip(spec.blocks, spec.block_shapes())],
+              "macs_ratio": accounting.macs(spec)
               / accounting.macs(dense.spec), "search_accuracy": t.metrics.get("accuracy"),
               "zeta_quantiles": {k: [float(q) for q in np.quantile(np.abs(np.concatenate(
                   [p[i].ravel() for p in zetas(t.model) if p[i] is not None])), (0.1, 0.5, 0.9))]
@@ -118,12 +131,13 @@ def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWrit
              "target_ratio": config.vitslim.target_ratio, "selected": record,
              "macs_ratio": rows[1][1]["macs"] / rows[0][1]["macs"],
              "speedup": rows[0][1]["latency_ms"] / rows[1][1]["latency_ms"]}
-  shape = ", ".join(f"{b.heads}x{b.head_dim or pruned.spec.head_dim}/{b.mlp}"
-                    for b in pruned.spec.blocks)
+  spec = pruned.spec
+  shape = ", ".join(f"{b.heads}x{b.head_dim or spec.head_dim}/{b.mlp}/{b.pruned(s).tokens}"
+                    for b, s in zip(spec.blocks, spec.block_shapes()))
   return Outcome(summary, models={"pruned": os.path.join(workdir, "pruned")},
                  table=(f"ViT-Slim, target {config.vitslim.target_ratio:.0%} of dense MACs; "
                         f"latency: median eval forward, batch {config.latency_batch}", rows),
-                 notes=(f"sliced (heads x head_dim / MLP per block): {shape}",
+                 notes=(f"sliced (heads x head_dim / MLP / tokens per block): {shape}",
                         f"threshold {record['threshold']:.4g}, MACs ratio "
                         f"{summary['macs_ratio']:.3f}, measured speed-up "
                         f"{summary['speedup']:.2f}x"))
@@ -146,6 +160,9 @@ METHOD = Method(
     paper="Vision Transformer Slimming: Multi-Dimension Searching in Continuous Optimization "
           "Space (CVPR 2022, arXiv:2201.00814); github.com/Arnav0400/ViT-Slim",
     rules=(("vitslim.target_ratio", FRACTION), ("vitslim.attn_weight", validate.number(0)),
-           ("vitslim.mlp_weight", validate.number(0))),
+           ("vitslim.mlp_weight", validate.number(0)),
+           ("vitslim.token_budget", validate.number(0, 1, lo_open=True)),
+           ("vitslim.token_weight", validate.number(0))),
+    added_defaults={"vitslim.token_budget": 1.0, "vitslim.token_weight": 1e-4},
     phases=("search.train", "finetune.train"),
     outputs=frozenset({"slim", "pruned"}), families=("vit",))
