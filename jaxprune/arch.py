@@ -464,7 +464,9 @@ class ArchSpec:
   def to_dict(self) -> dict[str, Any]:
     d = {"format": FORMAT}
     d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
-    d["layers"] = [{"kind": layer.kind, **dataclasses.asdict(layer)} for layer in self.layers]
+    d["layers"] = [{"kind": layer.kind, **{k: list(v) if isinstance(v, tuple) else v
+                                           for k, v in dataclasses.asdict(layer).items()}}
+                   for layer in self.layers]  # as JSON reads it back (tuples as lists)
     return d
 
   def to_json(self, indent: int | None = 2) -> str:
