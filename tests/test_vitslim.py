@@ -165,6 +165,8 @@ def test_vitslim_refuses_a_pruned_model():
   spec = SPEC.replace_block(1, attn="conv3", heads=0, conv_dim=8)
   with pytest.raises(ValueError, match="block 1 is 'conv3'"):
     build_slim_model(build_model(spec))
+  with pytest.raises(ValueError, match="block 2 is 'msa' pruning tokens"):
+    build_slim_model(build_model(SPEC.replace_block(2, keep_tokens=(0, 1))))
 
 
 def test_keep_tokens_rules_round_trip_and_macs_against_xla():

@@ -76,7 +76,8 @@ def build_slim_model(dense: nnx.Module, tokens: bool = False) -> nnx.Module:
     if b.attn != "msa" or b.window or b.merge_r or b.keep_tokens:
       raise ValueError(f"ViT-Slim searches global 'msa' blocks on every token; block {i} is "
                        f"{b.attn!r}{' in windows' if b.window else ''}"
-                       f"{' merging tokens' if b.merge_r or b.keep_tokens else ''}")
+                       f"{' merging tokens' if b.merge_r else ''}"
+                       f"{' pruning tokens' if b.keep_tokens else ''}")
   model = build_model(dense.spec, 0, make_block=lambda s, b, i, rngs, shape: SlimBlock(
       s, b, rngs=rngs, shape=shape, tokens=tokens))
   return transplant(dense, model)

@@ -146,7 +146,8 @@ def compress(config: ml_collections.ConfigDict, workdir: str, writer: MetricWrit
 def check(config: ml_collections.ConfigDict) -> None:
   """Before any work: every block of the dense model is global `msa`."""
   spec = validate.planned_spec(config)
-  bad = [i for i, b in enumerate(spec.blocks) if b.attn != "msa" or b.window or b.merge_r]
+  bad = [i for i, b in enumerate(spec.blocks)
+         if b.attn != "msa" or b.window or b.merge_r or b.keep_tokens]
   if bad:
     raise UserError(f"ViT-Slim searches a dense ViT/DeiT: blocks {bad} of the model are not "
                     "global 'msa' (start from the unpruned model; ToMe stacks on the result)")
