@@ -7,9 +7,10 @@ target labels + TV (4 directions, exponent 1, one norm per group of 50 images) +
 randomly rolled and flipped copy of the images; Adam (0.5, 0.9), warm-up + cosine, pixels clipped.
 Rows, timed in turn (`--rounds`, medians): jaxprune; jaxprune with the patch embedding as the
 strided convolution it was before (`nnx.Conv`: its image gradient is XLA's transposed strided
-conv); torch eager (`--threads`).
+conv); torch eager (`--threads`); with --bf16 also jaxprune with bfloat16 matmul operands
+(`synthetic.compute_dtype = "bfloat16_matmul"`) and torch eager under CPU autocast to bfloat16.
 
-  python benchmarks/inversion.py [--shape default|deit_base] [--steps N] [--rounds R]
+  python benchmarks/inversion.py [--shape default|deit_base] [--steps N] [--rounds R] [--bf16]
 
 Shapes: `default` = DC-ViT's embedded default (DeiT width 64, depth 6, 4 heads, MLP x2, patch
 4, 28x28x1, 10 classes, 100 images); `deit_base` = DeiT-B at 224 px (width 768, depth 12, 12
@@ -42,7 +43,7 @@ TV, L2, LR, JITTER_224 = 1e-4, 1e-5, 0.25, 30
 
 
 
-def jax_rate(model, labels, steps: int, conv_patch_embed: bool) -> float:
+def jax_rate(model, labels, steps: int, conv_patch_embed: bool, dtype: str = "float32") -> float:
   """images·steps/s of `synth.invert` (compile excluded, as it reports)."""
   from flax import nnx
   from jaxprune.models.blocks import PatchEmbed
@@ -53,14 +54,15 @@ def jax_rate(model, labels, steps: int, conv_patch_embed: bool) -> float:
     PatchEmbed.__call__ = nnx.Conv.__call__
   try:
     r = invert(model, labels, InversionConfig(steps=steps, lr=LR, warmup_steps=1, tv_weight=TV,
-                                              l2_weight=L2), make_mesh(), seed=0,
+                                              l2_weight=L2, compute_dtype=dtype),
+               make_mesh(), seed=0,
                mean=(0.5,), std=(0.5,))
   finally:
     PatchEmbed.__call__ = call
   return r["images_per_s"]
 
 
-def torch_rate(hf, labels, size: int, channels: int, steps: int) -> float:
+def torch_rate(hf, labels, size: int, channels: int, steps: int, autocast: bool = False) -> float:
   """images·steps/s of the same objective as an eager PyTorch loop (2 warm-up steps)."""
   import torch
   import torch.nn.functional as F
@@ -91,7 +93,9 @@ def torch_rate(hf, labels, size: int, channels: int, steps: int) -> float:
     xa = torch.roll(x, (dy, dx), (2, 3))
     if torch.rand(()) < 0.5:
       xa = xa.flip(3)
-    ce = F.cross_entropy(hf(pixel_values=xa).logits, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+      logits = hf(pixel_values=xa).logits
+    ce = F.cross_entropy(logits.float(), y)
     loss = ce + TV * tv(xa) + L2 * x.flatten(1).norm(dim=1).mean()
     opt.zero_grad()
     loss.backward()
@@ -111,7 +115,10 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=0, help="0: 50 (default), 4 (deit_base)")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--skip-torch", action="store_true", help="the two JAX rows only")
+  parser.add_argument("--skip-torch", action="store_true", help="the JAX rows only")
+  parser.add_argument("--bf16", action="store_true",
+                      help="also jaxprune with synthetic.compute_dtype = bfloat16_matmul and "
+                           "torch under CPU autocast to bfloat16")
   args = parser.parse_args()
   import torch
   import transformers
@@ -133,12 +140,18 @@ def main() -> None:
         f"{args.threads} threads; logits max |JAX - torch| "
         f"{np.max(np.abs(np.asarray(model(probe)) - want)):.2e}", flush=True)
   labels = labels_for(n, fields["num_labels"])
-  rows = {"jaxprune": [], "jaxprune, patch embedding as conv": [], "torch eager": []}
+  rows = {"jaxprune": [], "jaxprune, patch embedding as conv": [],
+          "jaxprune, bf16 matmuls": [], "torch eager": [], "torch eager, autocast bf16": []}
   for _ in range(args.rounds):
     rows["jaxprune"].append(jax_rate(model, labels, steps, False))
     rows["jaxprune, patch embedding as conv"].append(jax_rate(model, labels, steps, True))
+    if args.bf16:
+      rows["jaxprune, bf16 matmuls"].append(
+          jax_rate(model, labels, steps, False, "bfloat16_matmul"))
     if not args.skip_torch:
       rows["torch eager"].append(torch_rate(hf, labels, size, ch, steps))
+      if args.bf16:
+        rows["torch eager, autocast bf16"].append(torch_rate(hf, labels, size, ch, steps, True))
     print({k: f"{v[-1]:.1f}" for k, v in rows.items() if v}, flush=True)
   base = "jaxprune, patch embedding as conv" if args.skip_torch else "torch eager"
   ref = statistics.median(rows[base])

@@ -16,12 +16,19 @@ still leaves its table):
      --target;
   3. the other --seeds of SPViT and ViT-Slim.
 
+ViT-Slim runs twice per seed: over heads and MLP units only, and with token masks too
+(`vitslim.token_budget` = --token-budget, the reference's --budget_patch; 1 leaves that row out),
+both sliced to the same --target MACs. --methods runs a subset (with its own --doc, so the full
+table is not overwritten by a partial one).
+
 Latency: every model of the table timed again together at the end of each stage (batch 64,
 interleaved, `accounting.compare_latency`); speed-ups are against the dense model in that
 measurement.
 
   mkdir -p /tmp/cifar10 && tar xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar10
   python benchmarks/methods_cifar10.py --data /tmp/cifar10 [--seeds 0,1,2] [--target 0.7]
+  python benchmarks/methods_cifar10.py --data /tmp/cifar10 --methods vitslim,vitslim_tokens \
+      --stack '' --doc docs/vitslim_results.md        # the two ViT-Slim variants only
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from spvit_cifar10 import CIFAR_DATA, MODELS, PRETRAIN, ROOT, SEARCH, SUBSET, ma
 
 COMMON = CIFAR_DATA + MODELS["deit"][0] + SUBSET
 SLIM_SEARCH = [o for o in SEARCH if not o.startswith("--config.spvit.")]
+METHODS = ("spvit", "vitslim", "vitslim_tokens", "random", "tome", "fewshot")
 FEWSHOT = ["--config.data.fewshot=500", "--config.synthetic.steps=1000",
            "--config.synthetic.warmup_steps=100", "--config.dcvit.trial_steps=100",
            "--config.dcvit.finetune_steps=200", "--config.practise.adaptor_steps=50"]
@@ -58,6 +66,7 @@ def job(config: str, workdir: str, *overrides: str, common=COMMON) -> dict:
 class Bench:
   def __init__(self, args):
     self.args = args
+    self.methods = args.methods.split(",")
     self.data = [f"--config.data.source=folder:{args.data}"]
     self.rows: list[dict] = []  # {method, seed, macs, accuracy, model | arch, ...}
     dense_dir = os.path.join(args.spvit_out, "dense")
@@ -80,11 +89,26 @@ class Bench:
             f"--config.spvit.target_ratio={target:g}")
     return self._pruned("SPViT", seed, work, s, record)
 
-  def vitslim(self, target: float, seed: int, record: bool = True) -> str:
-    work = os.path.join(self.args.out, f"vitslim_{target:g}_seed{seed}")
+  def vitslim(self, target: float, seed: int, record: bool = True, tokens: float = 1.0) -> str:
+    """ViT-Slim over heads and MLP units, or (tokens < 1) with token masks keeping that
+    fraction of the patch tokens (--budget_patch) too; either sliced to `target` MACs."""
+    tag, method = ("", "ViT-Slim") if tokens >= 1 else (
+        f"_tokens{tokens:g}", f"ViT-Slim + token masks (keep {tokens:.0%})")
+    work = os.path.join(self.args.out, f"vitslim_{target:g}{tag}_seed{seed}")
     s = job("vitslim", work, *self.data, *self.init, *SLIM_SEARCH, f"--config.seed={seed}",
-            f"--config.vitslim.target_ratio={target:g}")
-    return self._pruned("ViT-Slim", seed, work, s, record)
+            f"--config.vitslim.target_ratio={target:g}",
+            *([f"--config.vitslim.token_budget={tokens:g}"] if tokens < 1 else []))
+    if record:
+      self.add(method, seed, s["pruned"], model=os.path.join(work, "pruned"),
+               tokens=s["selected"].get("tokens"))
+    return os.path.join(work, "pruned")
+
+  def slims(self, seed: int) -> None:
+    """The ViT-Slim rows --methods asks for, at --target."""
+    if "vitslim" in self.methods:
+      self.vitslim(self.args.target, seed)
+    if "vitslim_tokens" in self.methods and self.args.token_budget < 1:
+      self.vitslim(self.args.target, seed, tokens=self.args.token_budget)
 
   def _pruned(self, method, seed, work, s, record) -> str:
     if record:
@@ -124,13 +148,17 @@ class Bench:
 
   # -- stages ------------------------------------------------------------------------------
   def alone(self) -> None:
-    a = self.args
-    self.spvit(a.target, 0)
-    self.vitslim(a.target, 0)
-    if a.random:
+    a, m = self.args, self.methods
+    if "spvit" in m:
+      self.spvit(a.target, 0)
+    self.slims(0)
+    if a.random and "random" in m:
       self.random()
-    t = self.tome("dense", self.dense, a.target)
-    self.add("ToMe", None, t, model=t["model"], r=t["r"])
+    if "tome" in m:
+      t = self.tome("dense", self.dense, a.target)
+      self.add("ToMe", None, t, model=t["model"], r=t["r"])
+    if "fewshot" not in m:
+      return
     few = self.fewshot()
     self.few = few
     member = min(few["family"], key=lambda f: abs(f[0] / self.dense_macs - a.target))
@@ -159,8 +187,9 @@ class Bench:
 
   def seeds(self) -> None:
     for seed in [int(s) for s in self.args.seeds.split(",") if int(s) != 0]:
-      self.spvit(self.args.target, seed)
-      self.vitslim(self.args.target, seed)
+      if "spvit" in self.methods:
+        self.spvit(self.args.target, seed)
+      self.slims(seed)
       self.write()
 
   # -- latency and the doc -----------------------------------------------------------------
@@ -200,6 +229,8 @@ class Bench:
         extra = f" (best of {len(rs)}: {100 * best['accuracy']:.2f} %)"
       if "r" in rs[0]:
         extra = f" (r = {rs[0]['r']})"
+      if rs[0].get("tokens"):
+        extra = f" (tokens per block, seed {rs[0]['seed']}: {'/'.join(map(str, rs[0]['tokens']))})"
       each = " / ".join(f"{a:.2f}" for a in acc) if len(acc) > 1 else ""
       lines.append(f"| {method}{extra} | {len(rs)} | {pm(ratio, '.3f')} | {pm(acc, '.2f')} % | "
                    f"{each} | {pm(speed, '.2f')}× | {statistics.mean(s * q for s, q in zip(speed, ratio)):.2f} |")
@@ -237,8 +268,20 @@ def main() -> None:
                       help="sources ToMe stacks on: spvit, vitslim, dcvit, practise")
   parser.add_argument("--stack-from", type=float, default=0.85,
                       help="the MACs ratio of the SPViT / ViT-Slim / DC-ViT source of a stack")
+  parser.add_argument("--token-budget", type=float, default=0.7,
+                      help="ViT-Slim + token masks: fraction of patch tokens kept (1: no row)")
+  parser.add_argument("--methods", default=",".join(METHODS),
+                      help=f"the rows to run (the dense model always): {', '.join(METHODS)}")
   parser.add_argument("--doc", default=os.path.join(ROOT, "docs", "methods_results.md"))
   args = parser.parse_args()
+  methods, stack = args.methods.split(","), [s for s in args.stack.split(",") if s]
+  needs = {"spvit": "spvit", "vitslim": "vitslim", "dcvit": "fewshot", "practise": "fewshot"}
+  if bad := sorted(set(methods) - set(METHODS)):
+    parser.error(f"--methods: {', '.join(bad)} unknown; choose from {', '.join(METHODS)}")
+  if bad := sorted(set(stack) - set(needs)):
+    parser.error(f"--stack: {', '.join(bad)} unknown; choose from {', '.join(needs)}")
+  if missing := sorted({needs[s] for s in stack} - set(methods)):
+    parser.error(f"--stack {args.stack}: needs --methods to include {', '.join(missing)}")
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.out, "xla_cache"))
   bench = Bench(args)
   bench.alone()

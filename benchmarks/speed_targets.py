@@ -4,8 +4,8 @@ CPU class and the command, followed by each benchmark's own printed table.
 
   python benchmarks/speed_targets.py [--quick] [--doc docs/speed_targets.md]
 
-Rows measured here: the DeiT-Ti train step against PyTorch eager (plain and with the oneDNN XLA
-flags; `train_step.py`, with `--profile`'s table of where JAX's step time goes), the SPViT search
+Rows measured here: the DeiT-Ti train step against PyTorch eager (plain, with the oneDNN XLA
+flags, and with bfloat16 matmuls against torch's float32 and CPU-autocast steps; `train_step.py`, with `--profile`'s table of where JAX's step time goes), the SPViT search
 step against the dense step (`spvit_search_step.py`), the piece-by-piece comparison
 (`step_parts.py`), and the synthetic-set inversion against a torch eager loop at the DC-ViT
 default shape and at DeiT-B 224 px (`inversion.py`). Targets measured by other benchmarks link
@@ -68,11 +68,13 @@ def main() -> None:
   cmds = {
       "step": ["train_step.py", "--steps", steps, "--profile"],
       "onednn": ["train_step.py", "--steps", steps, "--onednn"],
+      "bf16": ["train_step.py", "--steps", steps, "--compute-dtype", "bfloat16_matmul"],
       "search": ["spvit_search_step.py", "--steps", "3" if a.quick else "10"],
       "parts": ["step_parts.py", "--iters", "5" if a.quick else "30"],
-      "inv": ["inversion.py", "--shape", "default", "--rounds", rounds]
+      "inv": ["inversion.py", "--shape", "default", "--rounds", rounds, "--bf16"]
       + (["--steps", "10"] if a.quick else []),
-      "inv224": ["inversion.py", "--shape", "deit_base", "--rounds", "1" if a.quick else "2"]
+      "inv224": ["inversion.py", "--shape", "deit_base", "--rounds", "1" if a.quick else "2",
+                 "--bf16"]
       + (["--steps", "2"] if a.quick else []),
   }
   out = {k: run(v) for k, v in cmds.items()}
@@ -84,11 +86,14 @@ def main() -> None:
   torch_ms = number(r"\| PyTorch eager[^|]*\|\s*([\d.]+)", out["step"])
   one_ms = number(r"\| jaxprune \(JAX, oneDNN\)\s*\|\s*([\d.]+)", out["onednn"])
   torch2_ms = number(r"\| PyTorch eager[^|]*\|\s*([\d.]+)", out["onednn"])
+  bf_ms = number(r"\| jaxprune \(JAX, bf16 matmuls\)\s*\|\s*([\d.]+)", out["bf16"])
+  torch3_ms = number(r"\| PyTorch eager \(\d+ threads\)\s*\|\s*([\d.]+)", out["bf16"])
+  auto_ms = number(r"\| PyTorch eager, autocast bf16\s*\|\s*([\d.]+)", out["bf16"])
   search = number(r"\| SPViT search\s*\|\s*[\d.]+ ms \|\s*([\d.]+)x", out["search"])
-  inv = number(r"\| jaxprune \| ([\d.]+) \|", out["inv"]), number(
-      r"\| torch eager \| ([\d.]+) \|", out["inv"])
-  inv224 = number(r"\| jaxprune \| ([\d.]+) \|", out["inv224"]), number(
-      r"\| torch eager \| ([\d.]+) \|", out["inv224"])
+  def inversion(text):  # jaxprune, torch eager, jaxprune bf16 matmuls, torch autocast bf16
+    return [number(rf"\| {row} \| ([\d.]+) \|", text) for row in (
+        "jaxprune", "torch eager", "jaxprune, bf16 matmuls", "torch eager, autocast bf16")]
+  inv, inv224 = inversion(out["inv"]), inversion(out["inv224"])
   tf = number(r"tokens first \(bqhd\) \| \d+× \| ([\d.]+)", out["parts"])
   hf = number(r"heads first \(bhqd\) \| \d+× \| ([\d.]+)", out["parts"])
 
@@ -101,6 +106,10 @@ def main() -> None:
        f"{met(jax_ms <= torch_ms)})", shown("step")),
       ("1. same, oneDNN XLA flags", f"{one_ms:.0f} ms", f"torch eager {torch2_ms:.0f} ms",
        f"{one_ms / torch2_ms:.2f}× ({met(one_ms <= torch2_ms)})", shown("onednn")),
+      ("1. same, `train.compute_dtype = bfloat16_matmul`", f"{bf_ms:.0f} ms",
+       f"torch eager {torch3_ms:.0f} ms; autocast bf16 {auto_ms:.0f} ms",
+       f"{bf_ms / torch3_ms:.2f}× ({met(bf_ms <= torch3_ms)}); {bf_ms / auto_ms:.2f}× autocast",
+       shown("bf16")),
       ("1. SPViT search step", "", "dense step, same run", f"{search:.2f}× (≤ 1.2: "
        f"{met(search <= 1.2)})", shown("search")),
       ("2. attention core fwd+bwd, heads first (the layout models use)", f"{hf:.2f} ms",
@@ -115,6 +124,14 @@ def main() -> None:
       ("4. inversion, DeiT-B 224 px, 8 images", f"{inv224[0]:.3g} img·steps/s",
        f"torch eager {inv224[1]:.3g}", f"{inv224[0] / inv224[1]:.2f}× (≥ 1.5: "
        f"{met(inv224[0] >= 1.5 * inv224[1])})", shown("inv224")),
+      ("4. same, `synthetic.compute_dtype = bfloat16_matmul`", f"{inv[2]:.0f} img·steps/s",
+       f"torch eager {inv[1]:.0f}; autocast bf16 {inv[3]:.0f}",
+       f"{inv[2] / inv[1]:.2f}× ({met(inv[2] >= 1.5 * inv[1])}); {inv[2] / inv[3]:.2f}× "
+       "autocast", shown("inv")),
+      ("4. same at DeiT-B 224 px", f"{inv224[2]:.3g} img·steps/s",
+       f"torch eager {inv224[1]:.3g}; autocast bf16 {inv224[3]:.3g}",
+       f"{inv224[2] / inv224[1]:.2f}× ({met(inv224[2] >= 1.5 * inv224[1])}); "
+       f"{inv224[2] / inv224[3]:.2f}× autocast", shown("inv224")),
       ("5. compilation cache on by default", "", "", "", "[training.md](training.md)"),
       ("6. memory of the 224 px steps, `train.remat`", "", "", "", "[memory.md](memory.md)"),
       ("7. `benchmarks/accelerator.py`", "not run on a GPU yet", "", "",
@@ -129,6 +146,7 @@ def main() -> None:
   doc += [f"| {' | '.join(r)} |" for r in rows]
   for k, title in (("step", "Train step, and where JAX's step time goes (`--profile`)"),
                    ("onednn", "Train step with the oneDNN XLA flags"),
+                   ("bf16", "Train step with bfloat16 matmuls (float32 parameters and the rest)"),
                    ("search", "SPViT search step vs dense step"),
                    ("parts", "The step piece by piece, JAX vs torch"),
                    ("inv", "Inversion, DC-ViT default shape"),

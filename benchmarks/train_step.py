@@ -5,9 +5,13 @@ DeiT-Tiny shape (width 192, depth 12, 3 heads, MLP 768), 32x32x3 input, patch 4 
 steps; the frameworks run one after the other, never at once.
 
   python benchmarks/train_step.py [--steps 10] [--threads 2] [--skip-torch] [--onednn] [--profile]
+                                 [--compute-dtype bfloat16_matmul]
 
 --onednn sets XLA_FLAGS="--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot"
 for the JAX side (oneDNN matmul kernels; opt-in, as it changes which kernels run).
+--compute-dtype bfloat16_matmul runs jaxprune's `train.compute_dtype = "bfloat16_matmul"` (dense
+layers on bfloat16 operands, float32 accumulation) and adds a torch row under CPU autocast to
+bfloat16 (its Linear layers in bfloat16) beside the float32 one.
 
 Prints a table: median / min step time and the ratio jaxprune ÷ torch.
 """
@@ -70,7 +74,7 @@ def profile_table(jitted, args, run, runs: int = 3) -> str:
           + f"\n\nall thunks: {sum(ms.values()):.0f} ms per step (both threads)")
 
 
-def bench_jax(n_steps: int, profile: bool = False) -> list[float]:
+def bench_jax(n_steps: int, profile: bool = False, dtype: str = "float32") -> list[float]:
   import jax
   import ml_collections
   import numpy as np
@@ -80,6 +84,7 @@ def bench_jax(n_steps: int, profile: bool = False) -> list[float]:
   from jaxprune import build_model, dense_spec
   from jaxprune.data.pipeline import to_global
   from jaxprune.methods.common import supervised_loss
+  from jaxprune.models.precision import compute_dtype
   from jaxprune.train.mesh import data_sharding, make_mesh
   from jaxprune.train.optim import make_optimizer
   from jaxprune.train.step import init_state, make_train_step, place
@@ -92,7 +97,8 @@ def bench_jax(n_steps: int, profile: bool = False) -> list[float]:
   graphdef, state, tx = init_state(build_model(spec), lambda p: make_optimizer(
       cfgs.optim_config(lr=1e-3), p, total_steps=1000))
   state = place(state, mesh)
-  step_fn = make_train_step(graphdef, tx, supervised_loss(config, CLASSES), mesh, seed=0)
+  step_fn = make_train_step(graphdef, tx, supervised_loss(config, CLASSES), mesh, seed=0,
+                            compute_dtype=compute_dtype(dtype))
   rng = np.random.default_rng(0)
   sh = data_sharding(mesh)
   batch = {"image": to_global(rng.integers(0, 255, (BATCH, IMG, IMG, 3), dtype=np.uint8), sh),
@@ -109,7 +115,7 @@ def bench_jax(n_steps: int, profile: bool = False) -> list[float]:
   return times
 
 
-def bench_torch(n_steps: int, threads: int) -> list[float]:
+def bench_torch(n_steps: int, threads: int, autocast: bool = False) -> list[float]:
   import torch
   from torch import nn
 
@@ -151,7 +157,8 @@ def bench_torch(n_steps: int, threads: int) -> list[float]:
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(model(images), labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+      loss = nn.functional.cross_entropy(model(images), labels)
     loss.backward()
     opt.step()
 
@@ -165,27 +172,34 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--skip-torch", action="store_true")
   parser.add_argument("--onednn", action="store_true", help="XLA oneDNN matmuls for JAX")
+  parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16_matmul"),
+                      help="jaxprune's train.compute_dtype (and a torch autocast row)")
   parser.add_argument("--profile", action="store_true",
                       help="also print where the JAX step's time goes (pass x primitive)")
   args = parser.parse_args()
   if args.onednn:  # before jax is imported
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_onednn=true"
                                " --xla_cpu_experimental_onednn_fusion_type=dot")
-  rows = [("jaxprune (JAX" + (", oneDNN)" if args.onednn else ")"), bench_jax(args.steps, args.profile))]
+  bf16 = args.compute_dtype != "float32"
+  name = "jaxprune (JAX" + (", oneDNN" if args.onednn else "") + (", bf16 matmuls" if bf16 else "")
+  rows = [(name + ")", bench_jax(args.steps, args.profile, args.compute_dtype))]
   if not args.skip_torch:
     rows.append((f"PyTorch eager ({args.threads} threads)", bench_torch(args.steps, args.threads)))
+    if bf16:
+      rows.append(("PyTorch eager, autocast bf16", bench_torch(args.steps, args.threads, True)))
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from benchmarks.machine import cpu_class
   print(f"\n{cpu_class()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print(f"DeiT-Tiny shape, {IMG}x{IMG}, patch {PATCH}, batch {BATCH}, AdamW, float32; "
+  print(f"DeiT-Tiny shape, {IMG}x{IMG}, patch {PATCH}, batch {BATCH}, AdamW, "
+        f"{'float32 parameters, bfloat16 matmuls' if bf16 else 'float32'}; "
         f"{args.steps} timed steps after 3 warm-up")
   print(f"| {'framework':<28} | {'median ms':>9} | {'min ms':>7} |")
   print(f"|{'-' * 30}|{'-' * 10}:|{'-' * 8}:|")
   for name, t in rows:
     print(f"| {name:<28} | {statistics.median(t):9.1f} | {min(t):7.1f} |")
-  if len(rows) == 2:
-    ratio = statistics.median(rows[0][1]) / statistics.median(rows[1][1])
-    print(f"\nratio jaxprune / torch (median): {ratio:.2f}x")
+  for name, t in rows[1:]:
+    ratio = statistics.median(rows[0][1]) / statistics.median(t)
+    print(f"\nratio jaxprune / {name} (median): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       epochs=1, steps=0,      # steps > 0 overrides epochs
       label_smoothing=0.0,
       drop_path=0.0,          # stochastic depth rate of the last block (linear from 0); DeiT 0.1
-      compute_dtype="float32",  # "bfloat16": mixed precision over float32 parameters (GPU/TPU)
+      compute_dtype="float32",  # "bfloat16" (GPU/TPU), "bfloat16_matmul" (AVX-512 BF16 CPUs)
       remat=False,            # True: per-block rematerialisation (less activation memory, about
                               # one more forward pass per step; docs/memory.md)
       log_every=50, eval_every_epochs=0, checkpoint_every=200,

@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       tv_group=50,      # images per TV norm: the reference's batch of 50; 1 = one norm per image
       jpeg_quality=0,   # > 0: save as JPEG at this quality and read back, as the reference does
       bn_weight=0.0,    # CNNs: DeepInversion's BatchNorm-statistics prior (0.01 in DC-ViT)
+      compute_dtype="float32",  # the model's forward/backward here; train.compute_dtype's values
   ))
   config.mimic = ml_collections.ConfigDict({
       "train": common.train_config(batch_size=64, log_every=50, checkpoint_every=100),

@@ -34,6 +34,7 @@ from flax import nnx
 
 from jaxprune.atomic import replacing
 from jaxprune.errors import UserError
+from jaxprune.models.precision import compute_dtype, set_compute_dtype
 from jaxprune.train.mesh import data_sharding
 
 
@@ -49,6 +50,7 @@ class InversionConfig:
   flip: bool = True
   tv_group: int = 50         # images per TV norm: 50 = the reference's batch, 1 = per image
   bn_weight: float = 0.0     # α_bn: DeepInversion's BatchNorm-statistics prior (CNNs); 0 = off
+  compute_dtype: str = "float32"  # the model's, as train.compute_dtype (models/precision.py)
 
 
 LABEL_BATCH = 50  # the reference draws 50 distinct classes per batch of images
@@ -100,6 +102,7 @@ def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *,
     for j, layer in enumerate(model.bn_layers()):
       layer.stat_weight = 10.0 if j == 0 else 1.0
   graphdef, state = nnx.split(model)
+  dtype = compute_dtype(cfg.compute_dtype, "synthetic.compute_dtype")
   tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup_steps,
                                                                       cfg.steps - 1), cfg.steps),
                   b1=0.5, b2=0.9)
@@ -115,7 +118,7 @@ def invert(model: nnx.Module, labels: np.ndarray, cfg: InversionConfig, mesh, *,
     xa = jnp.roll(x, (dy, dx), axis=(1, 2))
     if cfg.flip:
       xa = jnp.where(jax.random.bernoulli(k_flip), xa[:, :, ::-1], xa)
-    net = nnx.merge(graphdef, state)
+    net = set_compute_dtype(nnx.merge(graphdef, state), dtype)
     logits = net(xa, train=False)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
     prior = (cfg.tv_weight * total_variation(xa, cfg.tv_exponent, cfg.tv_group)

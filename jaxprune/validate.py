@@ -17,6 +17,7 @@ from typing import Any, Callable
 import ml_collections
 
 from jaxprune.errors import UserError
+from jaxprune.models.precision import COMPUTE_DTYPES
 
 Check = Callable[[Any], str | None]  # value → None when fine, else what is allowed
 
@@ -155,7 +156,7 @@ CORE_RULES: list[tuple[str, Check]] = [
     ("*optim.schedule", choice("cosine", "step")),
     ("*optim.step_at", each(number(0, 1, lo_open=True, hi_open=True))),
     ("*distill.kind", choice("none", "hard", "soft")),
-    ("*train.compute_dtype", choice("float32", "bfloat16")),
+    ("*train.compute_dtype", choice(*COMPUTE_DTYPES)),
     ("*train.remat", boolean),
     ("*distill.weight", number(0, 1)), ("*distill.temperature", number(0, lo_open=True)),
     ("export.formats", each(choice("stablehlo", "onnx", "hf"))),

@@ -48,6 +48,21 @@ def test_inversion_lowers_its_loss_is_deterministic_and_stays_in_range(tmp_path)
   assert os.path.exists(npz) and os.path.getsize(png) > 0
 
 
+def test_inversion_with_bfloat16_matmuls_follows_the_float32_loop():
+  """`synthetic.compute_dtype = "bfloat16_matmul"`: the same loop with bfloat16 operands in the
+  dense layers; its losses track float32's within bfloat16 rounding, and a wrong name is a
+  one-line error."""
+  model = build_model(SPEC, seed=0)
+  cfg = InversionConfig(steps=6, warmup_steps=1, lr=0.1)
+  runs = [invert(model, labels_for(8, 4), dataclasses.replace(cfg, compute_dtype=d), make_mesh(),
+                 seed=1, mean=(0.5,), std=(0.25,))["loss_curve"]
+          for d in ("float32", "bfloat16_matmul")]
+  assert not np.array_equal(*runs)  # the products did change ...
+  np.testing.assert_allclose(runs[1], runs[0], rtol=0.02)  # ... by rounding only
+  with pytest.raises(UserError, match="synthetic.compute_dtype = 'fp16': allowed are float32"):
+    invert(model, labels_for(8, 4), dataclasses.replace(cfg, compute_dtype="fp16"), make_mesh(),
+           seed=1, mean=(0.5,), std=(0.25,))
+
 def test_synthetic_labels_are_random_distinct_classes_per_batch_of_50():
   """The reference draws 50 distinct random classes per batch: with 500 images and 1000 classes
   every class must be reachable (cycling 0..n-1 targeted classes 0-499 only)."""

@@ -48,7 +48,7 @@ def test_bfloat16_train_step_keeps_float32_parameters_and_optimizer_state():
     return soft_cross_entropy(logits, jax.nn.one_hot(batch["label"], 4)), {}
 
   losses = {}
-  for name in ("float32", "bfloat16"):
+  for name in ("float32", "bfloat16", "bfloat16_matmul"):
     graphdef, state, tx = init_state(build_model(spec, seed=0), lambda p: optax.adam(1e-3))
     step = make_train_step(graphdef, tx, loss_fn, mesh, seed=0, compute_dtype=compute_dtype(name))
     state, metrics = step(place(state, mesh), batch)
@@ -57,6 +57,7 @@ def test_bfloat16_train_step_keeps_float32_parameters_and_optimizer_state():
     assert dtypes == {jnp.dtype(jnp.float32)}
     losses[name] = float(metrics["loss"])
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.02)
+  assert losses["bfloat16_matmul"] == pytest.approx(losses["float32"], rel=0.02)
   with pytest.raises(UserError, match="train.compute_dtype = 'float16': allowed are float32"):
     compute_dtype("float16")
 
@@ -96,3 +97,47 @@ def test_bfloat16_mlp_activations_stay_bfloat16():
   kept = jax.eval_shape(lambda s: jax.tree.leaves(jax.vjp(loss, s)[1]), state)
   wide = [r for r in kept if r.ndim == 3 and r.shape[-1] == hidden]
   assert wide and all(r.dtype == jnp.bfloat16 for r in wide), [(r.shape, r.dtype) for r in wide]
+
+
+def test_bfloat16_matmul_linear_and_its_backward_products():
+  """The "bfloat16_matmul" product: y = bf(x)·bf(w), dx = bf(ct)·bf(w)ᵀ, dw = bf(x)ᵀ·bf(ct)
+  (bf: rounded to bfloat16), each accumulated and returned in float32."""
+  import numpy as np
+  from jaxprune.models.precision import bf16_dot_general
+  x, w, ct = (jax.random.normal(jax.random.key(i), s) for i, s in
+              enumerate([(3, 5, 24), (24, 40), (3, 5, 40)]))
+  dims = (((2,), (0,)), ((), ()))
+  y, vjp = jax.vjp(lambda x, w: bf16_dot_general(x, w, dims), x, w)
+  dx, dw = vjp(ct)
+  bf = lambda a: np.asarray(a.astype(jnp.bfloat16).astype(jnp.float32), np.float64)  # noqa: E731
+  want = (bf(x) @ bf(w), bf(ct) @ bf(w).T, np.einsum("rsi,rso->io", bf(x), bf(ct)))
+  for got, ref in zip((y, dx, dw), want):
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(y - x @ w).max()) > 1e-4  # the operands really were rounded
+  with pytest.raises(ValueError, match="only nnx.Linear's product"):
+    bf16_dot_general(x, w, (((2,), (1,)), ((), ())))
+
+
+def test_bfloat16_matmul_model_gradients():
+  """Every dense layer but the head multiplies bfloat16 operands into float32 (8 layers: 8
+  forward and 16 backward products), nothing else is bfloat16, and the gradients stay near
+  float32's."""
+  from jaxprune.models.precision import BF16_MATMUL
+  spec = dense_spec("deit_tiny", image_size=16, patch_size=4, num_classes=4, depth=2)
+  graphdef, state = nnx.split(build_model(spec, seed=0))
+  x = jax.random.normal(jax.random.key(3), (4, 16, 16, 3))
+
+  def loss(st, dtype):
+    return jnp.mean(set_compute_dtype(nnx.merge(graphdef, st), dtype)(x, train=True)**2)
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  hlo = grad.lower(state, BF16_MATMUL).as_text()
+  mixed = [line for line in hlo.splitlines() if "dot_general" in line and "bf16" in line]
+  assert len(mixed) == 24 and all(m.split("->")[-1].strip().endswith("xf32>") for m in mixed)
+  ours, f32 = grad(state, BF16_MATMUL), grad(state, None)
+  for a, c in zip(jax.tree.leaves(ours), jax.tree.leaves(f32)):
+    assert a.dtype == jnp.float32
+    assert float(jnp.abs(a - c).max()) <= LOGIT_TOLERANCE * (float(jnp.abs(c).max()) + 1e-9)
+  with pytest.raises(UserError, match="allowed are float32, bfloat16, bfloat16_matmul"):
+    compute_dtype("bf16")

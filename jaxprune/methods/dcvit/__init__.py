@@ -44,6 +44,7 @@ from jaxprune.methods.mimicking import mimic, trainable_upto
 from jaxprune.methods.dcvit.structure import (block_costs, candidate_units, compress_block,
                                               group_of, stages, structure_for)
 from jaxprune.models.masked import build_masked, is_masked, plain, switched
+from jaxprune.models.precision import COMPUTE_DTYPES
 from jaxprune.surgery import drop_blocks, random_units
 from jaxprune.train.logging import MetricWriter
 from jaxprune.train.mesh import make_mesh
@@ -81,7 +82,8 @@ def synthetic_set(config, workdir: str, dense) -> dict[str, Any]:
   result = synth.invert(dense, labels, synth.InversionConfig(
       steps=c.steps, lr=c.lr, warmup_steps=c.warmup_steps, tv_weight=c.tv_weight,
       tv_exponent=c.tv_exponent, l2_weight=c.l2_weight, jitter=c.jitter,
-      tv_group=c.get("tv_group", 1), bn_weight=c.get("bn_weight", 0.0)), make_mesh(),
+      tv_group=c.get("tv_group", 1), bn_weight=c.get("bn_weight", 0.0),
+      compute_dtype=c.get("compute_dtype", "float32")), make_mesh(),
       seed=config.seed, mean=config.data.mean, std=config.data.std,
       progress=_inversion_progress)
   if c.get("jpeg_quality", 0):  # the reference's save-as-JPEG-and-read-back
@@ -680,6 +682,7 @@ METHOD = Method(
            ("synthetic.l2_weight", validate.number(0)), ("synthetic.jitter", validate.integer(-1)),
            ("synthetic.tv_group", POSITIVE), ("synthetic.jpeg_quality", validate.integer(0, 95)),
            ("synthetic.bn_weight", validate.number(0)),
+           ("synthetic.compute_dtype", validate.choice(*COMPUTE_DTYPES)),
            ("dcvit.targets", validate.each(FRACTION)), ("dcvit.num_targets", NONNEG),
            ("dcvit.trial_steps", POSITIVE), ("dcvit.finetune_steps", POSITIVE),
            ("dcvit.width_multiple", POSITIVE), ("dcvit.group", NONNEG),
@@ -696,7 +699,8 @@ METHOD = Method(
     # adds their runs and keeps the finished ones; dcvit.trial_accuracy only adds a measurement
     # to the trials it runs (nothing is chosen by it).
     neutral=frozenset({"dcvit.seeds", "dcvit.trial_accuracy"}),
-    added_defaults={"synthetic.tv_group": 1, "synthetic.bn_weight": 0.0, "dcvit.structure": "rule",
+    added_defaults={"synthetic.tv_group": 1, "synthetic.bn_weight": 0.0,
+                    "synthetic.compute_dtype": "float32", "dcvit.structure": "rule",
                     "dcvit.metric_set": "synthetic", "dcvit.metric_temperature": 1.0,
                     "dcvit.macs_convention": "full", "dcvit.narrow_keep": 0.5,
                     "dcvit.shared_trials": False})
