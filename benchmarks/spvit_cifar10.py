@@ -15,6 +15,10 @@ and a rerun of the script reuses every finished run (each workdir resumes).
 
 `--model swin` runs the same protocol on a small Swin (see MODELS; SPViT from
 configs/spvit_swin.py) instead of the DeiT.
+
+Writes --doc (docs/spvit_cifar10.md, or docs/spvit_cifar10_swin.md with --model swin): every
+model's MACs, params, test accuracy and selected architecture, with latencies timed again
+together at the end (batch 64, interleaved), so speed-ups compare models of one measurement.
 """
 
 from __future__ import annotations
@@ -75,7 +79,10 @@ def main() -> None:
                       help="random architectures per target (0: no random search)")
   parser.add_argument("--model", choices=sorted(MODELS), default="deit")
   parser.add_argument("--no-multipath", action="store_true", help="skip the multi-path ablation")
+  parser.add_argument("--doc", default="", help="default: docs/spvit_cifar10[_swin].md")
   args = parser.parse_args()
+  doc = args.doc or os.path.join(
+      ROOT, "docs", "spvit_cifar10" + ("_swin" if args.model == "swin" else "") + ".md")
   model, spvit = MODELS[args.model]
   common = CIFAR_DATA + model + SUBSET
   data = [f"--config.data.source=folder:{args.data}"]
@@ -83,16 +90,19 @@ def main() -> None:
   dense = main_job(pretrain, os.path.join(args.out, "dense"), *data, *PRETRAIN, common=common)
   init = [f"--config.model.init_from={os.path.join(args.out, 'dense', 'model')}"]
   rows = [("dense", None, dense["dense"], dense["wall_s"])]
+  models = {"dense": os.path.join(args.out, "dense", "model")}
   for target in (float(t) for t in args.targets.split(",")):
     t = [f"--config.spvit.target_ratio={target}"]
     sp = main_job(spvit, os.path.join(args.out, f"spvit_{target}"), *data, *init, *SEARCH, *t,
                   common=common)
     rows.append((f"SPViT {target}", sp["selected"]["macs_ratio"], sp["pruned"], sp["wall_s"]))
+    models[rows[-1][0]] = os.path.join(args.out, f"spvit_{target}", "pruned")
     if not args.no_multipath:
       mp = main_job(spvit, os.path.join(args.out, f"multipath_{target}"), *data, *init, *SEARCH,
                     *t, "--config.spvit.weight_sharing=False", common=common)
       rows.append((f"multi-path {target}", mp["selected"]["macs_ratio"], mp["pruned"],
                    mp["wall_s"]))
+      models[rows[-1][0]] = os.path.join(args.out, f"multipath_{target}", "pruned")
     reached = sp["pruned"]["macs"] / dense["dense"]["macs"]
     if args.random:  # --random 0: SPViT (and multi-path) only
       rs = main_job("spvit_random", os.path.join(args.out, f"random_{target}"), *data, *init,
@@ -100,6 +110,7 @@ def main() -> None:
                     "--config.spvit.tolerance=0.02", f"--config.random.num_archs={args.random}",
                     common=common)
       rows.append((f"random best of {args.random} {target}", None, rs["pruned"], rs["wall_s"]))
+      models[rows[-1][0]] = rs["arch"]  # not saved: its architecture times the same
       for i, c in enumerate(rs["candidates"]):
         print(f"random {target} candidate {i}: MACs ratio "
               f"{c['macs'] / dense['dense']['macs']:.3f}"
@@ -107,13 +118,39 @@ def main() -> None:
     search_s = [json.loads(l) for l in open(os.path.join(args.out, f"spvit_{target}",
                                                         "metrics.jsonl"))]
     print(f"SPViT {target}: selected {sp['selected']}; search rows {len(search_s)}", flush=True)
+  write_doc(args, doc, rows, models)
+
+
+def write_doc(args, doc: str, rows, models: dict) -> None:
+  """Every model (a saved folder, or an ArchSpec dict) timed again together (interleaved, batch
+  64), then the table, printed and written to `doc` with the command that made it."""
+  from jaxprune import ArchSpec, build_model, load
+  from jaxprune.accounting import compare_latency
+  loaded = {name: load(m) if isinstance(m, str) else build_model(ArchSpec.from_dict(m))
+            for name, m in models.items()}
+  ms = compare_latency(loaded, batch=64, rounds=16, iters=4, warmup=2)
   base = rows[0][2]
-  print("\n| model | MACs | MACs ratio | params | test acc. | latency ms (b64) | speed-up | wall |")
-  print("|---|---:|---:|---:|---:|---:|---:|---:|")
+  lines = ["| model | selected (attn/MLP per block) | MACs | MACs ratio | params | test acc. | "
+           "latency ms (b64) | speed-up | run wall |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
   for name, _, r, wall in rows:
-    print(f"| {name} | {r['macs'] / 1e6:.1f}M | {r['macs'] / base['macs']:.3f} | "
-          f"{r['params'] / 1e3:.0f}k | {100 * r['accuracy']:.2f}% | {r['latency_ms']:.2f} | "
-          f"{base['latency_ms'] / r['latency_ms']:.2f}x | {wall / 60:.1f} min |")
+    arch = ("—" if name == "dense" else
+            "`" + " ".join(f"{b.attn}/{b.mlp}" for b in loaded[name].spec.blocks) + "`")
+    lines.append(f"| {name} | {arch} | {r['macs'] / 1e6:.1f}M | {r['macs'] / base['macs']:.3f} | "
+                 f"{r['params'] / 1e3:.0f}k | {100 * r['accuracy']:.2f} % | {ms[name]:.2f} | "
+                 f"{ms['dense'] / ms[name]:.2f}× | {wall / 60:.1f} min |")
+  command = ("python benchmarks/spvit_cifar10.py --data /tmp/cifar10 " + " ".join(
+      a for a in sys.argv[1:] if not a.startswith("--data") and a != args.data))
+  text = ["# SPViT on CIFAR-10" + (" (Swin)" if args.model == "swin" else ""), "",
+          f"Written by `{command.strip()}` on {time.strftime('%Y-%m-%d')}. "
+          f"{'A small Swin' if args.model == 'swin' else 'DeiT width 96, depth 6, 4 heads, MLP ×4, patch 4'}; "
+          "10,000-image class-balanced CIFAR-10 subset, 30 dense epochs; SPViT search ≤ 4 "
+          "epochs + 6 fine-tune epochs with distillation from the dense model; full test set; "
+          "one seed. Latency: median batch-64 eval forward in JAX on this machine's CPU, every "
+          "model timed together, interleaved; 'run wall' is each job's own time (machine load "
+          "varies).", ""] + lines
+  print("\n".join(lines), flush=True)
+  with open(doc, "w") as f:
+    f.write("\n".join(text) + "\n")
 
 
 if __name__ == "__main__":
