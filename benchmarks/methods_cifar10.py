@@ -42,6 +42,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from spvit_cifar10 import CIFAR_DATA, MODELS, PRETRAIN, ROOT, SEARCH, SUBSET, main_job  # noqa: E402
+sys.path.insert(0, ROOT)
+from benchmarks.machine import cpu_class  # noqa: E402
 
 COMMON = CIFAR_DATA + MODELS["deit"][0] + SUBSET
 SLIM_SEARCH = [o for o in SEARCH if not o.startswith("--config.spvit.")]
@@ -235,10 +237,16 @@ class Bench:
       lines.append(f"| {method}{extra} | {len(rs)} | {pm(ratio, '.3f')} | {pm(acc, '.2f')} % | "
                    f"{each} | {pm(speed, '.2f')}× | {statistics.mean(s * q for s, q in zip(speed, ratio)):.2f} |")
     a = self.args
-    doc = ["# Every method at matched MACs (CIFAR-10)", "",
+    subset = set(self.methods) != set(METHODS)
+    extra = (f" --methods {a.methods}" if subset else "") + (
+        f" --doc {os.path.relpath(a.doc, ROOT)}" if subset else "")
+    title = ("ViT-Slim with and without token masks" if set(self.methods) <= {
+        "vitslim", "vitslim_tokens"} else "Every method") + " at matched MACs (CIFAR-10)"
+    doc = [f"# {title}", "",
            f"Written by `python benchmarks/methods_cifar10.py --data /tmp/cifar10 --target "
-           f"{a.target:g} --seeds {a.seeds} --random {a.random} --stack {a.stack} --stack-from "
-           f"{a.stack_from:g}` on {time.strftime('%Y-%m-%d')}. One dense DeiT (width 96, "
+           f"{a.target:g} --seeds {a.seeds} --random {a.random} --stack '{a.stack}' --stack-from "
+           f"{a.stack_from:g} --token-budget {a.token_budget:g}{extra}` on "
+           f"{time.strftime('%Y-%m-%d')}. One dense DeiT (width 96, "
            "depth 6, 4 heads, patch 4; 10,000-image CIFAR-10 subset, 30 epochs: the model of "
            "[the SPViT table](spvit_results.md)); full test set. SPViT, ViT-Slim and random "
            "search fine-tune 6 epochs on the same 10,000 images with distillation from the "
@@ -246,9 +254,13 @@ class Bench:
            "few-shot (500 unlabeled images, the settings of "
            "[the DC-ViT table](dcvit_results.md)); ToMe is training-free. 'runs': seeds (SPViT, "
            "ViT-Slim) or random architectures, mean ± std; 'per run': each seed's (or draw's) "
-           "accuracy in order. Latency: batch-64 eval forwards in "
-           "JAX on this machine's CPU, every model timed together, interleaved; 'speed-up ÷ "
-           "MACs gain' is 1 when a model is exactly as much faster as its MACs say.", ""] + lines
+           "accuracy in order. ViT-Slim + token masks: the same search with token masks too "
+           "(`vitslim.token_budget`: that fraction of the masks kept, a block keeping what any "
+           "later block keeps), dropped tokens removed, the heads and units then thresholded to "
+           "the same MACs; 'tokens per block' counts the class token. Latency: batch-64 eval "
+           f"forwards in JAX on this machine's CPU ({cpu_class()}), every model timed together, "
+           "interleaved; 'speed-up ÷ MACs gain' is 1 when a model is exactly as much faster as "
+           "its MACs say.", ""] + lines
     with open(a.doc, "w") as f:
       f.write("\n".join(doc) + "\n")
     print("\n".join(lines), flush=True)
