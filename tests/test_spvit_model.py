@@ -318,3 +318,33 @@ def test_unreachable_arch_is_refused():
     check_reachable(sm, a.replace_block(1, mlp=3, mlp_bias=False), "spvit.arch")
   with pytest.raises(UserError, match="does not prune this model"):
     check_reachable(sm, a.replace(width=64), "spvit.arch")
+
+
+def test_conv3_from_the_attention_values_equals_the_collapsed_convolution():
+  """A global-attention search block computes the weight-shared conv3 from the attention's own
+  values (one spatial-mixing matrix product) instead of convolving y with the collapsed
+  kernel: the same outputs and gradients, with one and two prefix tokens, train and eval."""
+  for distilled in (False, True):
+    spec = dense_spec("test_micro", image_size=20, patch_size=4, num_classes=5,
+                      distilled=distilled)
+    model = build_search_model(build_model(spec, seed=0), SearchOptions())
+    block = model.blocks[1]
+    block.mix[...] = 0.02 * jax.random.normal(jax.random.key(1), block.mix.shape)
+    y = jax.random.normal(jax.random.key(2), (3, block.num_prefix + 25, spec.width))
+    graphdef, state = nnx.split(block)
+
+    def outputs(st, y, shared, train):
+      b = nnx.merge(graphdef, st)
+      return b.msa_and_conv3(y, train) if shared else (b.attn(y), b.conv_op(y, 3, train))
+
+    for train in (False, True):
+      ours, ref = (outputs(state, y, s, train) for s in (True, False))
+      for a, r in zip(ours, ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=2e-5 * float(jnp.abs(r).max()))
+      loss = lambda st, y, s: sum(jnp.sum(o * w) for o, w in zip(  # noqa: E731
+          outputs(st, y, s, train), (1.0, -0.5)))
+      g_ours, g_ref = (jax.grad(loss, argnums=(0, 1))(state, y, s) for s in (True, False))
+      # one scale for all: under BatchNorm's batch statistics a bias gradient is rounding noise
+      scale = max(float(jnp.abs(r).max()) for r in jax.tree.leaves(g_ref))
+      for a, r in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-5 * scale)

@@ -117,13 +117,22 @@ class Attention(nnx.Module):
     [B, N, head_dim]); with `size` [B, N, 1] (tokens standing for several patches), ToMe's
     proportional attention: log(size) of each key added to the logits; with `dim_mask`
     [heads, head_dim], q, k and v scaled per head dimension (ViT-Slim's soft mask)."""
+    return self.combine(*self.heads_first(x, dim_mask), size)
+
+  def heads_first(self, x: jax.Array, dim_mask: jax.Array | None = None):
+    """q, k, v, each [B, heads, N, head_dim] (with their biases)."""
     b, n, _ = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim)
     if dim_mask is not None:
       qkv = qkv * dim_mask.astype(qkv.dtype)
-    # heads first, [B, heads, N, head_dim] each; a split (its gradient one concatenation, where
-    # unpacking the leading axis costs a pad and an add per operand in the backward pass)
-    q, k, v = (t[0] for t in jnp.split(qkv.transpose(2, 0, 3, 1, 4), 3))
+    # a split (its gradient one concatenation, where unpacking the leading axis costs a pad and
+    # an add per operand in the backward pass)
+    return tuple(t[0] for t in jnp.split(qkv.transpose(2, 0, 3, 1, 4), 3))
+
+  def combine(self, q: jax.Array, k: jax.Array, v: jax.Array,
+              size: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """`attend` from `heads_first`'s q, k, v."""
+    b, _, n, _ = q.shape
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * self.head_dim**-0.5, k)
     if size is not None:
       logits = logits + jnp.log(size)[:, None, None, :, 0].astype(logits.dtype)

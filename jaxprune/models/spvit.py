@@ -11,6 +11,10 @@ Kernel positions are numbered column-major: k = 3·column + row of the 3×3 wind
 as the DeiT reference does. The Swin reference puts the centre first (column 0 of M is the
 centre, columns 1-8 the other positions column-major); Swin search blocks follow it.
 Class/distillation tokens are not convolved: a conv op's output for them is the normalised token.
+In a global-attention block the search computes conv3's pre-BN map from the attention's own
+values, Σ_k W_k y[p+δ_k] = Σ_h Σ_k P[h,k] v°_h[p+δ_k] with v° = v − bv, as one spatial-mixing
+matrix product (`SearchBlock.msa_and_conv3`; h·N·d multiply-adds per token instead of 9·C·d);
+the materialised conv3 block convolves with the collapsed kernel (`collapse_conv`).
 
 Swin (reference `SPViT_Swin`): the candidates sit in (shifted) window attention; the conv3
 candidate runs inside each window of the block's cyclic shift, zero-padded at window borders
@@ -26,9 +30,11 @@ Parameter paths match the dense ViT (`blocks/i/attn/qkv`, ...), so dense weights
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxprune.arch import ArchSpec, BlockSpec, Shape
@@ -81,9 +87,7 @@ def collapse_conv(qkv_kernel, qkv_bias, proj_kernel, mix, heads: int, head_dim: 
   wv = qkv_kernel[:, 2 * hd:].reshape(c, heads, head_dim)   # Wv_h as [C, h, d]
   bv = qkv_bias[2 * hd:].reshape(heads, head_dim)
   wo = proj_kernel.reshape(heads, head_dim, -1)             # Wo_h as [h, d, C]
-  p = jax.nn.softmax(mix / alpha, axis=0)                   # [h, 9], columns in M's order
-  # Columns in column-major window order (3·col + row).
-  p = p[:, [conv_kernel_position(k % 3, k // 3, centre_first) for k in range(9)]]
+  p = mixing(mix, alpha, centre_first)
   if size == 1:
     centre = p[:, 4]
     kernel = jnp.einsum("h,chd->cd", centre, wv)[None, None]
@@ -92,6 +96,29 @@ def collapse_conv(qkv_kernel, qkv_bias, proj_kernel, mix, heads: int, head_dim: 
   kernel = w.reshape(3, 3, c, head_dim).transpose(1, 0, 2, 3)  # [row, col, C, d]
   total = p.sum(axis=1)
   return kernel, total @ bv, jnp.einsum("h,hdc->dc", total, wo)
+
+
+@functools.lru_cache(maxsize=None)
+def neighbour_shifts(grid: int) -> np.ndarray:
+  """[9, N, N] (N = grid²): S[k, i, j] = 1 where patch j sits at kernel position k
+  (k = 3·col + row) of the 3×3 window centred on patch i; rows at the border miss the
+  positions outside the grid (zero padding)."""
+  s = np.zeros((9, grid * grid, grid * grid), np.float32)
+  for row in range(3):
+    for col in range(3):
+      for y in range(grid):
+        for x in range(grid):
+          yy, xx = y + row - 1, x + col - 1
+          if 0 <= yy < grid and 0 <= xx < grid:
+            s[3 * col + row, y * grid + x, yy * grid + xx] = 1
+  return s
+
+
+def mixing(mix, alpha: float, centre_first: bool = False):
+  """P = softmax(M / alpha) over heads, [h, 9], its columns in column-major window order
+  (k = 3·col + row, centre 4) whatever M's order."""
+  p = jax.nn.softmax(mix / alpha, axis=0)
+  return p[:, [conv_kernel_position(k % 3, k // 3, centre_first) for k in range(9)]]
 
 
 class SearchBlock(nnx.Module):
@@ -153,6 +180,31 @@ class SearchBlock(nnx.Module):
       return on_patch_maps(y, bottleneck, self.num_prefix, self.grid)
     return on_patch_maps(y, bottleneck, self.num_prefix, self.grid, self.window, self.shift)
 
+  def msa_and_conv3(self, y: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    """The msa candidate and the weight-shared conv3 of a global-attention block, conv3 from
+    the attention's own values instead of a convolution with the collapsed kernel: with
+    v°_h = y·Wv_h (v without its bias), W_k y[p+δ_k] = Σ_h P[h,k] v°_h[p+δ_k], so conv3's
+    pre-BN map is one matrix product [N, h·N] × [h·N, d] (the 3×3 neighbourhoods and the
+    zero padding are in the matrix), h·N·d multiply-adds per token instead of 9·C·d, and v is
+    computed once for both candidates. The same function as `conv_op(y, 3)`."""
+    q, k, v = self.attn.heads_first(y)                         # [B, h, N, d] each
+    msa = self.attn.combine(q, k, v)[0]
+    h, d, hd, g = self.heads, self.head_dim, self.heads * self.head_dim, self.grid
+    bv = self.attn.qkv.bias[...][2 * hd:].reshape(h, d)
+    wo = self.attn.proj.kernel[...].reshape(h, d, -1)
+    p = mixing(self.mix[...], self.opts.alpha, self.centre_first)
+    total = p.sum(axis=1)
+    # A[i, (h, j)] = P[h, k] where patch j is patch i's neighbour at kernel position k
+    mix = jnp.einsum("hk,kij->ihj", p, neighbour_shifts(g)).reshape(g * g, h * g * g)
+    v0 = v[:, :, self.num_prefix:] - bv[None, :, None, :].astype(v.dtype)
+    z = jnp.einsum("ik,bkd->bid", mix.astype(v.dtype), v0.reshape(v.shape[0], h * g * g, d))
+    z = jax.nn.relu(self.bn3(z + (total @ bv).astype(z.dtype), use_running_average=not train))
+    out = z @ jnp.einsum("h,hdc->dc", total, wo).astype(z.dtype)
+    out = out + self.attn.proj.bias[...].astype(z.dtype)
+    if self.num_prefix:
+      out = jnp.concatenate([y[:, :self.num_prefix], out.astype(y.dtype)], axis=1)
+    return msa, out
+
   def gates(self, key: jax.Array | None):
     """(nested attention gates c [3], FFN unit mask [hidden]); sampled when `key` is given."""
     if key is None:  # FLOPs path (and eval): thresholds with the surrogate gradient
@@ -170,8 +222,11 @@ class SearchBlock(nnx.Module):
     coef = op_coefficients(c)
     d1, d2 = branch_drops(drop)  # stochastic depth, as the dense block
     y = self.norm1(x)
-    attn = (coef["msa"] * self.attn(y) + coef["conv3"] * self.conv_op(y, 3, train)
-            + coef["conv1"] * self.conv_op(y, 1, train))
+    if self.opts.weight_sharing and not self.window:
+      msa, conv3 = self.msa_and_conv3(y, train)
+    else:
+      msa, conv3 = self.attn(y), self.conv_op(y, 3, train)
+    attn = coef["msa"] * msa + coef["conv3"] * conv3 + coef["conv1"] * self.conv_op(y, 1, train)
     x = x + drop_path(attn, d1)
     h = gelu(self.mlp.fc1(self.norm2(x))) * mask
     return x + drop_path(self.mlp.fc2(h), d2)
