@@ -131,13 +131,13 @@ def write_doc(args, doc: str, rows, models: dict) -> None:
   ms = compare_latency(loaded, batch=64, rounds=16, iters=4, warmup=2)
   base = rows[0][2]
   lines = ["| model | selected (attn/MLP per block) | MACs | MACs ratio | params | test acc. | "
-           "latency ms (b64) | speed-up | run wall |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-  for name, _, r, wall in rows:
+           "latency ms (b64) | speed-up |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+  for name, _, r, _ in rows:
     arch = ("—" if name == "dense" else
             "`" + " ".join(f"{b.attn}/{b.mlp}" for b in loaded[name].spec.blocks) + "`")
     lines.append(f"| {name} | {arch} | {r['macs'] / 1e6:.1f}M | {r['macs'] / base['macs']:.3f} | "
                  f"{r['params'] / 1e3:.0f}k | {100 * r['accuracy']:.2f} % | {ms[name]:.2f} | "
-                 f"{ms['dense'] / ms[name]:.2f}× | {wall / 60:.1f} min |")
+                 f"{ms['dense'] / ms[name]:.2f}× |")
   command = ("python benchmarks/spvit_cifar10.py --data /tmp/cifar10 " + " ".join(
       a for a in sys.argv[1:] if not a.startswith("--data") and a != args.data))
   text = ["# SPViT on CIFAR-10" + (" (Swin)" if args.model == "swin" else ""), "",
@@ -146,8 +146,7 @@ def write_doc(args, doc: str, rows, models: dict) -> None:
           "10,000-image class-balanced CIFAR-10 subset, 30 dense epochs; SPViT search ≤ 4 "
           "epochs + 6 fine-tune epochs with distillation from the dense model; full test set; "
           "one seed. Latency: median batch-64 eval forward in JAX on this machine's CPU, every "
-          "model timed together, interleaved; 'run wall' is each job's own time (machine load "
-          "varies).", ""] + lines
+          "model timed together, interleaved.", ""] + lines
   print("\n".join(lines), flush=True)
   with open(doc, "w") as f:
     f.write("\n".join(text) + "\n")
