@@ -8,8 +8,9 @@ The parameters, their gradients and the optimizer state stay float32 in every mo
   "bfloat16_matmul"  only the dense layers' matrix products take bfloat16 operands, and they
                      accumulate and return float32 (forward and both backward products);
                      everything else stays float32. What a TPU does to a float32 matmul at
-                     default precision; on CPUs with AVX-512 BF16 XLA runs these products ~2.8x
-                     faster than float32 ones (a bfloat16-output product gains nothing there).
+                     default precision; on CPUs with AVX-512 BF16 / AMX XLA runs these
+                     products several times faster than float32 ones, where a bfloat16-output
+                     product gains nothing (docs/speed.md).
 
 The classifier heads stay float32, so logits and losses are float32, and attention softmaxes
 run in float32 (blocks.softmax32).
