@@ -140,8 +140,8 @@ def main() -> None:
   doc = ["# Speed targets on one machine", "",
          f"Written by `python benchmarks/speed_targets.py{' --quick' if a.quick else ''}` on "
          f"{time.strftime('%Y-%m-%d')}, on {cpu_class()}, each benchmark alone. A ratio holds "
-         "for its machine class: the same benchmarks gave other ratios on a Xeon with AMX and "
-         "on an AVX2-only EPYC ([speed.md](speed.md)).", "",
+         "for its machine class: the same benchmarks gave other ratios on other CPUs "
+         "([speed.md](speed.md) lists them by class).", "",
          "| target | figure | anchor | ratio | command / page |", "|---|---|---|---|---|"]
   doc += [f"| {' | '.join(r)} |" for r in rows]
   for k, title in (("step", "Train step, and where JAX's step time goes (`--profile`)"),
