@@ -11,6 +11,11 @@ conv); torch eager (`--threads`); with --bf16 also jaxprune with bfloat16 matmul
 (`synthetic.compute_dtype = "bfloat16_matmul"`) and torch eager under CPU autocast to bfloat16.
 
   python benchmarks/inversion.py [--shape default|deit_base] [--steps N] [--rounds R] [--bf16]
+                                 [--split]
+
+--split also times the model part alone (forward + backward to the images of the
+cross-entropy, jitted vs eager, interleaved) and prints where each loop's step goes: the model,
+and the rest (jitter, image priors, Adam, clipping, loop overhead) as step time − model time.
 
 Shapes: `default` = DC-ViT's embedded default (DeiT width 64, depth 6, 4 heads, MLP x2, patch
 4, 28x28x1, 10 classes, 100 images); `deit_base` = DeiT-B at 224 px (width 768, depth 12, 12
@@ -60,6 +65,45 @@ def jax_rate(model, labels, steps: int, conv_patch_embed: bool, dtype: str = "fl
   finally:
     PatchEmbed.__call__ = call
   return r["images_per_s"]
+
+
+def model_part_ms(model, hf, labels, size: int, channels: int, iters: int = 20) -> tuple:
+  """Median ms of the cross-entropy's forward + backward to the images alone: (JAX jitted,
+  torch eager), timed interleaved on the same random images."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  import torch
+  import torch.nn.functional as F
+  from flax import nnx
+  graphdef, state = nnx.split(model)
+  x = np.random.default_rng(1).normal(size=(len(labels), size, size, channels)).astype(np.float32)
+  y = jnp.asarray(labels)
+
+  @jax.jit
+  def jax_grad(x):
+    return jax.grad(lambda x: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        nnx.merge(graphdef, state)(x, train=False), y)))(x)
+
+  xt, yt = torch.as_tensor(x).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(labels).long()
+
+  def torch_grad():
+    xg = xt.detach().requires_grad_(True)
+    F.cross_entropy(hf(pixel_values=xg).logits, yt).backward()
+    return xg.grad
+
+  xj = jnp.asarray(x)
+  jax_grad(xj).block_until_ready()
+  torch_grad()
+  times = ([], [])
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax_grad(xj).block_until_ready()
+    times[0].append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    torch_grad()
+    times[1].append(time.perf_counter() - t0)
+  return tuple(1e3 * statistics.median(t) for t in times)
 
 
 def torch_rate(hf, labels, size: int, channels: int, steps: int, autocast: bool = False) -> float:
@@ -116,6 +160,8 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--skip-torch", action="store_true", help="the JAX rows only")
+  parser.add_argument("--split", action="store_true",
+                      help="also where each loop's step goes: the model part vs the rest")
   parser.add_argument("--bf16", action="store_true",
                       help="also jaxprune with synthetic.compute_dtype = bfloat16_matmul and "
                            "torch under CPU autocast to bfloat16")
@@ -161,6 +207,14 @@ def main() -> None:
       rate = statistics.median(v)
       print(f"| {k} | {rate:.1f} | {rate / ref:.2f}× |" if rate >= 10 else
             f"| {k} | {rate:.3f} | {rate / ref:.2f}× |")
+  if args.split and not args.skip_torch:
+    model_ms = model_part_ms(model, hf, labels, size, ch)
+    print(f"\nWhere a step goes ({n} images; step = {n} / images·steps/s; 'rest' = step − "
+          "model: jitter, priors, Adam, clipping, loop)\n"
+          "| loop | step ms | model fwd + bwd ms | rest ms |\n|---|---:|---:|---:|")
+    for k, m in (("jaxprune", model_ms[0]), ("torch eager", model_ms[1])):
+      step = 1e3 * n / statistics.median(rows[k])
+      print(f"| {k} | {step:.1f} | {m:.1f} | {step - m:.1f} |")
 
 
 if __name__ == "__main__":

@@ -71,10 +71,10 @@ def main() -> None:
       "bf16": ["train_step.py", "--steps", steps, "--compute-dtype", "bfloat16_matmul"],
       "search": ["spvit_search_step.py", "--steps", "3" if a.quick else "10"],
       "parts": ["step_parts.py", "--iters", "5" if a.quick else "30"],
-      "inv": ["inversion.py", "--shape", "default", "--rounds", rounds, "--bf16"]
+      "inv": ["inversion.py", "--shape", "default", "--rounds", rounds, "--bf16", "--split"]
       + (["--steps", "10"] if a.quick else []),
       "inv224": ["inversion.py", "--shape", "deit_base", "--rounds", "1" if a.quick else "2",
-                 "--bf16"]
+                 "--bf16", "--split"]
       + (["--steps", "2"] if a.quick else []),
   }
   out = {k: run(v) for k, v in cmds.items()}
@@ -137,12 +137,41 @@ def main() -> None:
       ("7. `benchmarks/accelerator.py`", "not run on a GPU yet", "", "",
        "[speed.md](speed.md)"),
   ]
+  step_why = ("the products run at torch's rate (the step piece by piece, below); XLA's "
+              "other ops cost about twice torch's: reductions, transposes, LayerNorm's "
+              "backward, exact GELU (the profile below)")
+  def inv_why(text):  # from inversion.py --split: the model part of each float32 step
+    j_model, t_model = (number(rf"\| {k} \| [\d.]+ \| ([\d.]+) \|", text)
+                        for k in ("jaxprune", "torch eager"))
+    j_rest = number(r"\| jaxprune \| [\d.]+ \| [\d.]+ \| (-?[\d.]+) \|", text)
+    return (f"float32 split below: the model's forward + backward to the images {j_model:.0f} ms "
+            f"in JAX vs {t_model:.0f} ms in torch ({j_model / t_model:.2f}×), the rest of "
+            f"JAX's step {max(j_rest, 0):.0f} ms")
+  why = {  # the reason a row misses, by its first words (shown only where it misses)
+      "1. train step": step_why, "1. same, oneDNN": step_why,
+      "1. same, `train.compute_dtype": "the products are fast now; the float32 non-product "
+      "ops remain (profile above), and torch's autocast also keeps bfloat16 activations",
+      "1. SPViT search": "every candidate op runs every step, as the straight-through gate "
+      "gradients need ([spvit_results.md](spvit_results.md)); conv3 now comes from the "
+      "attention's values, conv1, two BatchNorms and the candidates' output products remain",
+      "4. inversion, DC-ViT": inv_why(out["inv"]), "4. same, `synthetic": inv_why(out["inv"]),
+      "4. inversion, DeiT-B": inv_why(out["inv224"]), "4. same at DeiT-B": inv_why(out["inv224"]),
+  }
+
+  def reason(row):
+    if "missed" not in row[3]:
+      return ""
+    return next((w for k, w in why.items() if row[0].startswith(k)), "")
+
+  rows = [(*r[:4], reason(r), r[4]) for r in rows]
+  rows[-1] = (*rows[-1][:4], "needs a GPU: run it there (docs/accelerator.md)", rows[-1][5])
   doc = ["# Speed targets on one machine", "",
          f"Written by `python benchmarks/speed_targets.py{' --quick' if a.quick else ''}` on "
          f"{time.strftime('%Y-%m-%d')}, on {cpu_class()}, each benchmark alone. A ratio holds "
          "for its machine class: the same benchmarks gave other ratios on other CPUs "
          "([speed.md](speed.md) lists them by class).", "",
-         "| target | figure | anchor | ratio | command / page |", "|---|---|---|---|---|"]
+         "| target | figure | anchor | ratio | why, where missed | command / page |",
+         "|---|---|---|---|---|---|"]
   doc += [f"| {' | '.join(r)} |" for r in rows]
   for k, title in (("step", "Train step, and where JAX's step time goes (`--profile`)"),
                    ("onednn", "Train step with the oneDNN XLA flags"),
