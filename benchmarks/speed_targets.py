@@ -152,8 +152,9 @@ def main() -> None:
       "1. same, `train.compute_dtype": "the products are fast now; the float32 non-product "
       "ops remain (profile above), and torch's autocast also keeps bfloat16 activations",
       "1. SPViT search": "every candidate op runs every step, as the straight-through gate "
-      "gradients need ([spvit_results.md](spvit_results.md)); conv3 now comes from the "
-      "attention's values, conv1, two BatchNorms and the candidates' output products remain",
+      "gradients need ([spvit_results.md](spvit_results.md)); both convs already come from the "
+      "attention's values with one output product; their two BatchNorms and the gate paths "
+      "remain",
       "4. inversion, DC-ViT": inv_why(out["inv"]), "4. same, `synthetic": inv_why(out["inv"]),
       "4. inversion, DeiT-B": inv_why(out["inv224"]), "4. same at DeiT-B": inv_why(out["inv224"]),
   }

@@ -320,30 +320,38 @@ def test_unreachable_arch_is_refused():
     check_reachable(sm, a.replace(width=64), "spvit.arch")
 
 
-def test_conv3_from_the_attention_values_equals_the_collapsed_convolution():
-  """A global-attention search block computes the weight-shared conv3 from the attention's own
-  values (one spatial-mixing matrix product) instead of convolving y with the collapsed
-  kernel: the same outputs and gradients, with one and two prefix tokens, train and eval."""
+def test_convs_from_the_attention_values_equal_the_collapsed_convolutions():
+  """A global-attention search block computes the weight-shared conv3 and conv1 from the
+  attention's own values (and their output products as one) instead of convolving y with the
+  collapsed kernels: the same mixed output and gradients (the coefficients' too), with one and
+  two prefix tokens, train and eval."""
   for distilled in (False, True):
     spec = dense_spec("test_micro", image_size=20, patch_size=4, num_classes=5,
                       distilled=distilled)
     model = build_search_model(build_model(spec, seed=0), SearchOptions())
     block = model.blocks[1]
     block.mix[...] = 0.02 * jax.random.normal(jax.random.key(1), block.mix.shape)
+    for i, bias in enumerate((block.attn.qkv.bias, block.attn.proj.bias)):  # (init: zeros)
+      bias[...] = 0.1 * jax.random.normal(jax.random.key(10 + i), bias.shape)
     y = jax.random.normal(jax.random.key(2), (3, block.num_prefix + 25, spec.width))
     graphdef, state = nnx.split(block)
 
-    def outputs(st, y, shared, train):
+    coef = {"msa": jnp.float32(0.3), "conv3": jnp.float32(0.5), "conv1": jnp.float32(-0.7)}
+    w = jax.random.normal(jax.random.key(3), y.shape)
+
+    def output(st, y, coef, shared, train):
       b = nnx.merge(graphdef, st)
-      return b.msa_and_conv3(y, train) if shared else (b.attn(y), b.conv_op(y, 3, train))
+      if shared:
+        return b.shared_candidates(y, train, coef)
+      return (coef["msa"] * b.attn(y) + coef["conv3"] * b.conv_op(y, 3, train)
+              + coef["conv1"] * b.conv_op(y, 1, train))
 
     for train in (False, True):
-      ours, ref = (outputs(state, y, s, train) for s in (True, False))
-      for a, r in zip(ours, ref):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=2e-5 * float(jnp.abs(r).max()))
-      loss = lambda st, y, s: sum(jnp.sum(o * w) for o, w in zip(  # noqa: E731
-          outputs(st, y, s, train), (1.0, -0.5)))
-      g_ours, g_ref = (jax.grad(loss, argnums=(0, 1))(state, y, s) for s in (True, False))
+      ours, ref = (output(state, y, coef, s, train) for s in (True, False))
+      np.testing.assert_allclose(np.asarray(ours), np.asarray(ref),
+                                 atol=2e-5 * float(jnp.abs(ref).max()))
+      loss = lambda st, y, c, s: jnp.sum(output(st, y, c, s, train) * w)  # noqa: E731
+      g_ours, g_ref = (jax.grad(loss, argnums=(0, 1, 2))(state, y, coef, s) for s in (True, False))
       # one scale for all: under BatchNorm's batch statistics a bias gradient is rounding noise
       scale = max(float(jnp.abs(r).max()) for r in jax.tree.leaves(g_ref))
       for a, r in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):

@@ -180,30 +180,45 @@ class SearchBlock(nnx.Module):
       return on_patch_maps(y, bottleneck, self.num_prefix, self.grid)
     return on_patch_maps(y, bottleneck, self.num_prefix, self.grid, self.window, self.shift)
 
-  def msa_and_conv3(self, y: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    """The msa candidate and the weight-shared conv3 of a global-attention block, conv3 from
-    the attention's own values instead of a convolution with the collapsed kernel: with
-    v°_h = y·Wv_h (v without its bias), W_k y[p+δ_k] = Σ_h P[h,k] v°_h[p+δ_k], so conv3's
-    pre-BN map is one matrix product [N, h·N] × [h·N, d] (the 3×3 neighbourhoods and the
-    zero padding are in the matrix), h·N·d multiply-adds per token instead of 9·C·d, and v is
-    computed once for both candidates. The same function as `conv_op(y, 3)`."""
+  def candidates(self, y: jax.Array, train: bool, coef: dict[str, jax.Array]) -> jax.Array:
+    """Σ over the candidate ops of coef[op] · op(y) (skip adds nothing)."""
+    if self.opts.weight_sharing and not self.window:
+      return self.shared_candidates(y, train, coef)
+    return (coef["msa"] * self.attn(y) + coef["conv3"] * self.conv_op(y, 3, train)
+            + coef["conv1"] * self.conv_op(y, 1, train))
+
+  def shared_candidates(self, y: jax.Array, train: bool, coef: dict[str, jax.Array]):
+    """`candidates` of a weight-shared global-attention block, both convs computed from the
+    attention's own values instead of convolving y with their collapsed kernels. With
+    v°_h = y·Wv_h (v without its bias), conv3's W_k y[p+δ_k] = Σ_h P[h,k] v°_h[p+δ_k], so its
+    pre-BN map is one matrix product [N, h·N] × [h·N, d] (the 3×3 neighbourhoods and the zero
+    padding are in the matrix; h·N·d multiply-adds per token instead of 9·C·d), and conv1's is
+    Σ_h P[h, centre] v_h (h·d per token instead of C·d). Their two output products are one,
+    [N, 2d] × [2d, C], each half scaled by its op's coefficient. The same function as the
+    convolutions (tested)."""
     q, k, v = self.attn.heads_first(y)                         # [B, h, N, d] each
     msa = self.attn.combine(q, k, v)[0]
     h, d, hd, g = self.heads, self.head_dim, self.heads * self.head_dim, self.grid
     bv = self.attn.qkv.bias[...][2 * hd:].reshape(h, d)
     wo = self.attn.proj.kernel[...].reshape(h, d, -1)
     p = mixing(self.mix[...], self.opts.alpha, self.centre_first)
-    total = p.sum(axis=1)
+    total, centre = p.sum(axis=1), p[:, 4]
     # A[i, (h, j)] = P[h, k] where patch j is patch i's neighbour at kernel position k
     mix = jnp.einsum("hk,kij->ihj", p, neighbour_shifts(g)).reshape(g * g, h * g * g)
-    v0 = v[:, :, self.num_prefix:] - bv[None, :, None, :].astype(v.dtype)
-    z = jnp.einsum("ik,bkd->bid", mix.astype(v.dtype), v0.reshape(v.shape[0], h * g * g, d))
-    z = jax.nn.relu(self.bn3(z + (total @ bv).astype(z.dtype), use_running_average=not train))
-    out = z @ jnp.einsum("h,hdc->dc", total, wo).astype(z.dtype)
-    out = out + self.attn.proj.bias[...].astype(z.dtype)
-    if self.num_prefix:
-      out = jnp.concatenate([y[:, :self.num_prefix], out.astype(y.dtype)], axis=1)
-    return msa, out
+    vp = v[:, :, self.num_prefix:]
+    v0 = vp - bv[None, :, None, :].astype(v.dtype)
+    z3 = jnp.einsum("ik,bkd->bid", mix.astype(v.dtype), v0.reshape(v.shape[0], h * g * g, d))
+    z3 = jax.nn.relu(self.bn3(z3 + (total @ bv).astype(z3.dtype), use_running_average=not train))
+    z1 = jnp.einsum("h,bhnd->bnd", centre.astype(v.dtype), vp)
+    z1 = jax.nn.relu(self.bn1(z1, use_running_average=not train))
+    c3, c1 = coef["conv3"], coef["conv1"]
+    out_kernel = jnp.concatenate([c3 * jnp.einsum("h,hdc->dc", total, wo),
+                                  c1 * jnp.einsum("h,hdc->dc", centre, wo)])   # [2d, C]
+    conv = jnp.concatenate([z3, z1], axis=-1) @ out_kernel.astype(z3.dtype)
+    conv = conv + ((c3 + c1) * self.attn.proj.bias[...]).astype(z3.dtype)
+    if self.num_prefix:  # the convs pass prefix tokens through
+      conv = jnp.concatenate([(c3 + c1) * y[:, :self.num_prefix], conv.astype(y.dtype)], axis=1)
+    return coef["msa"] * msa + conv
 
   def gates(self, key: jax.Array | None):
     """(nested attention gates c [3], FFN unit mask [hidden]); sampled when `key` is given."""
@@ -221,13 +236,7 @@ class SearchBlock(nnx.Module):
     c, mask = self.gates(gate_key)
     coef = op_coefficients(c)
     d1, d2 = branch_drops(drop)  # stochastic depth, as the dense block
-    y = self.norm1(x)
-    if self.opts.weight_sharing and not self.window:
-      msa, conv3 = self.msa_and_conv3(y, train)
-    else:
-      msa, conv3 = self.attn(y), self.conv_op(y, 3, train)
-    attn = coef["msa"] * msa + coef["conv3"] * conv3 + coef["conv1"] * self.conv_op(y, 1, train)
-    x = x + drop_path(attn, d1)
+    x = x + drop_path(self.candidates(self.norm1(x), train, coef), d1)
     h = gelu(self.mlp.fc1(self.norm2(x))) * mask
     return x + drop_path(self.mlp.fc2(h), d2)
 
