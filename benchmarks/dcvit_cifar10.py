@@ -9,13 +9,18 @@ Settings: 500 class-balanced training images (unlabeled use only), 100 synthetic
 inversion steps), block trials of --trial-steps feature-mimicking steps (default 100),
 --finetune-steps per progressive step (default 200; PRACTISE fine-tunes (n+1) x that);
 PRACTISE drops 1 and 2 blocks, DC-ViT is matched to each of those MACs.
+
+Writes --doc (docs/dcvit_cifar10.md): every model's MACs, params, test accuracy and
+architecture, with latencies timed again together at the end (batch 64, interleaved). A rerun
+reuses the finished run (its workdir resumes) and only retimes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from spvit_cifar10 import CIFAR_DATA, main_job  # the same data flags and runner
+from spvit_cifar10 import CIFAR_DATA, ROOT, main_job, write_results_doc  # shared with SPViT's
 
 
 def main() -> None:
@@ -27,6 +32,7 @@ def main() -> None:
   parser.add_argument("--trial-steps", type=int, default=100)
   parser.add_argument("--finetune-steps", type=int, default=200)
   parser.add_argument("--adaptor-steps", type=int, default=50)
+  parser.add_argument("--doc", default=os.path.join(ROOT, "docs", "dcvit_cifar10.md"))
   args = parser.parse_args()
   s = main_job("dcvit", args.out, f"--config.model.init_from={args.dense}",
                f"--config.data.source=folder:{args.data}", "--config.data.fewshot=500",
@@ -35,17 +41,26 @@ def main() -> None:
                f"--config.dcvit.finetune_steps={args.finetune_steps}",
                "--config.practise.num_drop=(1, 2)",
                f"--config.practise.adaptor_steps={args.adaptor_steps}", common=CIFAR_DATA)
-  base = s["dense"]
-  print(f"\nwall {s['wall_s'] / 60:.1f} min")
-  print("| model | MACs ratio | params | test acc. | latency ms (b64) | speed-up |")
-  print("|---|---:|---:|---:|---:|---:|")
-  rows = [("dense", base)] + [(f"PRACTISE −{len(p['dropped'])} blocks {p['dropped']}", p)
-                              for p in s["practise"]]
-  rows += [(f"DC-ViT blocks {f['blocks']}, MLP {f['mlp_width']}", f) for f in s["family"]]
-  for name, r in rows:
-    print(f"| {name} | {r['macs'] / base['macs']:.3f} | {r['params'] / 1e3:.0f}k | "
-          f"{100 * r['accuracy']:.2f}% | {r['latency_ms']:.2f} | "
-          f"{base['latency_ms'] / r['latency_ms']:.2f}x |")
+  rows = [("dense", s["dense"])] + [(f"PRACTISE −{len(p['dropped'])} blocks {p['dropped']}", p)
+                                    for p in s["practise"]]
+  models = {"dense": args.dense}
+  models.update({name: os.path.join(args.out, "practise", f"drop{len(p['dropped'])}")
+                 for name, p in rows[1:]})
+  for f in s["family"]:
+    rows.append((f"DC-ViT {f['macs'] / s['dense']['macs']:.3f}: blocks {f['blocks']}, "
+                 f"MLP {f['mlp_width']}", f))
+    models[rows[-1][0]] = f["model_dir"]
+  syn = s.get("synthetic", {})
+  write_results_doc(
+      args.doc, "DC-ViT and PRACTISE on CIFAR-10", "dcvit_cifar10.py", args.data,
+      "The dense DeiT of `benchmarks/spvit_cifar10.py` (width 96, depth 6); 500 class-balanced "
+      f"unlabeled training images; 100 synthetic images × 1000 inversion steps; block trials of "
+      f"{args.trial_steps} steps, {args.finetune_steps} fine-tune steps per progressive step "
+      f"(PRACTISE: (n+1) × that, adaptors {args.adaptor_steps}); full test set; one seed. "
+      f"Block ranking on the synthetic set (KL, lower recovers better): {s['block_ranking']}."
+      + (f" Synthetic set: loss {syn['first_loss']:.3f} → {syn['best_loss']:.3f}, the dense "
+         f"model labels {syn['teacher_agreement']:.0%} of the images as targeted." if syn else ""),
+      rows, models)
 
 
 if __name__ == "__main__":

@@ -122,35 +122,44 @@ def main() -> None:
 
 
 def write_doc(args, doc: str, rows, models: dict) -> None:
+  """The SPViT table (`rows`: name, target, summary row, wall) written to `doc`."""
+  what = ("A small Swin" if args.model == "swin" else
+          "DeiT width 96, depth 6, 4 heads, MLP ×4, patch 4")
+  write_results_doc(
+      doc, "SPViT on CIFAR-10" + (" (Swin)" if args.model == "swin" else ""),
+      "spvit_cifar10.py", args.data,
+      f"{what}; 10,000-image class-balanced CIFAR-10 subset, 30 dense epochs; SPViT search ≤ 4 "
+      "epochs + 6 fine-tune epochs with distillation from the dense model; full test set; "
+      "one seed.", [(name, r) for name, _, r, _ in rows], models)
+
+
+def write_results_doc(doc: str, title: str, script: str, data: str, setup: str, rows,
+                      models: dict) -> None:
   """Every model (a saved folder, or an ArchSpec dict) timed again together (interleaved, batch
-  64), then the table, printed and written to `doc` with the command that made it."""
+  64), then the table of `rows` ((name, summary row with macs, params, accuracy), the dense
+  model first), printed and written to `doc` with the command that made it."""
   from jaxprune import ArchSpec, build_model, load
   from jaxprune.accounting import compare_latency
   loaded = {name: load(m) if isinstance(m, str) else build_model(ArchSpec.from_dict(m))
             for name, m in models.items()}
   ms = compare_latency(loaded, batch=64, rounds=16, iters=4, warmup=2)
-  base = rows[0][2]
-  lines = ["| model | selected (attn/MLP per block) | MACs | MACs ratio | params | test acc. | "
+  (dense, base) = rows[0]
+  lines = ["| model | architecture (attn/MLP per block) | MACs | MACs ratio | params | test acc. | "
            "latency ms (b64) | speed-up |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-  for name, _, r, _ in rows:
-    arch = ("—" if name == "dense" else
+  for name, r in rows:
+    arch = ("—" if name == dense else
             "`" + " ".join(f"{b.attn}/{b.mlp}" for b in loaded[name].spec.blocks) + "`")
     lines.append(f"| {name} | {arch} | {r['macs'] / 1e6:.1f}M | {r['macs'] / base['macs']:.3f} | "
                  f"{r['params'] / 1e3:.0f}k | {100 * r['accuracy']:.2f} % | {ms[name]:.2f} | "
-                 f"{ms['dense'] / ms[name]:.2f}× |")
-  command = ("python benchmarks/spvit_cifar10.py --data /tmp/cifar10 " + " ".join(
-      a for a in sys.argv[1:] if not a.startswith("--data") and a != args.data))
-  text = ["# SPViT on CIFAR-10" + (" (Swin)" if args.model == "swin" else ""), "",
-          f"Written by `{command.strip()}` on {time.strftime('%Y-%m-%d')}. "
-          f"{'A small Swin' if args.model == 'swin' else 'DeiT width 96, depth 6, 4 heads, MLP ×4, patch 4'}; "
-          "10,000-image class-balanced CIFAR-10 subset, 30 dense epochs; SPViT search ≤ 4 "
-          "epochs + 6 fine-tune epochs with distillation from the dense model; full test set; "
-          "one seed. Latency: median batch-64 eval forward in JAX on this machine's CPU, every "
+                 f"{ms[dense] / ms[name]:.2f}× |")
+  command = f"python benchmarks/{script} --data /tmp/cifar10 " + " ".join(
+      a for a in sys.argv[1:] if not a.startswith("--data") and a != data)
+  text = [f"# {title}", "", f"Written by `{command.strip()}` on {time.strftime('%Y-%m-%d')}. "
+          f"{setup} Latency: median batch-64 eval forward in JAX on this machine's CPU, every "
           "model timed together, interleaved.", ""] + lines
   print("\n".join(lines), flush=True)
   with open(doc, "w") as f:
     f.write("\n".join(text) + "\n")
-
 
 if __name__ == "__main__":
   main()
