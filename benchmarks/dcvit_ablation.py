@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.page import ROOT, page  # noqa: E402
 from jaxprune import accounting  # noqa: E402
 from jaxprune.data import normalise  # noqa: E402
 from jaxprune.export import load  # noqa: E402
@@ -114,6 +115,8 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", required=True, help="a finished DC-ViT workdir (dense/, config.json)")
   parser.add_argument("variants", nargs="+")
+  parser.add_argument("--doc", default=os.path.join(ROOT, "docs", "dcvit_ablation.md"),
+                      help="the page the table is written to ('' : print only)")
   args = parser.parse_args()
   with open(os.path.join(args.run, "config.json")) as f:
     base = ml_collections.ConfigDict(json.load(f))
@@ -124,10 +127,14 @@ def main() -> None:
   for v in variants:
     rows.append(run_variant(base, dense, v))
     print(json.dumps(rows[-1]), flush=True)
-  print("\n| variant | MACs ratio | feature MSE (train) | test accuracy |\n|---|---:|---:|---:|")
-  for r in rows:
-    print(f"| {r['variant']} | {r['macs_ratio']:.3f} | {r['feature_mse']:.4f} | "
-          f"{100 * r['accuracy']:.2f} % |")
+  with page(args.doc, "DC-ViT vs PRACTISE: single compressions side by side",
+            f"Each variant compresses the dense model of the DC-ViT run `{args.run}` once and "
+            "recovers it by feature mimicking on that run's few-shot set and recipe; feature MSE "
+            "on the training images."):
+    print("| variant | MACs ratio | feature MSE (train) | test accuracy |\n|---|---:|---:|---:|")
+    for r in rows:
+      print(f"| {r['variant']} | {r['macs_ratio']:.3f} | {r['feature_mse']:.4f} | "
+            f"{100 * r['accuracy']:.2f} % |")
 
 
 if __name__ == "__main__":

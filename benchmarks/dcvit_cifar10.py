@@ -52,7 +52,7 @@ def main() -> None:
     models[rows[-1][0]] = f["model_dir"]
   syn = s.get("synthetic", {})
   write_results_doc(
-      args.doc, "DC-ViT and PRACTISE on CIFAR-10", "dcvit_cifar10.py", args.data,
+      args.doc, "DC-ViT and PRACTISE on CIFAR-10",
       "The dense DeiT of `benchmarks/spvit_cifar10.py` (width 96, depth 6); 500 class-balanced "
       f"unlabeled training images; 100 synthetic images × 1000 inversion steps; block trials of "
       f"{args.trial_steps} steps, {args.finetune_steps} fine-tune steps per progressive step "

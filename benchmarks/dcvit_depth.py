@@ -31,9 +31,9 @@ import json
 import os
 import shutil
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from page import page  # noqa: E402
 from spvit_cifar10 import CIFAR_DATA, PRETRAIN, ROOT, SUBSET, main_job  # noqa: E402
 
 
@@ -225,59 +225,64 @@ def main() -> None:
   parser.add_argument("--rescore-practise", action="store_true",
                       help="redo PRACTISE's scoring, pruning and fine-tunes of these seeds, once "
                            "(runs made before its one-timing-per-architecture latency)")
+  parser.add_argument("--doc", default=os.path.join(ROOT, "docs", "dcvit_depth.md"),
+                      help="the page the study's tables are written to ('' : print only)")
   args = parser.parse_args()
   # Identical programs recur across seeds and trials: keep their compilations.
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.out, "xla_cache"))
   depths = [int(d) for d in args.depths.split(",")]
   dense = {d: dense_model(args, d) for d in depths}
+  if args.dense_only:
+    dense_table(dense)
+    return
+  if args.practise_placements:
+    tables = [practise_placements(args, d) for d in depths]  # (runs print as they go)
+    with page(os.path.join(ROOT, "docs", "dcvit_practise_placement.md"),
+              "PRACTISE: where the adaptors go (depth study, CIFAR-10)",
+              "The dense models by the depth study's recipe (`d<depth>/dense` under --out: one "
+              "trained afresh need not match the accuracy in [dcvit_results.md](dcvit_results.md))."):
+      for lines in tables:
+        print("\n".join(lines) + "\n", flush=True)
+    return
+  runs = {d: compression(args, d) for d in depths}  # (runs print as they go, outside the page)
+  with page(args.doc, "Where DC-ViT starts to beat PRACTISE: depth study on CIFAR-10",
+            f"Dense DeiT-shaped models of width {args.width} at depths {args.depths}; per depth "
+            "DC-ViT's rule family, the structure search and PRACTISE at the MACs of 1 and 2 "
+            f"dropped blocks, mean ± std over the few-shot seeds {args.seeds}."):
+    dense_table(dense)
+    for d, s in runs.items():
+      base = s["dense"]["macs"]
+      print(f"\n### depth {d} (dense {100 * s['dense']['accuracy']:.2f} %), few-shot seeds "
+            f"{s['seeds']}, wall {s['wall_s'] / 60:.1f} min")
+      print("| MACs of | PRACTISE | DC-ViT | searched (structure per seed) | searched − best (per "
+            "seed) |\n|---|---:|---:|---|---:|")
+      for p, f, q in zip(s["practise"], sorted(s["family"], key=lambda r: -r["macs"])[-2:],
+                         sorted(s["searched"], key=lambda r: -r["macs"])[-2:]):
+        shapes = "; ".join(f"drop {r.get('dropped')} compress {r.get('blocks')}"
+                           for r in q["per_seed"].values())
+        print(f"| {p['macs'] / base:.3f} / {f['macs'] / base:.3f} / {q['macs'] / base:.3f} | "
+              f"{mean_std(p)} | {mean_std(f)} | {mean_std(q)} ({shapes}) | {margin(p, f, q)} |")
+      run = run_dir(args, d)
+      seed = str(s["seeds"][0])
+      print(f"\nper candidate block (seed {seed}, {args.trial_steps} recovery steps): test accuracy "
+            "(KL on the synthetic set / on the real few-shot images)\n"
+            "| block | attention removed | block dropped |\n|---:|---:|---:|")
+      print("\n".join(candidate_table(run, seed)))
+      for sd in s["seeds"]:
+        sub = json.load(open(os.path.join(run, "seeds", str(sd), "summary.json")))
+        rule_s = sum(f.get("seconds", 0.0) for f in sub["family"])
+        search_s = sum(f.get("seconds", 0.0) for f in sub["searched"])
+        print(f"seed {sd}: rule family {rule_s / 60:.1f} min, search on top of it "
+              f"{search_s / 60:.1f} min ({sub['trials']['count']} trials)")
+
+
+def dense_table(dense: dict) -> None:
   print("\n| depth | params | MACs | test acc. | wall (this call; cached runs only reload) |\n"
         "|---:|---:|---:|---:|---:|")
   for d, s in dense.items():
     r = s["dense"]
     print(f"| {d} | {r['params'] / 1e3:.0f}k | {r['macs'] / 1e6:.1f}M | "
           f"{100 * r['accuracy']:.2f} % | {s['wall_s'] / 60:.1f} min |")
-  if args.dense_only:
-    return
-  if args.practise_placements:
-    doc = ["# PRACTISE: where the adaptors go (depth study, CIFAR-10)", "",
-           "Written by `python benchmarks/dcvit_depth.py --data /tmp/cifar10 --depths "
-           f"{args.depths} --seeds {args.seeds} --practise-placements --placements "
-           f"{args.placements}` on "
-           f"{time.strftime('%Y-%m-%d')}; the dense models by the depth study's recipe "
-           "(`d<depth>/dense` under --out: one trained afresh need not match the accuracy in "
-           "[dcvit_results.md](dcvit_results.md)).", ""]
-    for d in depths:
-      lines = practise_placements(args, d)
-      print("\n" + "\n".join(lines), flush=True)
-      doc += lines + [""]
-    with open(os.path.join(ROOT, "docs", "dcvit_practise_placement.md"), "w") as f:
-      f.write("\n".join(doc))
-    return
-  for d in depths:
-    s = compression(args, d)
-    base = s["dense"]["macs"]
-    print(f"\n### depth {d} (dense {100 * s['dense']['accuracy']:.2f} %), few-shot seeds "
-          f"{s['seeds']}, wall {s['wall_s'] / 60:.1f} min")
-    print("| MACs of | PRACTISE | DC-ViT | searched (structure per seed) | searched − best (per "
-          "seed) |\n|---|---:|---:|---|---:|")
-    for p, f, q in zip(s["practise"], sorted(s["family"], key=lambda r: -r["macs"])[-2:],
-                       sorted(s["searched"], key=lambda r: -r["macs"])[-2:]):
-      shapes = "; ".join(f"drop {r.get('dropped')} compress {r.get('blocks')}"
-                         for r in q["per_seed"].values())
-      print(f"| {p['macs'] / base:.3f} / {f['macs'] / base:.3f} / {q['macs'] / base:.3f} | "
-            f"{mean_std(p)} | {mean_std(f)} | {mean_std(q)} ({shapes}) | {margin(p, f, q)} |")
-    run = run_dir(args, d)
-    seed = str(s["seeds"][0])
-    print(f"\nper candidate block (seed {seed}, {args.trial_steps} recovery steps): test accuracy "
-          "(KL on the synthetic set / on the real few-shot images)\n"
-          "| block | attention removed | block dropped |\n|---:|---:|---:|")
-    print("\n".join(candidate_table(run, seed)))
-    for sd in s["seeds"]:
-      sub = json.load(open(os.path.join(run, "seeds", str(sd), "summary.json")))
-      rule_s = sum(f.get("seconds", 0.0) for f in sub["family"])
-      search_s = sum(f.get("seconds", 0.0) for f in sub["searched"])
-      print(f"seed {sd}: rule family {rule_s / 60:.1f} min, search on top of it "
-            f"{search_s / 60:.1f} min ({sub['trials']['count']} trials)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.page import ROOT, page  # noqa: E402
+
 
 def kendall_tau(a, b, groups=None) -> float:
   """Kendall's τ-a between two sequences (pairs tied in either count as 0); with `groups`,
@@ -56,6 +58,8 @@ def main() -> None:
                            "few-shot images")
   parser.add_argument("--drops", action="store_true",
                       help="also the drop trials of a structure-search run (every block)")
+  parser.add_argument("--doc", default=os.path.join(ROOT, "docs", "dcvit_rank.md"),
+                      help="the page the τ table is written to ('' : print only)")
   args = parser.parse_args()
 
   import jax
@@ -148,14 +152,24 @@ def main() -> None:
                  common.evaluate_model(mcfg, student, s)["accuracy"]})
     print(rows[-1], flush=True)
   json.dump(rows, open(os.path.join(out, "rows.json"), "w"), indent=2)
+  with page(args.doc, "DC-ViT: how well the block metric ranks the blocks",
+            "Kendall τ between each metric set's KL and −(test accuracy) over the block "
+            "trials of the run (each block compressed alone and recovered by feature "
+            "mimicking): higher is a better ranking; a random ranking's τ as mean ± std over "
+            "2000 permutations."):
+    tau_table(rows, widths, args.drops)
+
+
+def tau_table(rows, widths, drops: bool) -> None:
+  import numpy as np
   rng = np.random.default_rng(0)
   names = list(rows[0]["kl"])
-  print("\n| width | blocks | " + " | ".join(f"τ({n} KL, −acc)" for n in names) +
+  print("| width | blocks | " + " | ".join(f"τ({n} KL, −acc)" for n in names) +
         " | τ(random ranking) |")
   print("|---:|---:|" + "---:|" * (len(names) + 1))
   # "all" pools every pair (the width separates most of them); "within widths" pools only the
   # pairs of one width: how well a metric orders blocks, which is DC-ViT's use of it.
-  kinds = widths + (["drop"] if args.drops else []) + ["all", "within widths"]
+  kinds = widths + (["drop"] if drops else []) + ["all", "within widths"]
   for hidden in kinds:  # "all" and "within widths" pool compress and drop trials alike
     sel = [r for r in rows if hidden in ("all", "within widths") or r["hidden"] == hidden]
     groups = [r["hidden"] for r in sel] if hidden == "within widths" else None

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from page import page
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CIFAR_DATA = [  # image size, normalisation and augmentation (shared with dcvit_cifar10.py)
@@ -127,14 +129,12 @@ def write_doc(args, doc: str, rows, models: dict) -> None:
           "DeiT width 96, depth 6, 4 heads, MLP ×4, patch 4")
   write_results_doc(
       doc, "SPViT on CIFAR-10" + (" (Swin)" if args.model == "swin" else ""),
-      "spvit_cifar10.py", args.data,
       f"{what}; 10,000-image class-balanced CIFAR-10 subset, 30 dense epochs; SPViT search ≤ 4 "
       "epochs + 6 fine-tune epochs with distillation from the dense model; full test set; "
       "one seed.", [(name, r) for name, _, r, _ in rows], models)
 
 
-def write_results_doc(doc: str, title: str, script: str, data: str, setup: str, rows,
-                      models: dict) -> None:
+def write_results_doc(doc: str, title: str, setup: str, rows, models: dict) -> None:
   """Every model (a saved folder, or an ArchSpec dict) timed again together (interleaved, batch
   64), then the table of `rows` ((name, summary row with macs, params, accuracy), the dense
   model first), printed and written to `doc` with the command that made it."""
@@ -152,14 +152,10 @@ def write_results_doc(doc: str, title: str, script: str, data: str, setup: str, 
     lines.append(f"| {name} | {arch} | {r['macs'] / 1e6:.1f}M | {r['macs'] / base['macs']:.3f} | "
                  f"{r['params'] / 1e3:.0f}k | {100 * r['accuracy']:.2f} % | {ms[name]:.2f} | "
                  f"{ms[dense] / ms[name]:.2f}× |")
-  command = f"python benchmarks/{script} --data /tmp/cifar10 " + " ".join(
-      a for a in sys.argv[1:] if not a.startswith("--data") and a != data)
-  text = [f"# {title}", "", f"Written by `{command.strip()}` on {time.strftime('%Y-%m-%d')}. "
-          f"{setup} Latency: median batch-64 eval forward in JAX on this machine's CPU, every "
-          "model timed together, interleaved.", ""] + lines
-  print("\n".join(lines), flush=True)
-  with open(doc, "w") as f:
-    f.write("\n".join(text) + "\n")
+  with page(doc, title, f"{setup} Latency: median batch-64 eval forward in JAX on this "
+            "machine's CPU, every model timed together, interleaved."):
+    print("\n".join(lines), flush=True)
+
 
 if __name__ == "__main__":
   main()
