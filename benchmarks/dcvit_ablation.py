@@ -92,8 +92,10 @@ def run_variant(base: ml_collections.ConfigDict, dense, v: dict) -> dict:
   with tempfile.TemporaryDirectory() as wd:
     writer = MetricWriter(wd)
     if v["kind"] == "drop":
-      model, info = mimic(config, wd, "drop", drop_blocks(dense, v["blocks"]), dense,
-                          r"^weights/head", v["steps"], writer, s)
+      student = drop_blocks(dense, v["blocks"])
+      model, info = mimic(config, wd, "drop", student, dense,  # all but the head, as PRACTISE
+                          trainable_upto(student.spec, student.spec.depth - 1), v["steps"],
+                          writer, s)
     else:
       model, done = dense, []
       for j, b in enumerate(v["blocks"]):

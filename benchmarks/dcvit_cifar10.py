@@ -41,8 +41,9 @@ def main() -> None:
                f"--config.dcvit.finetune_steps={args.finetune_steps}",
                "--config.practise.num_drop=(1, 2)",
                f"--config.practise.adaptor_steps={args.adaptor_steps}", common=CIFAR_DATA)
-  rows = [("dense", s["dense"])] + [(f"PRACTISE −{len(p['dropped'])} blocks {p['dropped']}", p)
-                                    for p in s["practise"]]
+  rows = [("dense", s["dense"])] + [
+      (f"PRACTISE −{len(p['dropped'])} block{'s' * (len(p['dropped']) > 1)} {p['dropped']}", p)
+      for p in s["practise"]]
   models = {"dense": args.dense}
   models.update({name: os.path.join(args.out, "practise", f"drop{len(p['dropped'])}")
                  for name, p in rows[1:]})
@@ -57,7 +58,9 @@ def main() -> None:
       f"unlabeled training images; 100 synthetic images × 1000 inversion steps; block trials of "
       f"{args.trial_steps} steps, {args.finetune_steps} fine-tune steps per progressive step "
       f"(PRACTISE: (n+1) × that, adaptors {args.adaptor_steps}); full test set; one seed. "
-      f"Block ranking on the synthetic set (KL, lower recovers better): {s['block_ranking']}."
+      "Block ranking on the synthetic set (KL after each block's trial, lower recovers "
+      "better): " + ", ".join(f"block {b} {kl:.4f}" for b, kl in sorted(
+          s["block_ranking"].items(), key=lambda t: t[1])) + "."
       + (f" Synthetic set: loss {syn['first_loss']:.3f} → {syn['best_loss']:.3f}, the dense "
          f"model labels {syn['teacher_agreement']:.0%} of the images as targeted." if syn else ""),
       rows, models)
