@@ -93,6 +93,7 @@ def main() -> None:
   init = [f"--config.model.init_from={os.path.join(args.out, 'dense', 'model')}"]
   rows = [("dense", None, dense["dense"], dense["wall_s"])]
   models = {"dense": os.path.join(args.out, "dense", "model")}
+  notes = []  # every random architecture, below the table
   for target in (float(t) for t in args.targets.split(",")):
     t = [f"--config.spvit.target_ratio={target}"]
     sp = main_job(spvit, os.path.join(args.out, f"spvit_{target}"), *data, *init, *SEARCH, *t,
@@ -113,17 +114,19 @@ def main() -> None:
                     common=common)
       rows.append((f"random best of {args.random} {target}", None, rs["pruned"], rs["wall_s"]))
       models[rows[-1][0]] = rs["arch"]  # not saved: its architecture times the same
-      for i, c in enumerate(rs["candidates"]):
-        print(f"random {target} candidate {i}: MACs ratio "
-              f"{c['macs'] / dense['dense']['macs']:.3f}"
-              f", accuracy {100 * c['accuracy']:.2f}%", flush=True)
+      accs = [100 * c["accuracy"] for c in rs["candidates"]]
+      notes.append(f"Random search at {target}, every architecture (MACs ratio, test acc.): " +
+                   ", ".join(f"{c['macs'] / dense['dense']['macs']:.3f} {a:.2f} %"
+                             for c, a in zip(rs["candidates"], accs)) +
+                   f"; mean {sum(accs) / len(accs):.2f} %.")
+      print(notes[-1], flush=True)
     search_s = [json.loads(l) for l in open(os.path.join(args.out, f"spvit_{target}",
                                                         "metrics.jsonl"))]
     print(f"SPViT {target}: selected {sp['selected']}; search rows {len(search_s)}", flush=True)
-  write_doc(args, doc, rows, models)
+  write_doc(args, doc, rows, models, notes)
 
 
-def write_doc(args, doc: str, rows, models: dict) -> None:
+def write_doc(args, doc: str, rows, models: dict, notes=()) -> None:
   """The SPViT table (`rows`: name, target, summary row, wall) written to `doc`."""
   what = ("A small Swin" if args.model == "swin" else
           "DeiT width 96, depth 6, 4 heads, MLP ×4, patch 4")
@@ -131,13 +134,14 @@ def write_doc(args, doc: str, rows, models: dict) -> None:
       doc, "SPViT on CIFAR-10" + (" (Swin)" if args.model == "swin" else ""),
       f"{what}; 10,000-image class-balanced CIFAR-10 subset, 30 dense epochs; SPViT search ≤ 4 "
       "epochs + 6 fine-tune epochs with distillation from the dense model; full test set; "
-      "one seed.", [(name, r) for name, _, r, _ in rows], models)
+      "one seed.", [(name, r) for name, _, r, _ in rows], models, notes)
 
 
-def write_results_doc(doc: str, title: str, setup: str, rows, models: dict) -> None:
+def write_results_doc(doc: str, title: str, setup: str, rows, models: dict,
+                      notes=()) -> None:
   """Every model (a saved folder, or an ArchSpec dict) timed again together (interleaved, batch
   64), then the table of `rows` ((name, summary row with macs, params, accuracy), the dense
-  model first), printed and written to `doc` with the command that made it."""
+  model first) and `notes`, printed and written to `doc` with the command that made it."""
   from jaxprune import ArchSpec, build_model, load
   from jaxprune.accounting import compare_latency
   loaded = {name: load(m) if isinstance(m, str) else build_model(ArchSpec.from_dict(m))
@@ -154,7 +158,7 @@ def write_results_doc(doc: str, title: str, setup: str, rows, models: dict) -> N
                  f"{ms[dense] / ms[name]:.2f}× |")
   with page(doc, title, f"{setup} Latency: median batch-64 eval forward in JAX on this "
             "machine's CPU, every model timed together, interleaved."):
-    print("\n".join(lines), flush=True)
+    print("\n".join(lines + [""] + list(notes)), flush=True)
 
 
 if __name__ == "__main__":
