@@ -1,6 +1,6 @@
 """A benchmark's own docs page: what it prints, under the command, date and machine that made it.
 
-  with page(args.doc, "DC-ViT ablation", "What was compared.") :
+  with page(args.doc, "DC-ViT ablation", "What was compared."):
     print("| variant | ... |")        # printed as usual, and kept for the page
 
 Results tables in docs/ are written this way by the benchmark that makes them, never copied by
@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 from benchmarks.machine import cpu_class  # noqa: E402
 
 
-def command(data: str | None = None) -> str:
+def command() -> str:
   """This process's command line as `python benchmarks/<script> ...`; a --data folder (machine-
   specific) is written as /tmp/cifar10, where the benchmarks' docstrings unpack it."""
   args, out, skip = sys.argv[1:], [], False
