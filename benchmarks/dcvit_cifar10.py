@@ -22,6 +22,8 @@ import os
 
 from spvit_cifar10 import CIFAR_DATA, ROOT, main_job, write_results_doc  # shared with SPViT's
 
+NUM_DROP = (1, 2)  # PRACTISE's dropped units; DC-ViT is matched to each one's MACs
+
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
@@ -39,14 +41,14 @@ def main() -> None:
                "--config.synthetic.steps=1000", "--config.synthetic.warmup_steps=100",
                "--config.dcvit.num_targets=0", f"--config.dcvit.trial_steps={args.trial_steps}",
                f"--config.dcvit.finetune_steps={args.finetune_steps}",
-               "--config.practise.num_drop=(1, 2)",
+               f"--config.practise.num_drop={NUM_DROP}",
                f"--config.practise.adaptor_steps={args.adaptor_steps}", common=CIFAR_DATA)
   rows = [("dense", s["dense"])] + [
       (f"PRACTISE −{len(p['dropped'])} block{'s' * (len(p['dropped']) > 1)} {p['dropped']}", p)
       for p in s["practise"]]
-  models = {"dense": args.dense}
-  models.update({name: os.path.join(args.out, "practise", f"drop{len(p['dropped'])}")
-                 for name, p in rows[1:]})
+  models = {"dense": args.dense}  # PRACTISE's models by their num_drop (units, not blocks)
+  models.update({name: os.path.join(args.out, "practise", f"drop{n}")
+                 for n, (name, _) in zip(NUM_DROP, rows[1:])})
   for f in s["family"]:
     rows.append((f"DC-ViT {f['macs'] / s['dense']['macs']:.3f}: blocks {f['blocks']}, "
                  f"MLP {f['mlp_width']}", f))
